@@ -1,0 +1,3 @@
+module github.com/netmutex/netmutex
+
+go 1.26.0

@@ -1,0 +1,284 @@
+package wire
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+)
+
+// Frame is one decoded frame. Its byte slices alias the datagram: copy what must
+// outlive the buffer.
+type Frame struct {
+	Op     Op
+	ID     uint64
+	TTLMs  uint32 // LOCK, UPDATE
+	LockID uint64 // UPDATE, UNLOCK
+	Fence  uint64 // OK
+	Key    []byte // LOCK, UPDATE, UNLOCK
+	Info   []byte // CONNECT
+	Code   Code   // ERROR
+	Text   []byte // ERROR
+	PadLen int    // PAD: body length
+
+	ServerID uint16 // REDIRECT, CONNECTED
+	Addr     []byte // REDIRECT
+
+	// CONNECTED
+	Session            uint64
+	MaxTTLMs           uint32
+	SessionTimeoutMs   uint32
+	RetransmitWindowMs uint32
+	serverCount        int
+	servers            []byte
+}
+
+// Connected returns the body of a CONNECTED frame. It allocates: CONNECT is rare.
+func (f *Frame) Connected() Connected {
+	c := Connected{
+		Session:            f.Session,
+		MaxTTLMs:           f.MaxTTLMs,
+		SessionTimeoutMs:   f.SessionTimeoutMs,
+		RetransmitWindowMs: f.RetransmitWindowMs,
+		ServerID:           f.ServerID,
+		Servers:            make([]Server, 0, f.serverCount),
+	}
+	b := f.servers
+	for i := 0; i < f.serverCount; i++ {
+		n := int(b[2])
+		c.Servers = append(c.Servers, Server{ID: binary.BigEndian.Uint16(b), Addr: string(b[3 : 3+n])})
+		b = b[3+n:]
+	}
+	return c
+}
+
+// Datagram is a datagram whose every byte has been checked by Parse.
+type Datagram struct {
+	Header
+	frames []byte
+}
+
+// Parse checks a whole datagram: header, length, checksum, and every frame's bounds and
+// layout. replies selects the direction: reply opcodes only, or request opcodes only.
+// Nothing in a datagram that fails is to be believed.
+func Parse(b []byte, replies bool) (Datagram, error) {
+	if len(b) < HeaderSize+FrameHeaderSize+TrailerSize {
+		return Datagram{}, ErrShort
+	}
+	if b[0] != Version {
+		return Datagram{}, ErrVersion
+	}
+	flags := b[1]
+	if flags&^FlagBusy != 0 || (!replies && flags != 0) {
+		return Datagram{}, ErrFlags
+	}
+	if int(binary.BigEndian.Uint16(b[2:])) != len(b) {
+		return Datagram{}, ErrLength
+	}
+	end := len(b) - TrailerSize
+	if crc32.Checksum(b[:end], castagnoli) != binary.BigEndian.Uint32(b[end:]) {
+		return Datagram{}, ErrChecksum
+	}
+	d := Datagram{
+		Header: Header{Flags: flags, Session: binary.BigEndian.Uint64(b[4:]), Floor: binary.BigEndian.Uint64(b[12:])},
+		frames: b[HeaderSize:end],
+	}
+	var f Frame
+	rest := d.frames
+	for len(rest) > 0 {
+		n, err := decodeFrame(rest, &f)
+		if err != nil {
+			return Datagram{}, err
+		}
+		if f.Op.IsReply() != replies {
+			return Datagram{}, ErrDirection
+		}
+		if f.Op == OpConnect && len(b) < MinConnectDatagram {
+			return Datagram{}, ErrSmallConnect
+		}
+		rest = rest[n:]
+	}
+	return d, nil
+}
+
+// Next decodes the next frame into f and reports whether there was one.
+func (d *Datagram) Next(f *Frame) bool {
+	if len(d.frames) == 0 {
+		return false
+	}
+	n, _ := decodeFrame(d.frames, f) // checked by Parse
+	d.frames = d.frames[n:]
+	return true
+}
+
+// decodeFrame decodes the frame at the start of b and returns its size.
+func decodeFrame(b []byte, f *Frame) (int, error) {
+	if len(b) < FrameHeaderSize {
+		return 0, ErrTruncated
+	}
+	n := int(binary.BigEndian.Uint16(b[2:]))
+	if len(b) < FrameHeaderSize+n {
+		return 0, ErrTruncated
+	}
+	if b[1] != 0 {
+		return 0, ErrBadBody
+	}
+	*f = Frame{Op: Op(b[0]), ID: binary.BigEndian.Uint64(b[4:])}
+	body := b[FrameHeaderSize : FrameHeaderSize+n]
+	if !decodeBody(body, f) {
+		if !knownOp(f.Op) {
+			return 0, ErrUnknownOp
+		}
+		return 0, ErrBadBody
+	}
+	return FrameHeaderSize + n, nil
+}
+
+func knownOp(op Op) bool {
+	switch op {
+	case OpPad, OpConnect, OpPing, OpTouch, OpDisconnect, OpLock, OpUpdate, OpUnlock, OpUnlockAll,
+		OpConnected, OpPong, OpOK, OpLocked, OpIsolated, OpDisconnected, OpRedirect, OpError:
+		return true
+	}
+	return false
+}
+
+// decodeBody fills f from body and reports whether body matches f.Op's layout exactly.
+func decodeBody(body []byte, f *Frame) bool {
+	be := binary.BigEndian
+	switch f.Op {
+	case OpPad:
+		for _, c := range body {
+			if c != 0 {
+				return false
+			}
+		}
+		f.PadLen = len(body)
+		return f.ID == 0
+	case OpPing, OpTouch, OpDisconnect, OpUnlockAll, OpPong, OpLocked, OpIsolated, OpDisconnected:
+		return len(body) == 0
+	case OpConnect:
+		if len(body) < 2 {
+			return false
+		}
+		n := int(be.Uint16(body))
+		if len(body) != 2+n || n > MaxIsolationInfo {
+			return false
+		}
+		f.Info = body[2:]
+		return true
+	case OpLock:
+		if len(body) < 5 || len(body) != 5+int(body[4]) {
+			return false
+		}
+		f.TTLMs = be.Uint32(body)
+		f.Key = body[5:]
+		return true
+	case OpUpdate:
+		if len(body) < 13 || len(body) != 13+int(body[12]) {
+			return false
+		}
+		f.LockID = be.Uint64(body)
+		f.TTLMs = be.Uint32(body[8:])
+		f.Key = body[13:]
+		return true
+	case OpUnlock:
+		if len(body) < 9 || len(body) != 9+int(body[8]) {
+			return false
+		}
+		f.LockID = be.Uint64(body)
+		f.Key = body[9:]
+		return true
+	case OpOK:
+		if len(body) != 8 {
+			return false
+		}
+		f.Fence = be.Uint64(body)
+		return true
+	case OpRedirect:
+		if len(body) < 3 || len(body) != 3+int(body[2]) {
+			return false
+		}
+		f.ServerID = be.Uint16(body)
+		f.Addr = body[3:]
+		return true
+	case OpError:
+		if len(body) < 4 {
+			return false
+		}
+		t := int(be.Uint16(body[2:]))
+		if len(body) != 4+t || t > MaxErrorText {
+			return false
+		}
+		f.Code = Code(be.Uint16(body))
+		f.Text = body[4:]
+		return true
+	case OpConnected:
+		const fixed = 8 + 4 + 4 + 4 + 2 + 1
+		if len(body) < fixed {
+			return false
+		}
+		f.Session = be.Uint64(body)
+		f.MaxTTLMs = be.Uint32(body[8:])
+		f.SessionTimeoutMs = be.Uint32(body[12:])
+		f.RetransmitWindowMs = be.Uint32(body[16:])
+		f.ServerID = be.Uint16(body[20:])
+		f.serverCount = int(body[22])
+		rest := body[fixed:]
+		f.servers = rest
+		if f.serverCount > MaxServers {
+			return false
+		}
+		for i := 0; i < f.serverCount; i++ {
+			if len(rest) < 3 || len(rest) < 3+int(rest[2]) {
+				return false
+			}
+			rest = rest[3+int(rest[2]):]
+		}
+		return len(rest) == 0
+	}
+	return false
+}
+
+// AppendFrame encodes f again; decoding then encoding a valid frame yields its bytes.
+func AppendFrame(b []byte, f *Frame) []byte {
+	switch f.Op {
+	case OpPad:
+		return AppendPad(b, FrameHeaderSize+f.PadLen)
+	case OpConnect:
+		b = appendFrameHeader(b, OpConnect, f.ID, 2+len(f.Info))
+		b = binary.BigEndian.AppendUint16(b, uint16(len(f.Info)))
+		return append(b, f.Info...)
+	case OpLock:
+		b = appendFrameHeader(b, OpLock, f.ID, 5+len(f.Key))
+		b = binary.BigEndian.AppendUint32(b, f.TTLMs)
+		b = append(b, byte(len(f.Key)))
+		return append(b, f.Key...)
+	case OpUpdate:
+		b = appendFrameHeader(b, OpUpdate, f.ID, 13+len(f.Key))
+		b = binary.BigEndian.AppendUint64(b, f.LockID)
+		b = binary.BigEndian.AppendUint32(b, f.TTLMs)
+		b = append(b, byte(len(f.Key)))
+		return append(b, f.Key...)
+	case OpUnlock:
+		b = appendFrameHeader(b, OpUnlock, f.ID, 9+len(f.Key))
+		b = binary.BigEndian.AppendUint64(b, f.LockID)
+		b = append(b, byte(len(f.Key)))
+		return append(b, f.Key...)
+	case OpOK:
+		return AppendOK(b, f.ID, f.Fence)
+	case OpRedirect:
+		b = appendFrameHeader(b, OpRedirect, f.ID, 3+len(f.Addr))
+		b = binary.BigEndian.AppendUint16(b, f.ServerID)
+		b = append(b, byte(len(f.Addr)))
+		return append(b, f.Addr...)
+	case OpError:
+		b = appendFrameHeader(b, OpError, f.ID, 4+len(f.Text))
+		b = binary.BigEndian.AppendUint16(b, uint16(f.Code))
+		b = binary.BigEndian.AppendUint16(b, uint16(len(f.Text)))
+		return append(b, f.Text...)
+	case OpConnected:
+		c := f.Connected()
+		return AppendConnected(b, f.ID, &c)
+	default:
+		return AppendEmpty(b, f.Op, f.ID)
+	}
+}

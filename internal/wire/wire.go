@@ -1,0 +1,261 @@
+// Package wire implements the netmutex wire protocol of docs/PROTOCOL.md for both the
+// client and the server: append-style encoders over caller-owned buffers and a decoder
+// that checks a whole datagram before anything in it is believed.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+)
+
+// Sizes and limits, from docs/PROTOCOL.md.
+const (
+	Version         = 1
+	HeaderSize      = 20
+	TrailerSize     = 4
+	FrameHeaderSize = 12
+	// MaxDatagram fits an Ethernet MTU of 1500 under IPv6 (40) and UDP (8) headers with
+	// room to spare, so no datagram is ever fragmented.
+	MaxDatagram = 1400
+	// MinConnectDatagram is the least size of a datagram carrying CONNECT; padding it
+	// keeps the CONNECTED reply no larger than the request (no amplification).
+	MinConnectDatagram = 512
+	MaxKey             = 255
+	MaxIsolationInfo   = 400
+	MaxErrorText       = 64
+	MaxServers         = 32
+)
+
+// FlagBusy is set by a server that has fallen behind.
+const FlagBusy = 1 << 0
+
+// Op is a frame's opcode.
+type Op uint8
+
+// Requests.
+const (
+	OpPad        Op = 0x00
+	OpConnect    Op = 0x01
+	OpPing       Op = 0x02
+	OpTouch      Op = 0x03
+	OpDisconnect Op = 0x04
+	OpLock       Op = 0x10
+	OpUpdate     Op = 0x11
+	OpUnlock     Op = 0x12
+	OpUnlockAll  Op = 0x13
+)
+
+// Replies.
+const (
+	OpConnected    Op = 0x81
+	OpPong         Op = 0x82
+	OpOK           Op = 0x83
+	OpLocked       Op = 0x84
+	OpIsolated     Op = 0x85
+	OpDisconnected Op = 0x86
+	OpRedirect     Op = 0x87
+	OpError        Op = 0x88
+)
+
+// IsReply tells a reply opcode from a request opcode.
+func (op Op) IsReply() bool { return op&0x80 != 0 }
+
+// Code is the code of an ERROR reply.
+type Code uint16
+
+// Error codes.
+const (
+	CodeBadRequest       Code = 1
+	CodeBadTTL           Code = 2
+	CodeTTLTooLong       Code = 3
+	CodeLockDelay        Code = 4
+	CodeNotHeld          Code = 5
+	CodeStale            Code = 6
+	CodeBadIsolationInfo Code = 7
+)
+
+// Decoding errors. Each makes the whole datagram invalid.
+var (
+	ErrShort         = errors.New("wire: datagram too short")
+	ErrVersion       = errors.New("wire: unknown version")
+	ErrFlags         = errors.New("wire: reserved flag set")
+	ErrLength        = errors.New("wire: length field does not match datagram")
+	ErrChecksum      = errors.New("wire: wrong checksum")
+	ErrTruncated     = errors.New("wire: truncated frame")
+	ErrUnknownOp     = errors.New("wire: unknown opcode")
+	ErrBadBody       = errors.New("wire: frame body does not match its opcode")
+	ErrDirection     = errors.New("wire: frame of the wrong direction")
+	ErrNoFrames      = errors.New("wire: datagram without frames")
+	ErrSmallConnect  = errors.New("wire: CONNECT in a datagram smaller than 512 bytes")
+	ErrFrameTooLarge = errors.New("wire: frame does not fit in a datagram")
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Header is the fixed part of a datagram.
+type Header struct {
+	Flags   uint8
+	Session uint64
+	Floor   uint64
+}
+
+// BeginDatagram appends a header whose length is patched by FinishDatagram; start is
+// len(b) before the call.
+func BeginDatagram(b []byte, h Header) []byte {
+	b = append(b, Version, h.Flags, 0, 0)
+	b = binary.BigEndian.AppendUint64(b, h.Session)
+	return binary.BigEndian.AppendUint64(b, h.Floor)
+}
+
+// FinishDatagram patches the length of the datagram that starts at b[start:] and appends
+// its checksum.
+func FinishDatagram(b []byte, start int) []byte {
+	n := len(b) - start + TrailerSize
+	binary.BigEndian.PutUint16(b[start+2:], uint16(n))
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli))
+}
+
+// SetFlags rewrites the flags of a finished datagram and its checksum.
+func SetFlags(d []byte, flags uint8) {
+	d[1] = flags
+	n := len(d) - TrailerSize
+	binary.BigEndian.PutUint32(d[n:], crc32.Checksum(d[:n], castagnoli))
+}
+
+func appendFrameHeader(b []byte, op Op, id uint64, bodyLen int) []byte {
+	b = append(b, byte(op), 0, byte(bodyLen>>8), byte(bodyLen))
+	return binary.BigEndian.AppendUint64(b, id)
+}
+
+// Sizes of frames, for packing decisions.
+
+// LockSize is the size of a LOCK frame for a key of k bytes.
+func LockSize(k int) int { return FrameHeaderSize + 5 + k }
+
+// UpdateSize is the size of an UPDATE frame for a key of k bytes.
+func UpdateSize(k int) int { return FrameHeaderSize + 13 + k }
+
+// UnlockSize is the size of an UNLOCK frame for a key of k bytes.
+func UnlockSize(k int) int { return FrameHeaderSize + 9 + k }
+
+// AppendEmpty appends a frame without body: PING, TOUCH, DISCONNECT, UNLOCKALL, PONG,
+// LOCKED, ISOLATED, DISCONNECTED.
+func AppendEmpty(b []byte, op Op, id uint64) []byte {
+	return appendFrameHeader(b, op, id, 0)
+}
+
+// AppendPad appends a PAD frame whose whole size is n (at least FrameHeaderSize).
+func AppendPad(b []byte, n int) []byte {
+	body := n - FrameHeaderSize
+	b = appendFrameHeader(b, OpPad, 0, body)
+	for i := 0; i < body; i++ {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// AppendConnect appends a CONNECT; nonce is its request id.
+func AppendConnect(b []byte, nonce uint64, info string) []byte {
+	b = appendFrameHeader(b, OpConnect, nonce, 2+len(info))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(info)))
+	return append(b, info...)
+}
+
+// AppendLock appends a LOCK. The caller has checked 1 <= len(key) <= MaxKey.
+func AppendLock(b []byte, id uint64, ttlMs uint32, key string) []byte {
+	b = appendFrameHeader(b, OpLock, id, 5+len(key))
+	b = binary.BigEndian.AppendUint32(b, ttlMs)
+	b = append(b, byte(len(key)))
+	return append(b, key...)
+}
+
+// AppendUpdate appends an UPDATE of lock lockID.
+func AppendUpdate(b []byte, id, lockID uint64, ttlMs uint32, key string) []byte {
+	b = appendFrameHeader(b, OpUpdate, id, 13+len(key))
+	b = binary.BigEndian.AppendUint64(b, lockID)
+	b = binary.BigEndian.AppendUint32(b, ttlMs)
+	b = append(b, byte(len(key)))
+	return append(b, key...)
+}
+
+// AppendUnlock appends an UNLOCK of lock lockID.
+func AppendUnlock(b []byte, id, lockID uint64, key string) []byte {
+	b = appendFrameHeader(b, OpUnlock, id, 9+len(key))
+	b = binary.BigEndian.AppendUint64(b, lockID)
+	b = append(b, byte(len(key)))
+	return append(b, key...)
+}
+
+// AppendOK appends an OK carrying fence.
+func AppendOK(b []byte, id, fence uint64) []byte {
+	b = appendFrameHeader(b, OpOK, id, 8)
+	return binary.BigEndian.AppendUint64(b, fence)
+}
+
+// AppendRedirect appends a REDIRECT to server serverID at addr (at most 255 bytes).
+func AppendRedirect(b []byte, id uint64, serverID uint16, addr string) []byte {
+	b = appendFrameHeader(b, OpRedirect, id, 3+len(addr))
+	b = binary.BigEndian.AppendUint16(b, serverID)
+	b = append(b, byte(len(addr)))
+	return append(b, addr...)
+}
+
+// AppendError appends an ERROR; text beyond MaxErrorText bytes is cut.
+func AppendError(b []byte, id uint64, code Code, text string) []byte {
+	if len(text) > MaxErrorText {
+		text = text[:MaxErrorText]
+	}
+	b = appendFrameHeader(b, OpError, id, 4+len(text))
+	b = binary.BigEndian.AppendUint16(b, uint16(code))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(text)))
+	return append(b, text...)
+}
+
+// Server is one member of the cluster as told by CONNECTED.
+type Server struct {
+	ID   uint16
+	Addr string
+}
+
+// Connected is the body of a CONNECTED reply.
+type Connected struct {
+	Session            uint64
+	MaxTTLMs           uint32
+	SessionTimeoutMs   uint32
+	RetransmitWindowMs uint32
+	ServerID           uint16
+	Servers            []Server
+}
+
+// AppendConnected appends a CONNECTED reply. Servers beyond MaxServers, or with an
+// address over 255 bytes, are left out.
+func AppendConnected(b []byte, id uint64, c *Connected) []byte {
+	servers := c.Servers
+	if len(servers) > MaxServers {
+		servers = servers[:MaxServers]
+	}
+	n := 8 + 4 + 4 + 4 + 2 + 1
+	count := 0
+	for _, s := range servers {
+		if len(s.Addr) <= 255 {
+			n += 3 + len(s.Addr)
+			count++
+		}
+	}
+	b = appendFrameHeader(b, OpConnected, id, n)
+	b = binary.BigEndian.AppendUint64(b, c.Session)
+	b = binary.BigEndian.AppendUint32(b, c.MaxTTLMs)
+	b = binary.BigEndian.AppendUint32(b, c.SessionTimeoutMs)
+	b = binary.BigEndian.AppendUint32(b, c.RetransmitWindowMs)
+	b = binary.BigEndian.AppendUint16(b, c.ServerID)
+	b = append(b, byte(count))
+	for _, s := range servers {
+		if len(s.Addr) <= 255 {
+			b = binary.BigEndian.AppendUint16(b, s.ID)
+			b = append(b, byte(len(s.Addr)))
+			b = append(b, s.Addr...)
+		}
+	}
+	return b
+}
