@@ -1,0 +1,37 @@
+// Package batchio moves UDP datagrams in batches: many datagrams per system call where
+// the OS allows it (recvmmsg/sendmmsg on Linux), one per call elsewhere, behind one small
+// interface shared by the client and the server.
+package batchio
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Message is one datagram of a batch.
+//
+// For ReadBatch, Buf is the space to fill (its full length is offered to the kernel);
+// on return N is the number of bytes received and Addr the sender.
+// For WriteBatch, Buf is the whole datagram and Addr its destination; Addr is ignored
+// on a connected socket.
+type Message struct {
+	Buf  []byte
+	N    int
+	Addr netip.AddrPort
+}
+
+// Conn reads and writes batches of datagrams on one UDP socket.
+//
+// ReadBatch may be called by one goroutine at a time, and WriteBatch by one goroutine at
+// a time; a reader and a writer may run together.
+type Conn interface {
+	// ReadBatch blocks in the Go netpoller until at least one datagram is there, then
+	// fills up to len(ms) (at most MaxBatch) messages and returns how many. It honours
+	// the socket's read deadline.
+	ReadBatch(ms []Message) (int, error)
+	// WriteBatch sends ms, as few system calls as it can, and returns how many were sent.
+	WriteBatch(ms []Message) (int, error)
+}
+
+// New wraps a UDP socket, connected (net.DialUDP) or not (net.ListenUDP).
+func New(c *net.UDPConn) (Conn, error) { return newConn(c) }

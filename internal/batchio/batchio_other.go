@@ -1,0 +1,47 @@
+//go:build !linux
+
+package batchio
+
+import "net"
+
+// MaxBatch is 1: without recvmmsg, each datagram costs a call of its own.
+const MaxBatch = 1
+
+// loopConn is the portable path: one datagram per system call.
+type loopConn struct {
+	c         *net.UDPConn
+	connected bool
+}
+
+var _ Conn = (*loopConn)(nil)
+
+func newConn(c *net.UDPConn) (Conn, error) {
+	return &loopConn{c: c, connected: c.RemoteAddr() != nil}, nil
+}
+
+func (l *loopConn) ReadBatch(ms []Message) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	n, addr, err := l.c.ReadFromUDPAddrPort(ms[0].Buf)
+	if err != nil {
+		return 0, err
+	}
+	ms[0].N, ms[0].Addr = n, addr
+	return 1, nil
+}
+
+func (l *loopConn) WriteBatch(ms []Message) (int, error) {
+	for i := range ms {
+		var err error
+		if l.connected {
+			_, err = l.c.Write(ms[i].Buf)
+		} else {
+			_, err = l.c.WriteToUDPAddrPort(ms[i].Buf, ms[i].Addr)
+		}
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(ms), nil
+}
