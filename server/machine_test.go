@@ -1,0 +1,404 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+const ms = int64(time.Millisecond)
+
+// sim drives a Machine with a virtual clock.
+type sim struct {
+	t   *testing.T
+	m   *Machine
+	now int64
+	iso []Isolation // isolations asked by the last step
+}
+
+func newSim(t *testing.T, mutate func(*MachineConfig)) *sim {
+	cfg := MachineConfig{
+		MaxTTL:         int64(time.Minute),
+		SessionTimeout: int64(15 * time.Second),
+		BootCount:      7,
+		Isolate:        true,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	m := NewMachine(cfg)
+	m.SetFenceLimit(m.NextFence() + 1<<20)
+	return &sim{t: t, m: m, now: 1000 * ms}
+}
+
+// step applies cmds at the current time and returns the results.
+func (s *sim) step(cmds ...Command) []Result {
+	s.t.Helper()
+	var out []Result
+	out, s.iso = s.m.Apply(s.now, cmds, nil, nil)
+	return out
+}
+
+// one applies a single command and returns its one result.
+func (s *sim) one(c Command) Result {
+	s.t.Helper()
+	out := s.step(c)
+	if len(out) != 1 {
+		s.t.Fatalf("%+v: got %d results %+v, want 1", c, len(out), out)
+	}
+	return out[0]
+}
+
+func (s *sim) connect(nonce uint64) uint64 {
+	s.t.Helper()
+	r := s.one(Command{Kind: KindConnect, ID: nonce, Info: []byte("host-a")})
+	if r.Op != wire.OpConnected || r.ID != nonce {
+		s.t.Fatalf("connect: %+v", r)
+	}
+	return r.Session
+}
+
+func lockCmd(sess, id uint64, ttlMs uint32, key string) Command {
+	return Command{Kind: KindLock, Session: sess, ID: id, TTLMs: ttlMs, Key: []byte(key)}
+}
+
+func unlockCmd(sess, id, lockID uint64, key string) Command {
+	return Command{Kind: KindUnlock, Session: sess, ID: id, LockID: lockID, Key: []byte(key)}
+}
+
+func updateCmd(sess, id, lockID uint64, ttlMs uint32, key string) Command {
+	return Command{Kind: KindUpdate, Session: sess, ID: id, LockID: lockID, TTLMs: ttlMs, Key: []byte(key)}
+}
+
+func wantOp(t *testing.T, r Result, op wire.Op) {
+	t.Helper()
+	if r.Op != op {
+		t.Fatalf("got %+v, want op %#x", r, op)
+	}
+}
+
+func wantErr(t *testing.T, r Result, code wire.Code) {
+	t.Helper()
+	if r.Op != wire.OpError || r.Code != code {
+		t.Fatalf("got %+v, want ERROR %d", r, code)
+	}
+}
+
+func TestMachineConnect(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(11)
+	if a>>32 != 7 || uint32(a) != 1 {
+		t.Fatalf("session id %#x: want boot 7 in the high bits, counter 1", a)
+	}
+	if again := s.connect(11); again != a {
+		t.Fatalf("retransmitted CONNECT: session %#x, want %#x", again, a)
+	}
+	b := s.connect(12)
+	if b == a || uint32(b) != 2 {
+		t.Fatalf("second session %#x", b)
+	}
+	if s.m.Sessions() != 2 {
+		t.Fatalf("sessions %d, want 2", s.m.Sessions())
+	}
+	r := s.one(Command{Kind: KindConnect, ID: 13, Info: make([]byte, wire.MaxIsolationInfo+1)})
+	wantErr(t, r, wire.CodeBadIsolationInfo)
+	wantErr(t, s.one(Command{Kind: KindConnect, ID: 0}), wire.CodeBadRequest)
+}
+
+func TestMachineUnknownSession(t *testing.T) {
+	s := newSim(t, nil)
+	for _, k := range []Kind{KindTouch, KindDisconnect, KindLock, KindUpdate, KindUnlock, KindUnlockAll} {
+		r := s.one(Command{Kind: k, Session: 99, ID: 1, TTLMs: 10, LockID: 1, Key: []byte("k")})
+		wantOp(t, r, wire.OpDisconnected)
+		if r.Session != 99 {
+			t.Fatalf("kind %d: reply session %d, want 99", k, r.Session)
+		}
+	}
+	wantOp(t, s.one(Command{Kind: KindPing, ID: 5}), wire.OpPong)
+	wantOp(t, s.one(Command{Kind: KindPing, Session: 99, ID: 5}), wire.OpPong)
+}
+
+func TestMachineGrantLockedRetransmit(t *testing.T) {
+	s := newSim(t, nil)
+	a, b := s.connect(1), s.connect(2)
+	r := s.one(lockCmd(a, 1, 1000, "k"))
+	wantOp(t, r, wire.OpOK)
+	if r.Fence == 0 {
+		t.Fatal("fence 0 on grant")
+	}
+	fence := r.Fence
+	again := s.one(lockCmd(a, 1, 1000, "k"))
+	if again.Op != wire.OpOK || again.Fence != fence {
+		t.Fatalf("retransmitted LOCK: %+v, want OK fence %d", again, fence)
+	}
+	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
+	wantOp(t, s.one(lockCmd(a, 2, 1000, "k")), wire.OpLocked) // same session, other id
+	if sess, id, f, ok := s.m.Holder("k"); !ok || sess != a || id != 1 || f != fence {
+		t.Fatalf("holder %d %d %d %v", sess, id, f, ok)
+	}
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpOK)
+}
+
+func TestMachineUnlockIdempotent(t *testing.T) {
+	s := newSim(t, nil)
+	a, b := s.connect(1), s.connect(2)
+	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
+	if _, _, _, ok := s.m.Holder("k"); ok {
+		t.Fatal("key still held after UNLOCK")
+	}
+	nb := s.one(lockCmd(b, 1, 1000, "k"))
+	wantOp(t, nb, wire.OpOK)
+	// The old UNLOCK, replayed, and an UNLOCK by b's lock id from another session.
+	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
+	wantOp(t, s.one(unlockCmd(a, 3, 1, "k")), wire.OpOK)
+	if sess, id, f, ok := s.m.Holder("k"); !ok || sess != b || id != 1 || f != nb.Fence {
+		t.Fatalf("newer holder touched: %d %d %d %v", sess, id, f, ok)
+	}
+}
+
+func TestMachineStaleAndFloor(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	wantOp(t, s.one(lockCmd(a, 5, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(unlockCmd(a, 6, 5, "k")), wire.OpOK)
+	// A duplicate of the LOCK arriving after its release must not grant again.
+	wantErr(t, s.one(lockCmd(a, 5, 1000, "k")), wire.CodeStale)
+	if _, _, _, ok := s.m.Holder("k"); ok {
+		t.Fatal("stale LOCK granted")
+	}
+	// Once the floor passes it, it is dropped without reply.
+	c := lockCmd(a, 5, 1000, "k")
+	c.Floor = 7
+	if out := s.step(c); len(out) != 0 {
+		t.Fatalf("request below floor answered: %+v", out)
+	}
+	// The floor never moves down, and every kind below it is dropped.
+	for _, c := range []Command{lockCmd(a, 6, 1000, "x"), unlockCmd(a, 3, 5, "k"), {Kind: KindTouch, Session: a, ID: 2, Floor: 1}} {
+		if out := s.step(c); len(out) != 0 {
+			t.Fatalf("%+v below floor answered: %+v", c, out)
+		}
+	}
+	if _, _, _, ok := s.m.Holder("x"); ok {
+		t.Fatal("LOCK below floor granted")
+	}
+	wantOp(t, s.one(lockCmd(a, 7, 1000, "k")), wire.OpOK)
+}
+
+func TestMachineUpdate(t *testing.T) {
+	s := newSim(t, nil)
+	a, b := s.connect(1), s.connect(2)
+	g := s.one(lockCmd(a, 1, 100, "k"))
+	s.now += 80 * ms
+	u := s.one(updateCmd(a, 2, 1, 100, "k"))
+	if u.Op != wire.OpOK || u.Fence != g.Fence {
+		t.Fatalf("UPDATE: %+v, want OK fence %d", u, g.Fence)
+	}
+	s.now += 80 * ms // 160ms after the grant: alive thanks to the UPDATE
+	s.step()
+	if _, _, _, ok := s.m.Holder("k"); !ok || s.m.Isolated(a) {
+		t.Fatal("lock expired despite UPDATE")
+	}
+	wantErr(t, s.one(updateCmd(b, 1, 1, 100, "k")), wire.CodeNotHeld)
+	wantErr(t, s.one(updateCmd(a, 3, 9, 100, "k")), wire.CodeNotHeld)
+	wantErr(t, s.one(updateCmd(a, 4, 1, 100, "nope")), wire.CodeNotHeld)
+	wantErr(t, s.one(updateCmd(a, 5, 1, 0, "k")), wire.CodeBadTTL)
+	wantErr(t, s.one(updateCmd(a, 6, 1, 60001, "k")), wire.CodeTTLTooLong)
+	wantErr(t, s.one(updateCmd(a, 7, 0, 100, "k")), wire.CodeBadRequest)
+}
+
+func TestMachineBadLock(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	wantErr(t, s.one(lockCmd(a, 1, 1000, "")), wire.CodeBadRequest)
+	wantErr(t, s.one(lockCmd(a, 2, 0, "k")), wire.CodeBadTTL)
+	wantErr(t, s.one(lockCmd(a, 3, 60001, "k")), wire.CodeTTLTooLong)
+	wantOp(t, s.one(lockCmd(a, 4, 60000, "k")), wire.OpOK)
+	wantErr(t, s.one(unlockCmd(a, 5, 4, "")), wire.CodeBadRequest)
+}
+
+func TestMachineLockDelay(t *testing.T) {
+	s := newSim(t, func(c *MachineConfig) { c.LockDelayUntil = 2000 * ms })
+	a := s.connect(1)
+	wantErr(t, s.one(lockCmd(a, 1, 1000, "k")), wire.CodeLockDelay)
+	// UPDATE and UNLOCK are not delayed.
+	wantErr(t, s.one(updateCmd(a, 2, 1, 1000, "k")), wire.CodeNotHeld)
+	wantOp(t, s.one(unlockCmd(a, 3, 1, "k")), wire.OpOK)
+	s.now = 2000 * ms
+	wantOp(t, s.one(lockCmd(a, 4, 1000, "k")), wire.OpOK)
+}
+
+func TestMachineExpiryIsolation(t *testing.T) {
+	s := newSim(t, nil)
+	a, b := s.connect(1), s.connect(2)
+	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
+	wantOp(t, s.one(lockCmd(a, 2, 10000, "k2")), wire.OpOK)
+	s.now += 99 * ms
+	if s.step(); len(s.iso) != 0 || s.m.Isolated(a) {
+		t.Fatal("isolated before the deadline")
+	}
+	s.now += 1 * ms
+	s.step()
+	if len(s.iso) != 1 || s.iso[0].Session != a || s.iso[0].Info != "host-a" {
+		t.Fatalf("isolations %+v, want one for session %d with its info", s.iso, a)
+	}
+	if !s.m.Isolated(a) {
+		t.Fatal("not isolated")
+	}
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
+	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 4}), wire.OpIsolated)
+	// Both keys stay unavailable while the command runs, whatever the time.
+	s.now += int64(10 * time.Second)
+	for _, k := range []string{"k", "k2"} {
+		wantOp(t, s.one(lockCmd(b, uint64(len(k)), 1000, k)), wire.OpLocked)
+	}
+	if len(s.iso) != 0 {
+		t.Fatalf("isolation asked twice: %+v", s.iso)
+	}
+	s.step(Command{Kind: KindIsolationDone, Session: a})
+	for _, k := range []string{"k", "k2"} {
+		if _, _, _, ok := s.m.Holder(k); ok {
+			t.Fatalf("%s still held after IsolationDone", k)
+		}
+	}
+	wantOp(t, s.one(lockCmd(b, 10, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 5}), wire.OpIsolated)
+	if s.m.Isolations() != 1 {
+		t.Fatalf("isolations %d", s.m.Isolations())
+	}
+}
+
+func TestMachineExpiryWithoutCommand(t *testing.T) {
+	s := newSim(t, func(c *MachineConfig) { c.Isolate = false })
+	a, b := s.connect(1), s.connect(2)
+	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
+	s.now += 100 * ms
+	s.step()
+	if len(s.iso) != 0 {
+		t.Fatalf("isolation asked without a command: %+v", s.iso)
+	}
+	wantOp(t, s.one(lockCmd(b, 1, 100, "k")), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
+}
+
+func TestMachineSessionTimeout(t *testing.T) {
+	s := newSim(t, func(c *MachineConfig) { c.SessionTimeout = 1000 * ms })
+	idle := s.connect(1)
+	holder := s.connect(2)
+	alive := s.connect(3)
+	wantOp(t, s.one(lockCmd(holder, 1, 60000, "k")), wire.OpOK)
+	for i := 0; i < 4; i++ {
+		s.now += 300 * ms
+		wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: uint64(i + 1)}), wire.OpOK)
+	}
+	// 1200ms of silence: idle is gone, holder is isolated, alive stays.
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: idle, ID: 1}), wire.OpDisconnected)
+	if !s.m.Isolated(holder) {
+		t.Fatal("silent holder not isolated")
+	}
+	if _, _, _, ok := s.m.Holder("k"); !ok {
+		t.Fatal("key of an isolating session released before the command ended")
+	}
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 9}), wire.OpOK)
+	s.step(Command{Kind: KindIsolationDone, Session: holder})
+	if _, _, _, ok := s.m.Holder("k"); ok {
+		t.Fatal("key held after IsolationDone")
+	}
+	// One more timeout of silence and the isolated session is forgotten.
+	s.now += 600 * ms
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 10}), wire.OpOK)
+	s.now += 600 * ms
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 11}), wire.OpOK)
+	if s.m.Sessions() != 1 {
+		t.Fatalf("sessions %d, want 1", s.m.Sessions())
+	}
+}
+
+func TestMachineUnlockAll(t *testing.T) {
+	s := newSim(t, nil)
+	a, b, op := s.connect(1), s.connect(2), s.connect(3)
+	wantOp(t, s.one(lockCmd(a, 1, 1000, "ka")), wire.OpOK)
+	wantOp(t, s.one(lockCmd(b, 1, 1000, "kb")), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.OpOK)
+	if s.m.Locks() != 0 {
+		t.Fatalf("%d locks after UNLOCKALL", s.m.Locks())
+	}
+	if len(s.iso) != 2 || !s.m.Isolated(a) || !s.m.Isolated(b) || s.m.Isolated(op) {
+		t.Fatalf("isolations %+v", s.iso)
+	}
+	wantOp(t, s.one(lockCmd(op, 2, 1000, "ka")), wire.OpOK)
+	wantOp(t, s.one(lockCmd(a, 2, 1000, "x")), wire.OpIsolated)
+}
+
+func TestMachineDisconnect(t *testing.T) {
+	s := newSim(t, nil)
+	a, b := s.connect(1), s.connect(2)
+	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
+	if len(s.iso) != 0 {
+		t.Fatal("DISCONNECT isolated")
+	}
+	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
+	// The nonce is forgotten with the session: a new CONNECT with it is a new session.
+	if n := s.connect(1); n == a {
+		t.Fatal("closed session revived")
+	}
+}
+
+func TestMachineFencesIncrease(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	var last uint64
+	id := uint64(1)
+	for i := 0; i < 200; i++ {
+		key := string(rune('a' + i%5))
+		r := s.one(lockCmd(a, id, 1000, key))
+		wantOp(t, r, wire.OpOK)
+		if r.Fence <= last {
+			t.Fatalf("fence %d after %d", r.Fence, last)
+		}
+		last = r.Fence
+		s.one(unlockCmd(a, id+1, id, key))
+		id += 2
+	}
+}
+
+func TestMachineFenceLimit(t *testing.T) {
+	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute), SessionTimeout: int64(time.Minute), FirstFence: 100})
+	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1}}, nil, nil)
+	sess := out[0].Session
+	out, _ = m.Apply(0, []Command{lockCmd(sess, 1, 1000, "k")}, nil, nil)
+	wantErr(t, out[0], wire.CodeLockDelay) // no reservation yet: no fence handed out
+	m.SetFenceLimit(101)
+	if m.FencesLeft() != 1 {
+		t.Fatalf("fences left %d", m.FencesLeft())
+	}
+	out, _ = m.Apply(0, []Command{lockCmd(sess, 2, 1000, "k"), lockCmd(sess, 3, 1000, "k2")}, nil, nil)
+	if out[0].Op != wire.OpOK || out[0].Fence != 100 {
+		t.Fatalf("first grant %+v, want fence 100", out[0])
+	}
+	wantErr(t, out[1], wire.CodeLockDelay)
+}
+
+func TestMachineReusesEntries(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	cmds := []Command{lockCmd(a, 1, 1000, "key"), unlockCmd(a, 2, 1, "key")}
+	out := make([]Result, 0, 2)
+	id := uint64(1)
+	allocs := testing.AllocsPerRun(1000, func() {
+		cmds[0].ID, cmds[1].ID, cmds[1].LockID = id, id+1, id
+		cmds[0].Floor, cmds[1].Floor = id, id
+		id += 2
+		s.now += ms
+		out, _ = s.m.Apply(s.now, cmds, out[:0], nil)
+		if out[0].Op != wire.OpOK || out[1].Op != wire.OpOK {
+			t.Fatalf("results %+v", out)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per LOCK+UNLOCK, want 0", allocs)
+	}
+}
