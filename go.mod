@@ -2,4 +2,7 @@ module github.com/netmutex/netmutex
 
 go 1.26.0
 
-require golang.org/x/sys v0.50.0 // indirect
+require (
+	go.uber.org/goleak v1.3.0
+	golang.org/x/sys v0.50.0 // indirect
+)

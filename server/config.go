@@ -1,0 +1,117 @@
+package server
+
+import (
+	"errors"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// Config configures a Server. Start from DefaultConfig.
+type Config struct {
+	// ListenAddr is the UDP address to serve on; port 0 picks a free one.
+	ListenAddr string
+	// DataDir holds the state file (boot count, fence high-water mark, clean-stop flag).
+	// Required; created if missing.
+	DataDir string
+	// MaxTTL is the longest lock TTL granted, and the length of the start-up lock-delay.
+	MaxTTL time.Duration
+	// SessionTimeout closes a session that has sent nothing for that long.
+	SessionTimeout time.Duration
+	// RetransmitWindow is advertised to clients: they never retransmit a request later
+	// than that after first sending it.
+	RetransmitWindow time.Duration
+	// IsolateCmd runs under /bin/sh -c with the isolated session's IsolationInfo on
+	// standard input. Empty: no command, an isolated session's locks are released at once.
+	IsolateCmd string
+	// IsolateTimeout bounds one run of IsolateCmd; it is then killed and given up on.
+	IsolateTimeout time.Duration
+	// ServerID is this server's id in CONNECTED and REDIRECT.
+	ServerID uint16
+	// Servers is the cluster advertised in CONNECTED; nil means just this server.
+	Servers []wire.Server
+	// Redirect, if set, makes this server a follower that answers every request, CONNECT
+	// included, with REDIRECT to it.
+	Redirect *wire.Server
+	// Logger receives the server's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultListenAddr = "127.0.0.1:15663"
+	// DefaultMaxTTL is a minute: the usual client locks with ttl = 1 minute against a
+	// server started with no flags.
+	DefaultMaxTTL           = time.Minute
+	DefaultSessionTimeout   = 15 * time.Second
+	DefaultRetransmitWindow = 60 * time.Second
+	DefaultIsolateTimeout   = 10 * time.Second
+	DefaultServerID         = 1
+)
+
+// Configuration errors, returned by Validate and New.
+var (
+	ErrNoDataDir        = errors.New("server: DataDir is required")
+	ErrBadMaxTTL        = errors.New("server: MaxTTL must be between 1ms and 2^32-1 ms")
+	ErrBadTimeout       = errors.New("server: SessionTimeout, RetransmitWindow and IsolateTimeout must be between 1ms and 2^32-1 ms")
+	ErrTooManyServers   = errors.New("server: Servers do not fit in a CONNECTED reply")
+	ErrBadRedirect      = errors.New("server: Redirect address longer than 255 bytes")
+	ErrNoListenAddr     = errors.New("server: ListenAddr is required")
+	ErrAlreadyClosed    = errors.New("server: already closed")
+	ErrIsolationTimeout = errors.New("server: isolation command timed out")
+)
+
+// DefaultConfig returns a configuration with every default filled in but DataDir.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddr:       DefaultListenAddr,
+		MaxTTL:           DefaultMaxTTL,
+		SessionTimeout:   DefaultSessionTimeout,
+		RetransmitWindow: DefaultRetransmitWindow,
+		IsolateTimeout:   DefaultIsolateTimeout,
+		ServerID:         DefaultServerID,
+	}
+}
+
+// maxConnectedFrame keeps CONNECTED within the smallest CONNECT datagram, so that the
+// reply is never larger than the request (no amplification).
+const maxConnectedFrame = wire.MinConnectDatagram - wire.HeaderSize - wire.TrailerSize
+
+func validMs(d time.Duration) bool {
+	return d >= time.Millisecond && d/time.Millisecond <= math.MaxUint32
+}
+
+// Validate checks c and returns the first problem found.
+func (c *Config) Validate() error {
+	if c.ListenAddr == "" {
+		return ErrNoListenAddr
+	}
+	if c.DataDir == "" {
+		return ErrNoDataDir
+	}
+	if !validMs(c.MaxTTL) {
+		return ErrBadMaxTTL
+	}
+	if !validMs(c.SessionTimeout) || !validMs(c.RetransmitWindow) || !validMs(c.IsolateTimeout) {
+		return ErrBadTimeout
+	}
+	if len(c.Servers) > wire.MaxServers {
+		return ErrTooManyServers
+	}
+	n := wire.FrameHeaderSize + 23
+	for _, s := range c.Servers {
+		if len(s.Addr) > 255 {
+			return ErrTooManyServers
+		}
+		n += 3 + len(s.Addr)
+	}
+	if n > maxConnectedFrame {
+		return ErrTooManyServers
+	}
+	if c.Redirect != nil && len(c.Redirect.Addr) > 255 {
+		return ErrBadRedirect
+	}
+	return nil
+}

@@ -1,0 +1,533 @@
+// Package server is the netmutex lock server: a network loop (one goroutine, batched UDP
+// I/O) around a deterministic lock state machine (Machine), with the little that must
+// survive a restart kept in a data directory.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// tick is how often the loop wakes without traffic while locks or sessions exist, so that
+// expiry and session timeouts happen on time. 20ms keeps expiry late by at most that,
+// at 50 idle wake-ups a second.
+const tick = 20 * time.Millisecond
+
+// isoQueue is the capacity of the channel of finished isolation runs; a run that finds it
+// full waits (in its own goroutine), never the loop.
+const isoQueue = 64
+
+// Stats are counters since New. All are totals.
+type Stats struct {
+	Datagrams        uint64 // datagrams received, bad ones included
+	BadDatagrams     uint64 // datagrams dropped as invalid, without reply
+	Requests         uint64 // request frames handed to the state machine (PAD excluded)
+	Replies          uint64 // reply frames sent
+	Batches          uint64 // receive calls that returned datagrams; one Apply each
+	Ticks            uint64 // wake-ups without traffic (read deadline)
+	Grants           uint64 // locks granted
+	Isolations       uint64 // sessions isolated
+	IsolationsRun    uint64 // isolation command runs finished (any exit status)
+	IsolationsFailed uint64 // runs that failed, timed out or could not start
+	DatagramsOut     uint64 // reply datagrams sent
+	SyscallsIn       uint64 // ReadBatch calls (one recvmmsg each on Linux)
+	SyscallsOut      uint64 // WriteBatch calls (one sendmmsg each on Linux, if it takes all)
+	SendErrors       uint64 // reply datagrams that could not be sent
+}
+
+type counters struct {
+	datagrams, bad, requests, replies, batches, ticks, grants, isolations atomic.Uint64
+	isoRun, isoFailed, datagramsOut, syscallsIn, syscallsOut, sendErrors  atomic.Uint64
+}
+
+// Server is a running lock server. Its methods are safe for concurrent use.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	conn  *net.UDPConn
+	bc    batchio.Conn
+	addr  netip.AddrPort
+	store *store
+	m     *Machine
+	epoch time.Time
+	stats counters
+
+	isoCtx    context.Context
+	isoCancel context.CancelFunc
+	isoDone   chan uint64
+	isoWG     sync.WaitGroup
+	loopDone  chan struct{}
+
+	closeMu sync.Mutex
+	closed  bool
+
+	// Owned by the loop goroutine.
+	in        []batchio.Message
+	cmds      []Command
+	results   []Result
+	isos      []Isolation
+	out       []batchio.Message
+	outBufs   [][]byte
+	builders  []builder
+	connected wire.Connected
+	deadline  time.Time
+	reserveOK bool
+}
+
+// builder is the reply datagram being filled for one (address, session).
+type builder struct {
+	addr    netip.AddrPort
+	session uint64
+	msg     int // index in Server.out
+}
+
+// New opens the data directory, binds the socket and starts serving. Zero durations and
+// an empty ListenAddr in cfg take their defaults.
+func New(cfg Config) (*Server, error) {
+	fillDefaults(&cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	laddr, err := net.ResolveUDPAddr("udp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen address: %w", err)
+	}
+	st, err := openStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen: %w", err)
+	}
+	bc, err := batchio.New(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      log,
+		conn:     conn,
+		bc:       bc,
+		addr:     conn.LocalAddr().(*net.UDPAddr).AddrPort(),
+		store:    st,
+		epoch:    time.Now(),
+		isoDone:  make(chan uint64, isoQueue),
+		loopDone: make(chan struct{}),
+	}
+	s.isoCtx, s.isoCancel = context.WithCancel(context.Background())
+	mc := MachineConfig{
+		MaxTTL:         int64(cfg.MaxTTL),
+		SessionTimeout: int64(cfg.SessionTimeout),
+		BootCount:      st.st.boot,
+		Isolate:        cfg.IsolateCmd != "",
+		FirstFence:     st.firstFence(),
+	}
+	if st.lockDelay {
+		mc.LockDelayUntil = int64(cfg.MaxTTL) // the loop's clock starts at 0 at epoch
+	}
+	s.m = NewMachine(mc)
+	if err := s.reserve(0); err != nil {
+		conn.Close()
+		s.isoCancel()
+		return nil, err
+	}
+	s.connected = wire.Connected{
+		MaxTTLMs:           uint32(cfg.MaxTTL / time.Millisecond),
+		SessionTimeoutMs:   uint32(cfg.SessionTimeout / time.Millisecond),
+		RetransmitWindowMs: uint32(cfg.RetransmitWindow / time.Millisecond),
+		ServerID:           cfg.ServerID,
+		Servers:            cfg.Servers,
+	}
+	if s.connected.Servers == nil {
+		s.connected.Servers = []wire.Server{{ID: cfg.ServerID, Addr: s.addr.String()}}
+	}
+	s.in = make([]batchio.Message, batchio.MaxBatch)
+	for i := range s.in {
+		// One byte over the limit, so an oversized datagram is seen as such.
+		s.in[i].Buf = make([]byte, wire.MaxDatagram+1)
+	}
+	s.cmds = make([]Command, 0, batchio.MaxBatch*8)
+	s.results = make([]Result, 0, batchio.MaxBatch*8)
+	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
+		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", lockDelayFor(st.lockDelay, cfg.MaxTTL),
+		"first_fence", st.firstFence(), "redirect", cfg.Redirect != nil)
+	go s.loop()
+	return s, nil
+}
+
+func lockDelayFor(on bool, d time.Duration) time.Duration {
+	if on {
+		return d
+	}
+	return 0
+}
+
+func fillDefaults(c *Config) {
+	d := DefaultConfig()
+	if c.ListenAddr == "" {
+		c.ListenAddr = d.ListenAddr
+	}
+	if c.MaxTTL == 0 {
+		c.MaxTTL = d.MaxTTL
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = d.SessionTimeout
+	}
+	if c.RetransmitWindow == 0 {
+		c.RetransmitWindow = d.RetransmitWindow
+	}
+	if c.IsolateTimeout == 0 {
+		c.IsolateTimeout = d.IsolateTimeout
+	}
+	if c.ServerID == 0 {
+		c.ServerID = d.ServerID
+	}
+}
+
+// Addr is the address the server is bound to.
+func (s *Server) Addr() netip.AddrPort { return s.addr }
+
+// LockDelay tells whether this start began with a lock-delay.
+func (s *Server) LockDelay() bool { return s.store.lockDelay }
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Datagrams:        c.datagrams.Load(),
+		BadDatagrams:     c.bad.Load(),
+		Requests:         c.requests.Load(),
+		Replies:          c.replies.Load(),
+		Batches:          c.batches.Load(),
+		Ticks:            c.ticks.Load(),
+		Grants:           c.grants.Load(),
+		Isolations:       c.isolations.Load(),
+		IsolationsRun:    c.isoRun.Load(),
+		IsolationsFailed: c.isoFailed.Load(),
+		DatagramsOut:     c.datagramsOut.Load(),
+		SyscallsIn:       c.syscallsIn.Load(),
+		SyscallsOut:      c.syscallsOut.Load(),
+		SendErrors:       c.sendErrors.Load(),
+	}
+}
+
+// Close stops the server cleanly: the loop ends, running isolation commands are waited
+// for (each is bounded by IsolateTimeout), the clean stop is recorded (with whether locks
+// were still held, which decides the next start's lock-delay) and the socket is closed.
+// No goroutine of the server is left when it returns.
+func (s *Server) Close() error { return s.stop(true) }
+
+// Abort stops the server as a crash would, for tests: no clean stop is recorded, so the
+// next start on the same DataDir has a lock-delay. Isolation commands are killed.
+func (s *Server) Abort() error { return s.stop(false) }
+
+func (s *Server) stop(clean bool) error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return ErrAlreadyClosed
+	}
+	s.closed = true
+	if !clean {
+		s.isoCancel()
+	}
+	// Closing the socket is what ends the loop's blocking read.
+	err := s.conn.Close()
+	<-s.loopDone
+	s.isoWG.Wait()
+	s.isoCancel()
+	if clean {
+		locks := s.m.Locks() > 0 // the loop has ended: the machine is ours now
+		if werr := s.store.markClean(locks); werr != nil && err == nil {
+			err = werr
+		}
+		s.log.Info("netmutexd stopped", "clean", true, "locks_held", locks)
+	}
+	return err
+}
+
+// now is the loop's clock: monotonic nanoseconds since New.
+func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
+
+// reserve makes sure the machine can hand out at least need fences, writing a new
+// high-water mark durably first when it cannot.
+func (s *Server) reserve(need int) error {
+	if s.m.FencesLeft() >= uint64(need) && s.m.FencesLeft() > 0 {
+		return nil
+	}
+	end := s.m.NextFence() + fenceBlock + uint64(need)
+	if err := s.store.reserve(end); err != nil {
+		// The machine refuses grants (LOCK_DELAY) rather than use an unpersisted fence.
+		return err
+	}
+	s.m.SetFenceLimit(end)
+	return nil
+}
+
+func (s *Server) loop() {
+	defer close(s.loopDone)
+	for {
+		s.armDeadline()
+		n, err := s.bc.ReadBatch(s.in)
+		s.stats.syscallsIn.Add(1)
+		if err != nil {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				s.stats.ticks.Add(1)
+				n = 0
+			case errors.Is(err, net.ErrClosed):
+				return
+			default:
+				s.log.Warn("receive failed", "err", err)
+				continue
+			}
+		} else {
+			s.stats.batches.Add(1)
+		}
+		s.process(n, s.now())
+		s.send()
+	}
+}
+
+// armDeadline keeps the read returning every tick while time alone can change the state
+// (locks to expire, sessions to time out, isolation runs to collect), and lets it block
+// for good when the machine is idle.
+func (s *Server) armDeadline() {
+	if s.m.Idle() {
+		if !s.deadline.IsZero() {
+			s.deadline = time.Time{}
+			s.conn.SetReadDeadline(s.deadline)
+		}
+		return
+	}
+	now := time.Now()
+	if s.deadline.IsZero() || now.After(s.deadline.Add(-tick/2)) {
+		s.deadline = now.Add(tick)
+		s.conn.SetReadDeadline(s.deadline)
+	}
+}
+
+// process turns the n datagrams in s.in into commands, applies them in one Apply and
+// encodes the replies into s.out.
+func (s *Server) process(n int, now int64) {
+	s.cmds = s.cmds[:0]
+	s.results = s.results[:0]
+	s.stats.datagrams.Add(uint64(n))
+	for i := 0; i < n; i++ {
+		s.parse(i)
+	}
+	if s.cfg.Redirect != nil {
+		s.redirect()
+	} else {
+		s.collectIsolations()
+		if err := s.reserve(len(s.cmds)); err != nil {
+			if s.reserveOK || s.m.FencesLeft() == 0 {
+				s.log.Error("cannot reserve fences; refusing grants", "err", err)
+			}
+			s.reserveOK = false
+		} else {
+			s.reserveOK = true
+		}
+		s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
+		s.stats.grants.Store(s.m.Grants())
+		s.stats.isolations.Store(s.m.Isolations())
+		for _, iso := range s.isos {
+			s.startIsolation(iso)
+		}
+	}
+	s.encode(n == len(s.in))
+}
+
+// parse checks datagram i whole, then turns its frames into commands.
+func (s *Server) parse(i int) {
+	msg := &s.in[i]
+	if msg.N > wire.MaxDatagram {
+		s.stats.bad.Add(1)
+		return
+	}
+	d, err := wire.Parse(msg.Buf[:msg.N], false)
+	if err != nil {
+		s.stats.bad.Add(1)
+		return
+	}
+	before := len(s.cmds)
+	var f wire.Frame
+	for d.Next(&f) {
+		c := Command{Tag: int32(i), Session: d.Session, Floor: d.Floor, ID: f.ID}
+		switch f.Op {
+		case wire.OpPad:
+			continue
+		case wire.OpConnect:
+			c.Kind, c.Info = KindConnect, f.Info
+		case wire.OpPing:
+			c.Kind = KindPing
+		case wire.OpTouch:
+			c.Kind = KindTouch
+		case wire.OpDisconnect:
+			c.Kind = KindDisconnect
+		case wire.OpLock:
+			c.Kind, c.TTLMs, c.Key = KindLock, f.TTLMs, f.Key
+		case wire.OpUpdate:
+			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key
+		case wire.OpUnlock:
+			c.Kind, c.LockID, c.Key = KindUnlock, f.LockID, f.Key
+		case wire.OpUnlockAll:
+			c.Kind = KindUnlockAll
+		default:
+			continue // Parse admits only the request opcodes above
+		}
+		s.cmds = append(s.cmds, c)
+	}
+	s.stats.requests.Add(uint64(len(s.cmds) - before))
+}
+
+// redirect answers every request with REDIRECT, without touching the machine.
+func (s *Server) redirect() {
+	for _, c := range s.cmds {
+		s.results = append(s.results, Result{Op: wire.OpRedirect, Tag: c.Tag, Session: c.Session, ID: c.ID})
+	}
+}
+
+// collectIsolations turns finished isolation runs into commands, without blocking.
+func (s *Server) collectIsolations() {
+	for {
+		select {
+		case sid := <-s.isoDone:
+			s.cmds = append(s.cmds, Command{Kind: KindIsolationDone, Session: sid, Tag: -1})
+		default:
+			return
+		}
+	}
+}
+
+// replySize is the size of the frame that encodes r.
+func (s *Server) replySize(r *Result) int {
+	switch r.Op {
+	case wire.OpConnected:
+		n := wire.FrameHeaderSize + 23
+		for _, sv := range s.connected.Servers {
+			n += 3 + len(sv.Addr)
+		}
+		return n
+	case wire.OpOK:
+		return wire.FrameHeaderSize + 8
+	case wire.OpError:
+		return wire.FrameHeaderSize + 4
+	case wire.OpRedirect:
+		return wire.FrameHeaderSize + 3 + len(s.cfg.Redirect.Addr)
+	}
+	return wire.FrameHeaderSize
+}
+
+func (s *Server) appendReply(b []byte, r *Result) []byte {
+	switch r.Op {
+	case wire.OpConnected:
+		s.connected.Session = r.Session
+		return wire.AppendConnected(b, r.ID, &s.connected)
+	case wire.OpOK:
+		return wire.AppendOK(b, r.ID, r.Fence)
+	case wire.OpError:
+		// No text: the code says it all, and an empty text keeps every ERROR within 8
+		// bytes of its request (no amplification).
+		return wire.AppendError(b, r.ID, r.Code, "")
+	case wire.OpRedirect:
+		return wire.AppendRedirect(b, r.ID, s.cfg.Redirect.ID, s.cfg.Redirect.Addr)
+	}
+	return wire.AppendEmpty(b, r.Op, r.ID)
+}
+
+// encode packs s.results into reply datagrams in s.out: all replies for one (address,
+// session) of the batch share datagrams, each reply goes to the address its request came
+// from, and busy sets FlagBusy on all of them.
+func (s *Server) encode(busy bool) {
+	s.out = s.out[:0]
+	s.builders = s.builders[:0]
+	var flags uint8
+	if busy {
+		flags = wire.FlagBusy
+	}
+	last := -1
+	for i := range s.results {
+		r := &s.results[i]
+		addr := s.in[r.Tag].Addr
+		bi := -1
+		if last >= 0 && s.builders[last].addr == addr && s.builders[last].session == r.Session {
+			bi = last
+		} else {
+			for j := range s.builders {
+				if s.builders[j].addr == addr && s.builders[j].session == r.Session {
+					bi = j
+					break
+				}
+			}
+		}
+		if bi < 0 {
+			s.builders = append(s.builders, builder{addr: addr, session: r.Session, msg: s.newDatagram(addr, r.Session, flags)})
+			bi = len(s.builders) - 1
+		}
+		last = bi
+		b := &s.builders[bi]
+		m := &s.out[b.msg]
+		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > wire.MaxDatagram {
+			m.Buf = wire.FinishDatagram(m.Buf, 0)
+			b.msg = s.newDatagram(addr, r.Session, flags)
+			m = &s.out[b.msg]
+		}
+		m.Buf = s.appendReply(m.Buf, r)
+	}
+	for _, b := range s.builders {
+		m := &s.out[b.msg]
+		m.Buf = wire.FinishDatagram(m.Buf, 0)
+	}
+	s.stats.replies.Add(uint64(len(s.results)))
+}
+
+// newDatagram starts a reply datagram in a reused buffer and returns its index in s.out.
+func (s *Server) newDatagram(addr netip.AddrPort, session uint64, flags uint8) int {
+	i := len(s.out)
+	if i == len(s.outBufs) {
+		s.outBufs = append(s.outBufs, make([]byte, 0, wire.MaxDatagram))
+	}
+	buf := wire.BeginDatagram(s.outBufs[i][:0], wire.Header{Flags: flags, Session: session})
+	s.out = append(s.out, batchio.Message{Buf: buf, Addr: addr})
+	return i
+}
+
+// send writes s.out, skipping a datagram the kernel refuses rather than stalling the loop.
+func (s *Server) send() {
+	for sent := 0; sent < len(s.out); {
+		n, err := s.bc.WriteBatch(s.out[sent:])
+		s.stats.syscallsOut.Add(1)
+		s.stats.datagramsOut.Add(uint64(n))
+		sent += n
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.stats.sendErrors.Add(1)
+			if sent < len(s.out) {
+				s.log.Debug("send failed", "to", s.out[sent].Addr.String(), "err", err)
+			}
+			sent++
+		} else if n == 0 {
+			return // nothing sent and no error: do not spin
+		}
+	}
+}

@@ -1,0 +1,545 @@
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testConfig(t *testing.T, dir string) Config {
+	cfg := DefaultConfig()
+	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.DataDir = dir
+	cfg.Logger = quiet
+	return cfg
+}
+
+func startServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+// client is a tiny hand-rolled client speaking internal/wire directly.
+type client struct {
+	t       *testing.T
+	conn    *net.UDPConn
+	session uint64
+	floor   uint64
+	nextID  uint64
+	buf     []byte
+}
+
+func newClient(t *testing.T, addr interface{ String() string }) *client {
+	t.Helper()
+	ua, err := net.ResolveUDPAddr("udp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &client{t: t, conn: conn, nextID: 1, buf: make([]byte, 2048)}
+}
+
+func (c *client) id() uint64 { c.nextID++; return c.nextID - 1 }
+
+// datagram builds a datagram of this client's session from frames appended by add.
+func (c *client) datagram(add func(b []byte) []byte) []byte {
+	b := wire.BeginDatagram(nil, wire.Header{Session: c.session, Floor: c.floor})
+	b = add(b)
+	return wire.FinishDatagram(b, 0)
+}
+
+func (c *client) send(d []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(d); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// recv reads one reply datagram and returns its frames; ok is false on timeout.
+func (c *client) recv(wait time.Duration) (wire.Header, []wire.Frame, bool) {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(wait))
+	n, err := c.conn.Read(c.buf)
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return wire.Header{}, nil, false
+		}
+		c.t.Fatal(err)
+	}
+	d, err := wire.Parse(append([]byte(nil), c.buf[:n]...), true)
+	if err != nil {
+		c.t.Fatalf("bad reply datagram: %v", err)
+	}
+	var frames []wire.Frame
+	var f wire.Frame
+	for d.Next(&f) {
+		frames = append(frames, f)
+	}
+	return d.Header, frames, true
+}
+
+// call sends one request frame and returns the one reply frame.
+func (c *client) call(add func(b []byte) []byte) wire.Frame {
+	c.t.Helper()
+	c.send(c.datagram(add))
+	_, frames, ok := c.recv(2 * time.Second)
+	if !ok {
+		c.t.Fatal("no reply")
+	}
+	if len(frames) != 1 {
+		c.t.Fatalf("%d reply frames", len(frames))
+	}
+	return frames[0]
+}
+
+func (c *client) connect(info string) wire.Connected {
+	c.t.Helper()
+	nonce := uint64(time.Now().UnixNano()) | 1
+	f := c.call(func(b []byte) []byte {
+		b = wire.AppendConnect(b, nonce, info)
+		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
+	})
+	if f.Op != wire.OpConnected || f.ID != nonce {
+		c.t.Fatalf("CONNECT: %+v", f)
+	}
+	conn := f.Connected()
+	c.session = conn.Session
+	return conn
+}
+
+func (c *client) lock(key string, ttl time.Duration) (id uint64, f wire.Frame) {
+	c.t.Helper()
+	id = c.id()
+	return id, c.call(func(b []byte) []byte { return wire.AppendLock(b, id, uint32(ttl/time.Millisecond), key) })
+}
+
+func (c *client) unlock(key string, lockID uint64) wire.Frame {
+	c.t.Helper()
+	id := c.id()
+	return c.call(func(b []byte) []byte { return wire.AppendUnlock(b, id, lockID, key) })
+}
+
+func (c *client) touch() wire.Frame {
+	c.t.Helper()
+	id := c.id()
+	return c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpTouch, id) })
+}
+
+func TestServerConnectLockUnlock(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	defer s.Close()
+	a, b := newClient(t, s.Addr()), newClient(t, s.Addr())
+	conn := a.connect("host-a")
+	if conn.MaxTTLMs != 60000 || conn.SessionTimeoutMs != 15000 || conn.RetransmitWindowMs != 60000 || conn.ServerID != 1 {
+		t.Fatalf("CONNECTED %+v", conn)
+	}
+	if len(conn.Servers) != 1 || conn.Servers[0].Addr != s.Addr().String() {
+		t.Fatalf("servers %+v, want just %s", conn.Servers, s.Addr())
+	}
+	b.connect("host-b")
+	id, f := a.lock("k", time.Second)
+	if f.Op != wire.OpOK || f.Fence == 0 || f.ID != id {
+		t.Fatalf("LOCK: %+v", f)
+	}
+	if _, f := b.lock("k", time.Second); f.Op != wire.OpLocked {
+		t.Fatalf("second LOCK: %+v", f)
+	}
+	if f := a.unlock("k", id); f.Op != wire.OpOK {
+		t.Fatalf("UNLOCK: %+v", f)
+	}
+	if _, f := b.lock("k", time.Second); f.Op != wire.OpOK {
+		t.Fatalf("LOCK after UNLOCK: %+v", f)
+	}
+	// Unknown session, and a PING without one.
+	c := newClient(t, s.Addr())
+	c.session = 12345
+	if f := c.touch(); f.Op != wire.OpDisconnected {
+		t.Fatalf("unknown session: %+v", f)
+	}
+	c.session = 0
+	if f := c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpPing, 1) }); f.Op != wire.OpPong {
+		t.Fatalf("PING: %+v", f)
+	}
+}
+
+func TestServerPacksReplies(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	defer s.Close()
+	c := newClient(t, s.Addr())
+	c.connect("x")
+	const n = 90 // 90 OK replies of 20 bytes do not fit in one datagram
+	first := c.nextID
+	var ds [][]byte
+	for i := 0; i < 3; i++ {
+		ds = append(ds, c.datagram(func(b []byte) []byte {
+			for j := 0; j < n/3; j++ {
+				id := c.id()
+				b = wire.AppendLock(b, id, 1000, "key-"+string(rune('a'+i))+string(rune('a'+j)))
+			}
+			return b
+		}))
+	}
+	for _, d := range ds {
+		c.send(d)
+	}
+	seen := map[uint64]bool{}
+	for len(seen) < n {
+		h, frames, ok := c.recv(2 * time.Second)
+		if !ok {
+			t.Fatalf("got %d of %d replies", len(seen), n)
+		}
+		if h.Session != c.session {
+			t.Fatalf("reply header session %x, want %x", h.Session, c.session)
+		}
+		for _, f := range frames {
+			if f.Op != wire.OpOK || f.ID < first || f.ID >= first+n || seen[f.ID] {
+				t.Fatalf("reply %+v", f)
+			}
+			seen[f.ID] = true
+		}
+	}
+	if st := s.Stats(); st.Replies < n+1 || st.Grants != n {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestServerBadDatagrams(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	defer s.Close()
+	c := newClient(t, s.Addr())
+	c.connect("x")
+	good := func() []byte {
+		return c.datagram(func(b []byte) []byte { return wire.AppendLock(b, 1000, 1000, "victim") })
+	}
+	recrc := func(d []byte) []byte {
+		n := len(d) - wire.TrailerSize
+		binary.BigEndian.PutUint32(d[n:], crc32.Checksum(d[:n], crc32.MakeTable(crc32.Castagnoli)))
+		return d
+	}
+	bad := map[string][]byte{
+		"garbage":       []byte("hello, is this the lock server?"),
+		"empty":         {},
+		"short":         good()[:20],
+		"version":       recrc(func() []byte { d := good(); d[0] = 2; return d }()),
+		"reserved flag": recrc(func() []byte { d := good(); d[1] = 2; return d }()),
+		"busy flag":     recrc(func() []byte { d := good(); d[1] = wire.FlagBusy; return d }()),
+		"length":        recrc(func() []byte { d := good(); d[3]++; return d }()),
+		"checksum":      func() []byte { d := good(); d[len(d)-1] ^= 1; return d }(),
+		"truncated frame": c.datagram(func(b []byte) []byte {
+			b = wire.AppendLock(b, 1000, 1000, "victim")
+			binary.BigEndian.PutUint16(b[wire.HeaderSize+2:], 200)
+			return b
+		}),
+		"unknown opcode": c.datagram(func(b []byte) []byte {
+			b = wire.AppendLock(b, 1000, 1000, "victim")
+			return wire.AppendEmpty(b, 0x7f, 1001)
+		}),
+		"reply opcode": c.datagram(func(b []byte) []byte {
+			b = wire.AppendLock(b, 1000, 1000, "victim")
+			return wire.AppendOK(b, 1001, 1)
+		}),
+		"small connect": c.datagram(func(b []byte) []byte { return wire.AppendConnect(b, 99, "x") }),
+		"oversized": c.datagram(func(b []byte) []byte {
+			b = wire.AppendLock(b, 1000, 1000, "victim")
+			return wire.AppendPad(b, wire.MaxDatagram)
+		}),
+	}
+	for name, d := range bad {
+		c.send(d)
+		if _, frames, ok := c.recv(50 * time.Millisecond); ok {
+			t.Fatalf("%s: got a reply %+v", name, frames)
+		}
+	}
+	if got := s.Stats().BadDatagrams; got != uint64(len(bad)) {
+		t.Fatalf("BadDatagrams %d, want %d", got, len(bad))
+	}
+	// No state changed: the key is free, and the server still answers.
+	if _, f := c.lock("victim", time.Second); f.Op != wire.OpOK {
+		t.Fatalf("LOCK after bad datagrams: %+v", f)
+	}
+}
+
+func TestServerFencesAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	var last uint64
+	for round := 0; round < 3; round++ {
+		cfg := testConfig(t, dir)
+		cfg.MaxTTL = 100 * time.Millisecond // the lock-delay after Abort
+		s := startServer(t, cfg)
+		c := newClient(t, s.Addr())
+		c.connect("x")
+		for i := 0; i < 3; i++ {
+			id, f := c.lock("k", 50*time.Millisecond)
+			for f.Op == wire.OpError && f.Code == wire.CodeLockDelay {
+				time.Sleep(20 * time.Millisecond)
+				id, f = c.lock("k", 50*time.Millisecond)
+			}
+			if f.Op != wire.OpOK || f.Fence <= last {
+				t.Fatalf("round %d: %+v after fence %d", round, f, last)
+			}
+			last = f.Fence
+			c.unlock("k", id)
+		}
+		if round == 1 {
+			if err := s.Abort(); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestServerLockDelay(t *testing.T) {
+	const maxTTL = 300 * time.Millisecond
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.MaxTTL = maxTTL
+
+	// Fresh directory: no delay.
+	s := startServer(t, cfg)
+	if s.LockDelay() {
+		t.Fatal("lock-delay on a fresh directory")
+	}
+	c := newClient(t, s.Addr())
+	c.connect("x")
+	if _, f := c.lock("k", 100*time.Millisecond); f.Op != wire.OpOK {
+		t.Fatalf("fresh: %+v", f)
+	}
+	s.Abort() // a crash with a lock held
+
+	s = startServer(t, cfg)
+	start := time.Now()
+	c = newClient(t, s.Addr())
+	c.connect("x")
+	if _, f := c.lock("k", 100*time.Millisecond); f.Op != wire.OpError || f.Code != wire.CodeLockDelay {
+		if time.Since(start) < maxTTL { // else the machine was too slow to see the delay
+			t.Fatalf("after a crash: %+v, want LOCK_DELAY", f)
+		}
+	}
+	for {
+		time.Sleep(50 * time.Millisecond)
+		_, f := c.lock("k", 100*time.Millisecond)
+		if f.Op == wire.OpOK {
+			if since := time.Since(start); since < maxTTL {
+				t.Fatalf("granted %v after start, within the lock-delay", since)
+			}
+			break
+		}
+		if f.Code != wire.CodeLockDelay || time.Since(start) > 5*time.Second {
+			t.Fatalf("after the delay: %+v", f)
+		}
+	}
+	s.Close() // clean, but with the lock held: the next start delays too
+
+	s = startServer(t, cfg)
+	if !s.LockDelay() {
+		t.Fatal("no lock-delay after a clean stop with locks held")
+	}
+	s.Close() // clean, no locks (nothing was granted)
+
+	s = startServer(t, cfg)
+	defer s.Close()
+	if s.LockDelay() {
+		t.Fatal("lock-delay after a clean stop with no lock")
+	}
+	c = newClient(t, s.Addr())
+	c.connect("x")
+	if _, f := c.lock("k", 100*time.Millisecond); f.Op != wire.OpOK {
+		t.Fatalf("after a clean stop: %+v", f)
+	}
+}
+
+func TestServerCorruptState(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, testConfig(t, dir))
+	s.Close()
+	p := filepath.Join(dir, stateFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[12] ^= 0xff // the fence high-water mark
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := New(testConfig(t, dir)); !errors.Is(err, ErrCorruptState) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("New on a corrupt state file: %v, want ErrCorruptState", err)
+	}
+}
+
+func TestServerCreatesDataDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	s := startServer(t, testConfig(t, dir))
+	s.Close()
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir: %v %v", fi, err)
+	}
+	if err := s.Close(); !errors.Is(err, ErrAlreadyClosed) {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestServerIsolation(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "isolated")
+	cfg := testConfig(t, filepath.Join(dir, "data"))
+	cfg.IsolateCmd = "cat > " + out
+	s := startServer(t, cfg)
+	defer s.Close()
+	a, b := newClient(t, s.Addr()), newClient(t, s.Addr())
+	a.connect("reboot host-a please")
+	b.connect("b")
+	if _, f := a.lock("k", 50*time.Millisecond); f.Op != wire.OpOK {
+		t.Fatalf("LOCK: %+v", f)
+	}
+	// No traffic: the expiry must happen on the loop's tick alone.
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().IsolationsRun == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("isolation command never ran")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil || string(got) != "reboot host-a please" {
+		t.Fatalf("isolation command got %q (%v)", got, err)
+	}
+	if f := a.touch(); f.Op != wire.OpIsolated {
+		t.Fatalf("isolated session: %+v", f)
+	}
+	// The key is released once the command has finished.
+	for {
+		_, f := b.lock("k", time.Second)
+		if f.Op == wire.OpOK {
+			break
+		}
+		if f.Op != wire.OpLocked || time.Now().After(deadline) {
+			t.Fatalf("LOCK after isolation: %+v", f)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := s.Stats(); st.Isolations != 1 || st.IsolationsFailed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestServerIsolationKeepsKeyUntilDone(t *testing.T) {
+	dir := t.TempDir()
+	gate := filepath.Join(dir, "gate")
+	cfg := testConfig(t, filepath.Join(dir, "data"))
+	// The command waits until the test creates the gate file.
+	cfg.IsolateCmd = "while [ ! -e " + gate + " ]; do sleep 0.01; done"
+	s := startServer(t, cfg)
+	defer s.Close()
+	a, b := newClient(t, s.Addr()), newClient(t, s.Addr())
+	a.connect("a")
+	b.connect("b")
+	a.lock("k", 20*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	if f := a.touch(); f.Op != wire.OpIsolated {
+		t.Fatalf("isolated session: %+v", f)
+	}
+	if _, f := b.lock("k", time.Second); f.Op != wire.OpLocked {
+		t.Fatalf("key of an isolating session: %+v, want LOCKED", f)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, f := b.lock("k", time.Second); f.Op == wire.OpOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("key never released")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestServerRedirect(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Redirect = &wire.Server{ID: 2, Addr: "127.0.0.1:9"}
+	s := startServer(t, cfg)
+	defer s.Close()
+	c := newClient(t, s.Addr())
+	f := c.call(func(b []byte) []byte {
+		b = wire.AppendConnect(b, 77, "x")
+		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
+	})
+	if f.Op != wire.OpRedirect || f.ID != 77 || f.ServerID != 2 || string(f.Addr) != "127.0.0.1:9" {
+		t.Fatalf("REDIRECT: %+v", f)
+	}
+	c.session = 5
+	if _, f := c.lock("k", time.Second); f.Op != wire.OpRedirect {
+		t.Fatalf("LOCK on a follower: %+v", f)
+	}
+}
+
+func TestServerSessionTimeout(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.SessionTimeout = 100 * time.Millisecond
+	s := startServer(t, cfg)
+	defer s.Close()
+	c := newClient(t, s.Addr())
+	c.connect("x")
+	time.Sleep(300 * time.Millisecond)
+	if f := c.touch(); f.Op != wire.OpDisconnected {
+		t.Fatalf("after the timeout: %+v", f)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := DefaultConfig()
+	ok.DataDir = "x"
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]func(*Config){
+		"no dir":      func(c *Config) { c.DataDir = "" },
+		"ttl":         func(c *Config) { c.MaxTTL = 0 },
+		"timeout":     func(c *Config) { c.SessionTimeout = time.Microsecond },
+		"servers":     func(c *Config) { c.Servers = make([]wire.Server, 40) },
+		"long server": func(c *Config) { c.Servers = []wire.Server{{Addr: strings.Repeat("x", 480)}} },
+	}
+	for name, mutate := range cases {
+		c := ok
+		mutate(&c)
+		if c.Validate() == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
