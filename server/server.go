@@ -167,7 +167,7 @@ func New(cfg Config) (*Server, error) {
 	s.results = make([]Result, 0, batchio.MaxBatch*8)
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
 		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", lockDelayFor(st.lockDelay, cfg.MaxTTL),
-		"first_fence", st.firstFence(), "redirect", cfg.Redirect != nil)
+		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
 	go s.loop()
 	return s, nil
 }

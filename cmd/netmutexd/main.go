@@ -1,0 +1,102 @@
+// Command netmutexd is the netmutex lock server.
+//
+//	netmutexd -listen 127.0.0.1:15663 -max-ttl 1m -isolate-cmd 'ssh "$(cat)" reboot'
+//
+// SIGINT or SIGTERM stops it cleanly: the clean stop is recorded in the data directory,
+// so the next start has no lock-delay if no lock was held.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/netmutex/netmutex/server"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "netmutexd:", err)
+		os.Exit(1)
+	}
+}
+
+// defaultDataDir is $XDG_STATE_HOME/netmutexd, else ~/.local/state/netmutexd.
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "netmutexd")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "netmutexd")
+	}
+	return "netmutexd-state"
+}
+
+func run(args []string) error {
+	def := server.DefaultConfig()
+	fs := flag.NewFlagSet("netmutexd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: netmutexd [flags]\n\nThe netmutex lock server.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	listen := fs.String("listen", def.ListenAddr, "UDP `address` to serve on")
+	dataDir := fs.String("data", defaultDataDir(), "data `directory` (boot count, fence high-water mark, clean-stop flag); created if missing")
+	maxTTL := fs.Duration("max-ttl", def.MaxTTL, "longest lock TTL granted; also the lock-delay after an unclean start")
+	sessTimeout := fs.Duration("session-timeout", def.SessionTimeout, "close a session silent for this long (isolating it first if it holds locks)")
+	retransmit := fs.Duration("retransmit-window", def.RetransmitWindow, "advertised limit on how long clients retransmit a request")
+	isolateCmd := fs.String("isolate-cmd", "", "`command` run with /bin/sh -c when a session is isolated, its IsolationInfo on stdin; empty: release the locks at once")
+	isolateTimeout := fs.Duration("isolate-timeout", def.IsolateTimeout, "kill the isolation command after this long and release the keys")
+	id := fs.Uint("id", uint(def.ServerID), "this server's `id` (1-65535), advertised to clients")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	if *id == 0 || *id > 0xffff {
+		return fmt.Errorf("-id %d: must be 1 to 65535", *id)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg := def
+	cfg.ListenAddr = *listen
+	cfg.DataDir = *dataDir
+	cfg.MaxTTL = *maxTTL
+	cfg.SessionTimeout = *sessTimeout
+	cfg.RetransmitWindow = *retransmit
+	cfg.IsolateCmd = *isolateCmd
+	cfg.IsolateTimeout = *isolateTimeout
+	cfg.ServerID = uint16(*id)
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	if srv.LockDelay() {
+		log.Warn("lock-delay in force: the last stop may have lost locks; LOCK answers LOCK_DELAY", "for", cfg.MaxTTL)
+	} else {
+		log.Info("no lock-delay")
+	}
+	sig := <-sigs
+	log.Info("stopping", "signal", sig.String())
+	return srv.Close()
+}
