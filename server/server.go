@@ -95,6 +95,16 @@ type builder struct {
 // New opens the data directory, binds the socket and starts serving. Zero durations and
 // an empty ListenAddr in cfg take their defaults.
 func New(cfg Config) (*Server, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	go s.loop()
+	return s, nil
+}
+
+// newServer does all of New but start the loop.
+func newServer(cfg Config) (*Server, error) {
 	fillDefaults(&cfg)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -168,7 +178,6 @@ func New(cfg Config) (*Server, error) {
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
 		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", lockDelayFor(st.lockDelay, cfg.MaxTTL),
 		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
-	go s.loop()
 	return s, nil
 }
 

@@ -43,7 +43,7 @@ func startServer(t *testing.T, cfg Config) *Server {
 
 // client is a tiny hand-rolled client speaking internal/wire directly.
 type client struct {
-	t       *testing.T
+	t       testing.TB
 	conn    *net.UDPConn
 	session uint64
 	floor   uint64
@@ -51,7 +51,7 @@ type client struct {
 	buf     []byte
 }
 
-func newClient(t *testing.T, addr interface{ String() string }) *client {
+func newClient(t testing.TB, addr interface{ String() string }) *client {
 	t.Helper()
 	ua, err := net.ResolveUDPAddr("udp", addr.String())
 	if err != nil {

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// benchHarness drives one server's receive-apply-send path without its loop: each round
+// writes a full batch of datagrams into the receive buffers (as recvmmsg would), then
+// runs process and send, sending the replies to a sink socket.
+type benchHarness struct {
+	tb       testing.TB
+	s        *Server
+	sink     *net.UDPConn
+	sessions []uint64
+	keys     [][]string
+	nextID   []uint64
+	now      int64
+}
+
+const (
+	benchSessions = 4
+	benchLocks    = 8 // LOCK then UNLOCK of 8 keys: 16 frames per datagram
+)
+
+func newBenchHarness(tb testing.TB) *benchHarness {
+	cfg := DefaultConfig()
+	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.DataDir = tb.TempDir()
+	cfg.Logger = quiet
+	s, err := newServer(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := &benchHarness{tb: tb, s: s, sink: sink}
+	sinkAddr := sink.LocalAddr().(*net.UDPAddr).AddrPort()
+	for i := range s.in {
+		s.in[i].Addr = sinkAddr
+	}
+	// Connect the sessions through the same path.
+	for i := 0; i < benchSessions; i++ {
+		b := wire.BeginDatagram(s.in[i].Buf[:0], wire.Header{})
+		b = wire.AppendConnect(b, uint64(i+1), "bench")
+		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
+		s.in[i].N = len(wire.FinishDatagram(b, 0))
+	}
+	s.process(benchSessions, 0)
+	for _, r := range s.results {
+		if r.Op != wire.OpConnected {
+			tb.Fatalf("connect: %+v", r)
+		}
+		h.sessions = append(h.sessions, r.Session)
+		h.nextID = append(h.nextID, 1)
+	}
+	for i := 0; i < benchSessions; i++ {
+		var ks []string
+		for j := 0; j < len(s.in)/benchSessions*benchLocks; j++ {
+			ks = append(ks, "key-"+strconv.Itoa(i)+"-"+strconv.Itoa(j))
+		}
+		h.keys = append(h.keys, ks)
+	}
+	return h
+}
+
+func (h *benchHarness) requests() int { return len(h.s.in) * 2 * benchLocks }
+
+// round runs one full batch: every datagram LOCKs benchLocks keys and UNLOCKs them.
+func (h *benchHarness) round() {
+	s := h.s
+	for i := range s.in {
+		sess := i % benchSessions
+		id := h.nextID[sess]
+		b := wire.BeginDatagram(s.in[i].Buf[:0], wire.Header{Session: h.sessions[sess], Floor: id})
+		keys := h.keys[sess][(i/benchSessions)*benchLocks:]
+		for j := 0; j < benchLocks; j++ {
+			b = wire.AppendLock(b, id+uint64(j), 10000, keys[j])
+		}
+		for j := 0; j < benchLocks; j++ {
+			b = wire.AppendUnlock(b, id+uint64(benchLocks+j), id+uint64(j), keys[j])
+		}
+		h.nextID[sess] = id + 2*benchLocks
+		s.in[i].N = len(wire.FinishDatagram(b, 0))
+	}
+	h.now += int64(time.Microsecond)
+	s.process(len(s.in), h.now)
+	if len(s.results) != h.requests() || s.results[0].Op != wire.OpOK || s.results[0].Fence == 0 {
+		h.tb.Fatalf("%d results, first %+v", len(s.results), s.results[0])
+	}
+	s.send()
+}
+
+func (h *benchHarness) close() {
+	h.sink.Close()
+	h.s.conn.Close()
+	h.s.isoCancel()
+}
+
+// BenchmarkServerApply measures the server's receive-apply-send path for full batches
+// (batchio.MaxBatch datagrams of 16 frames): parse, one Apply, encode, one WriteBatch.
+func BenchmarkServerApply(b *testing.B) {
+	h := newBenchHarness(b)
+	defer h.close()
+	h.round()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		h.round()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*h.requests()), "ns/request")
+	b.ReportMetric(float64(h.requests())/float64(batchio.MaxBatch), "frames/datagram")
+}
+
+// BenchmarkServerRoundTrip measures one LOCK+UNLOCK round trip over real UDP through
+// the running loop, one datagram at a time (the unbatched baseline).
+func BenchmarkServerRoundTrip(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.DataDir = b.TempDir()
+	cfg.Logger = quiet
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	c := newClient(b, s.Addr())
+	c.connect("bench")
+	c.conn.SetReadDeadline(time.Time{})
+	out := make([]byte, 0, wire.MaxDatagram)
+	in := make([]byte, 2048)
+	id := uint64(1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		d := wire.BeginDatagram(out[:0], wire.Header{Session: c.session, Floor: id})
+		d = wire.AppendLock(d, id, 10000, "k")
+		d = wire.AppendUnlock(d, id+1, id, "k")
+		d = wire.FinishDatagram(d, 0)
+		id += 2
+		if _, err := c.conn.Write(d); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.conn.Read(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
