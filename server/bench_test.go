@@ -101,6 +101,7 @@ func (h *benchHarness) round() {
 func (h *benchHarness) close() {
 	h.sink.Close()
 	h.s.conn.Close()
+	h.s.store.close()
 	h.s.isoCancel()
 }
 

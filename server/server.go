@@ -123,11 +123,13 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	conn, err := net.ListenUDP("udp", laddr)
 	if err != nil {
+		st.close()
 		return nil, fmt.Errorf("server: listen: %w", err)
 	}
 	bc, err := batchio.New(conn)
 	if err != nil {
 		conn.Close()
+		st.close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s := &Server{
@@ -155,6 +157,7 @@ func newServer(cfg Config) (*Server, error) {
 	s.m = NewMachine(mc)
 	if err := s.reserve(0); err != nil {
 		conn.Close()
+		st.close()
 		s.isoCancel()
 		return nil, err
 	}
@@ -268,6 +271,9 @@ func (s *Server) stop(clean bool) error {
 			err = werr
 		}
 		s.log.Info("netmutexd stopped", "clean", true, "locks_held", locks)
+	}
+	if cerr := s.store.close(); err == nil {
+		err = cerr
 	}
 	return err
 }

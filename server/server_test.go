@@ -399,6 +399,20 @@ func TestServerCorruptState(t *testing.T) {
 	}
 }
 
+func TestServerDataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, testConfig(t, dir))
+	if s2, err := New(testConfig(t, dir)); !errors.Is(err, ErrDataDirInUse) {
+		if s2 != nil {
+			s2.Close()
+		}
+		t.Fatalf("second server on one DataDir: %v, want ErrDataDirInUse", err)
+	}
+	s.Close()
+	s = startServer(t, testConfig(t, dir))
+	s.Close()
+}
+
 func TestServerCreatesDataDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "a", "b")
 	s := startServer(t, testConfig(t, dir))

@@ -39,6 +39,7 @@ const fenceBlock = 1 << 16
 var (
 	ErrCorruptState = errors.New("server: corrupt state file")
 	ErrStateVersion = errors.New("server: state file of an unknown version")
+	ErrDataDirInUse = errors.New("server: data directory in use by another server")
 )
 
 type state struct {
@@ -90,8 +91,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // store keeps the state file of one data directory. Only the loop (and Close, after the
 // loop ended) use it.
 type store struct {
-	dir string
-	st  state
+	dir  string
+	lock *os.File // held for the store's life
+	st   state
 	// lockDelay: the last stop may have lost locks (unclean, or clean with locks held).
 	lockDelay bool
 	fresh     bool
@@ -103,18 +105,32 @@ func openStore(dir string) (*store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
-	s := &store{dir: dir}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("server: %s: %w", dir, err)
+	}
+	s := &store{dir: dir, lock: lock}
+	if err := s.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// load reads the previous state and records this start.
+func (s *store) load() error {
+	dir := s.dir
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		s.fresh = true
 		s.st = state{boot: 1, fenceHW: 1}
 	case err != nil:
-		return nil, fmt.Errorf("server: read state: %w", err)
+		return fmt.Errorf("server: read state: %w", err)
 	default:
 		prev, err := decodeState(b)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s", err, filepath.Join(dir, stateFile))
+			return fmt.Errorf("%w: %s", err, filepath.Join(dir, stateFile))
 		}
 		s.lockDelay = !prev.clean || prev.locksHeld
 		// Fences of an unfinished reservation are skipped, never reused.
@@ -123,11 +139,11 @@ func openStore(dir string) (*store, error) {
 			s.st.fenceHW = 1
 		}
 	}
-	if err := s.write(); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return s.write()
 }
+
+// close releases the data directory.
+func (s *store) close() error { return s.lock.Close() }
 
 // firstFence is the first fence this boot may hand out.
 func (s *store) firstFence() uint64 { return s.st.fenceHW }

@@ -1,0 +1,14 @@
+//go:build !unix
+
+package server
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// BUG(netmutex): outside Unix the data directory is not locked: two servers started on
+// the same DataDir would share its fence counter.
+func lockDir(dir string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+}
