@@ -56,7 +56,8 @@ type Isolation struct {
 // MachineConfig fixes the limits of a Machine. Times are nanoseconds in the time base of
 // the now values given to Apply.
 type MachineConfig struct {
-	MaxTTL         int64
+	MaxTTL int64
+	// SessionTimeout closes silent sessions; 0 means never.
 	SessionTimeout int64
 	// LockDelayUntil: LOCK answers LOCK_DELAY while now < LockDelayUntil.
 	LockDelayUntil int64
@@ -398,6 +399,9 @@ func (m *Machine) expireLocks(now int64) {
 // isolated instead, and one whose isolation command still runs waits for it; both are
 // looked at again one timeout later.
 func (m *Machine) expireSessions(now int64) {
+	if m.cfg.SessionTimeout <= 0 {
+		return // no timeout configured
+	}
 	for s := m.lruHead; s != nil && now-s.lastSeen >= m.cfg.SessionTimeout; s = m.lruHead {
 		switch {
 		case s.nlocks > 0 && !s.isolated:
