@@ -131,7 +131,12 @@ func (l *Lock) FenceID() uint64 {
 	return l.fence
 }
 
-func (l *Lock) reset() { *l = Lock{} }
+// set and reset leave mu alone: they run under it.
+func (l *Lock) set(key string, id, fence, session uint64, c *serverConn) {
+	l.key, l.id, l.fence, l.session, l.conn = key, id, fence, session, c
+}
+
+func (l *Lock) reset() { l.set("", 0, 0, 0, nil) }
 
 // NetMutex is a connection to a netmutex server or cluster.
 type NetMutex struct {
@@ -380,7 +385,7 @@ func (nm *NetMutex) lock(pc *pacing, l *Lock, key string, ttl time.Duration) err
 	}
 	res, c := nm.exchange(pc, &params{op: wire.OpLock, key: key, ttlMs: ttlMs})
 	if res.err == nil && res.op == wire.OpOK {
-		*l = Lock{key: key, id: res.id, fence: res.fence, session: res.session, conn: c}
+		l.set(key, res.id, res.fence, res.session, c)
 		return nil
 	}
 	return resultErr(res)
