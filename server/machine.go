@@ -283,8 +283,14 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if !m.checkTTL(c.TTLMs, r) {
 		return
 	}
-	if s.hasReleased(c.ID) {
-		r.Op, r.Code = wire.OpError, wire.CodeStale
+	if done, refused := s.hasReleased(c.ID); done {
+		// A copy of a LOCK already answered: repeat a refusal, never grant it late to
+		// a client that was told it holds nothing.
+		if refused {
+			r.Op = wire.OpLocked
+		} else {
+			r.Op, r.Code = wire.OpError, wire.CodeStale
+		}
 		return
 	}
 	e := m.locks[string(c.Key)] // no allocation: the compiler does not copy for a lookup
@@ -293,6 +299,7 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 			r.Fence = e.fence // a retransmission of the grant
 		} else {
 			r.Op = wire.OpLocked
+			s.addReleased(c.ID | refusedBit)
 		}
 		return
 	}
@@ -472,27 +479,33 @@ func (s *session) unlink(e *entry) {
 	s.nlocks--
 }
 
-func (s *session) hasReleased(id uint64) bool {
+// refusedBit marks, in a session's released list, the id of a LOCK that was answered
+// LOCKED rather than granted and released. Request ids never reach bit 63.
+const refusedBit = 1 << 63
+
+// hasReleased reports whether id is a LOCK already answered for good, and whether that
+// answer was a refusal.
+func (s *session) hasReleased(id uint64) (done, refused bool) {
 	for _, r := range s.released {
-		if r == id {
-			return true
+		if r&^refusedBit == id {
+			return true, r&refusedBit != 0
 		}
 	}
-	return false
+	return false, false
 }
 
 func (s *session) addReleased(id uint64) {
-	if s.hasReleased(id) {
+	if done, _ := s.hasReleased(id &^ refusedBit); done {
 		return
 	}
 	if len(s.released) >= maxReleased {
 		lo := 0
 		for i, r := range s.released {
-			if r < s.released[lo] {
+			if r&^refusedBit < s.released[lo]&^refusedBit {
 				lo = i
 			}
 		}
-		s.floor = s.released[lo] + 1
+		s.floor = s.released[lo]&^refusedBit + 1
 		s.pruneReleased()
 	}
 	s.released = append(s.released, id)
@@ -502,7 +515,7 @@ func (s *session) addReleased(id uint64) {
 func (s *session) pruneReleased() {
 	kept := s.released[:0]
 	for _, r := range s.released {
-		if r >= s.floor {
+		if r&^refusedBit >= s.floor {
 			kept = append(kept, r)
 		}
 	}

@@ -186,6 +186,22 @@ func TestMachineStaleAndFloor(t *testing.T) {
 	wantOp(t, s.one(lockCmd(a, 7, 1000, "k")), wire.OpOK)
 }
 
+// TestMachineRefusedDuplicate: a copy of a LOCK that was refused, arriving once the key
+// is free, must be refused again: its client was told it holds nothing.
+func TestMachineRefusedDuplicate(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	b := s.connect(2)
+	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
+	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
+	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
+	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
+	if _, _, _, ok := s.m.Holder("k"); ok {
+		t.Fatal("refused LOCK granted by its duplicate")
+	}
+	wantOp(t, s.one(lockCmd(b, 2, 1000, "k")), wire.OpOK)
+}
+
 func TestMachineUpdate(t *testing.T) {
 	s := newSim(t, nil)
 	a, b := s.connect(1), s.connect(2)
