@@ -109,7 +109,7 @@ func testRestartWithLock(t *testing.T, clean bool) {
 	}
 }
 
-func TestUncleanRestartLockDelay(t *testing.T) { testRestartWithLock(t, false) }
+func TestUncleanRestartLockDelay(t *testing.T)  { testRestartWithLock(t, false) }
 func TestCleanRestartWithLockHeld(t *testing.T) { testRestartWithLock(t, true) }
 
 // TestUnlockAfterRestart checks the Unlock side of a lost lock.
