@@ -28,6 +28,8 @@ const (
 	// busyPause is how long the sender lets a batch grow after the server said BUSY:
 	// fewer, fuller datagrams are what a server that is behind needs.
 	busyPause = 200 * time.Microsecond
+	// connRetryMin is the first wait before a CONNECT is sent again.
+	connRetryMin = int64(50 * time.Millisecond)
 )
 
 var epoch = time.Now()
@@ -72,17 +74,18 @@ type serverConn struct {
 	stats connStats
 
 	// Owned by the send loop.
-	list      []*request // every request the sender holds a reference to
-	nextID    uint64
-	floor     uint64
-	lastScan  int64
-	lastSend  int64
-	connSent  int64 // when the last CONNECT left, 0 = none in flight
-	cleanups  []cleanup
-	out       []batchio.Message
-	outBufs   [][]byte
-	dgStart   int
-	dgSession uint64
+	list        []*request // every request the sender holds a reference to
+	nextID      uint64
+	floor       uint64
+	lastScan    int64
+	lastSend    int64
+	connSent    int64 // when the last CONNECT left, 0 = none in flight
+	connBackoff int64 // wait before the next CONNECT
+	cleanups    []cleanup
+	out         []batchio.Message
+	outBufs     [][]byte
+	dgStart     int
+	dgSession   uint64
 
 	// Owned by the receive loop.
 	in []batchio.Message
@@ -288,7 +291,7 @@ func (c *serverConn) idleWait(now int64) time.Duration {
 		return time.Duration(scanInterval)
 	}
 	if c.session.Load() == 0 {
-		return time.Duration(c.connWait.Load())
+		return time.Duration(max(c.connBackoff, connRetryMin))
 	}
 	if si := c.server.Load(); si != nil {
 		return max(time.Duration(c.lastSend+int64(si.sessionTimeout/3)-now), time.Millisecond)
@@ -427,12 +430,17 @@ func (c *serverConn) sendCleanups(session uint64) {
 }
 
 // maybeConnect sends a CONNECT when none is in flight or the last one went unanswered.
+// Retransmissions start at connRetryMin and double up to the caller's timeout: a
+// server that is just starting is found at once, a dead one is not flooded.
 func (c *serverConn) maybeConnect(now int64) {
-	if c.connSent != 0 && now-c.connSent < c.connWait.Load() {
+	if c.connSent != 0 && now-c.connSent < c.connBackoff {
 		return
 	}
 	if c.connSent == 0 {
 		c.connNonce.Store(rand.Uint64() | 1) // a new nonce per session wanted
+		c.connBackoff = connRetryMin
+	} else {
+		c.connBackoff = min(2*c.connBackoff, c.connWait.Load())
 	}
 	c.connSent = now
 	c.closeDatagram()

@@ -383,3 +383,29 @@ func TestContextDeadlineUnanswered(t *testing.T) {
 		t.Fatal("no retransmission counted")
 	}
 }
+
+// TestOpenBeforeServer: a client started before its server finds it soon after the
+// server comes up, without waiting out a long attempt timeout.
+func TestOpenBeforeServer(t *testing.T) {
+	addr := deadAddr(t)
+	type opened struct {
+		nm  *NetMutex
+		err error
+	}
+	ch := make(chan opened, 1)
+	start := time.Now()
+	go func() {
+		nm, err := Open(2, 10*time.Second, []string{addr}, nil)
+		ch <- opened{nm, err}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	startServer(t, func(c *server.Config) { c.ListenAddr = addr })
+	o := <-ch
+	if o.err != nil {
+		t.Fatalf("Open: %v", o.err)
+	}
+	defer o.nm.Close(1, testTimeout)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("Open took %v after the server came up", el)
+	}
+}
