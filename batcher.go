@@ -250,6 +250,10 @@ func (c *serverConn) sendLoop() {
 			c.busy.Store(false)
 		}
 		if took || sent || c.ring.pending() {
+			// Let the batch form: callers woken by the last replies are runnable now
+			// and about to push. Yielding lets them run first; with nothing else to
+			// run it returns at once, so a lone request still leaves without delay.
+			runtime.Gosched()
 			continue
 		}
 		c.sleeping.Store(true)
@@ -263,6 +267,7 @@ func (c *serverConn) sendLoop() {
 		case <-timer.C:
 		}
 		c.sleeping.Store(false)
+		runtime.Gosched() // as above: whoever woke us may have company
 	}
 	c.shutdown()
 }

@@ -36,6 +36,11 @@ func benchLockUnlock(b *testing.B, par int) {
 		b.ReportMetric(float64(st.FramesOut)/float64(st.DatagramsOut), "frames/dgram")
 		b.ReportMetric(float64(st.DatagramsOut)/float64(st.SendCalls), "dgrams/call")
 	}
+	ss := srv.Stats()
+	if ss.DatagramsOut > 0 && ss.SyscallsIn > 0 {
+		b.ReportMetric(float64(ss.Datagrams)/float64(ss.SyscallsIn), "srv-dgrams/recv")
+		b.ReportMetric(float64(ss.Replies)/float64(ss.DatagramsOut), "srv-frames/dgram")
+	}
 }
 
 func BenchmarkLockUnlock(b *testing.B) {

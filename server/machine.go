@@ -76,7 +76,7 @@ const (
 	// ack floor never moves cannot grow server memory without bound. Past it the oldest id
 	// is forgotten and the session's floor raised above it: requests below are then
 	// dropped, which is safe (never a second grant), only unkind to that client.
-	maxReleased = 4096
+	maxReleased = 1 << 16
 	// minFreeEntries is how many free lock-table entries are always kept for reuse, so a
 	// working set of keys locked again and again never allocates; beyond it, free entries
 	// are swept once they outnumber the held ones (amortised O(1) per release).
@@ -483,43 +483,65 @@ func (s *session) unlink(e *entry) {
 // LOCKED rather than granted and released. Request ids never reach bit 63.
 const refusedBit = 1 << 63
 
+// The released list is kept sorted by id. Ids arrive nearly in order, so an insertion
+// is almost always an append, a lookup is a binary search, and pruning below the floor
+// cuts a prefix.
+
+// releasedIndex returns the position of the first entry whose id is >= id.
+func (s *session) releasedIndex(id uint64) int {
+	lo, hi := 0, len(s.released)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if s.released[mid]&^refusedBit < id {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
 // hasReleased reports whether id is a LOCK already answered for good, and whether that
 // answer was a refusal.
 func (s *session) hasReleased(id uint64) (done, refused bool) {
-	for _, r := range s.released {
-		if r&^refusedBit == id {
-			return true, r&refusedBit != 0
-		}
+	i := s.releasedIndex(id)
+	if i < len(s.released) && s.released[i]&^refusedBit == id {
+		return true, s.released[i]&refusedBit != 0
 	}
 	return false, false
 }
 
-func (s *session) addReleased(id uint64) {
-	if done, _ := s.hasReleased(id &^ refusedBit); done {
+func (s *session) addReleased(entry uint64) {
+	id := entry &^ refusedBit
+	if len(s.released) >= maxReleased {
+		s.floor = max(s.floor, s.released[0]&^refusedBit+1)
+		s.pruneReleased()
+		if id < s.floor {
+			return
+		}
+	}
+	n := len(s.released)
+	if n == 0 || s.released[n-1]&^refusedBit < id {
+		s.released = append(s.released, entry)
 		return
 	}
-	if len(s.released) >= maxReleased {
-		lo := 0
-		for i, r := range s.released {
-			if r&^refusedBit < s.released[lo]&^refusedBit {
-				lo = i
-			}
-		}
-		s.floor = s.released[lo]&^refusedBit + 1
-		s.pruneReleased()
+	i := s.releasedIndex(id)
+	if i < n && s.released[i]&^refusedBit == id {
+		return
 	}
-	s.released = append(s.released, id)
+	s.released = append(s.released, 0)
+	copy(s.released[i+1:], s.released[i:n])
+	s.released[i] = entry
 }
 
 // pruneReleased drops the ids below the floor: such requests are dropped anyway.
 func (s *session) pruneReleased() {
-	kept := s.released[:0]
-	for _, r := range s.released {
-		if r&^refusedBit >= s.floor {
-			kept = append(kept, r)
-		}
+	i := s.releasedIndex(s.floor)
+	if i == 0 {
+		return
 	}
-	s.released = kept
+	n := copy(s.released, s.released[i:])
+	s.released = s.released[:n]
 }
 
 // LRU of sessions by last-seen time. now never goes backwards, so moving a session to
