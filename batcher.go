@@ -253,7 +253,7 @@ func (c *serverConn) sendLoop() {
 			// Let the batch form: callers woken by the last replies are runnable now
 			// and about to push. Yielding lets them run first; with nothing else to
 			// run it returns at once, so a lone request still leaves without delay.
-			runtime.Gosched()
+			c.gather()
 			continue
 		}
 		c.sleeping.Store(true)
@@ -267,9 +267,25 @@ func (c *serverConn) sendLoop() {
 		case <-timer.C:
 		}
 		c.sleeping.Store(false)
-		runtime.Gosched() // as above: whoever woke us may have company
+		c.gather() // as above: whoever woke us may have company
 	}
 	c.shutdown()
+}
+
+// gatherYields bounds how often the sender yields while requests keep arriving.
+const gatherYields = 4
+
+// gather yields the processor while callers keep pushing, so that the next datagram
+// carries what they pushed. No timer is involved: when nobody else is runnable, Gosched
+// returns at once.
+func (c *serverConn) gather() {
+	for i := 0; i < gatherYields; i++ {
+		before := c.ring.head.Load()
+		runtime.Gosched()
+		if c.ring.head.Load() == before {
+			return
+		}
+	}
 }
 
 // shutdown answers every request the sender holds or could still receive.

@@ -14,6 +14,18 @@ func benchLockUnlock(b *testing.B, par int) {
 	nm := openClient(b, srv, nil)
 	var next atomic.Int64
 	b.ReportAllocs()
+	if par == 1 {
+		var l Lock
+		for i := 0; i < b.N; i++ {
+			if err := nm.Lock(3, time.Second, &l, "bench:1", time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			if err := nm.Unlock(3, time.Second, &l); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
 	b.SetParallelism(max(1, par/2)) // GOMAXPROCS is 2 here: par goroutines in all
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

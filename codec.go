@@ -60,14 +60,15 @@ type result struct {
 	err     error  // a local outcome: time-out, cancellation, shutdown
 }
 
+// A record keeps the frame buffer it was born with: taking one from framePool per
+// request would cost a second pool round trip for nothing.
 var requestPool = sync.Pool{New: func() any {
-	return &request{done: make(chan struct{}, 1)}
+	return &request{done: make(chan struct{}, 1), frame: framePool.Get()}
 }}
 
 // acquireRequest returns a record with two references: the caller's and the send loop's.
 func acquireRequest(op wire.Op, attempts int, timeout, deadline int64) *request {
 	r := requestPool.Get().(*request)
-	r.frame = framePool.Get()
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
 	r.id, r.session, r.sent, r.attemptEnd = 0, 0, 0, 0
@@ -82,8 +83,6 @@ func (r *request) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
-	framePool.Put(r.frame)
-	r.frame = nil
 	r.key = ""
 	requestPool.Put(r)
 }

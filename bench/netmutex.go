@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/netmutex/netmutex"
+	"github.com/netmutex/netmutex/server"
+)
+
+// netmutexSystem is the system under test: an embedded server on loopback (or an
+// external one at -addr) and conns NetMutex instances.
+type netmutexSystem struct {
+	srv     *server.Server // nil with an external server
+	dataDir string
+	addr    string
+	nms     []*netmutex.NetMutex
+	ttl     time.Duration
+}
+
+// openTimeout bounds Open: generous, the server is on this machine.
+const (
+	openRetries = 10
+	openTimeout = 500 * time.Millisecond
+)
+
+// startNetmutex starts an embedded server unless addr is set, and opens conns
+// NetMutex instances to it.
+func startNetmutex(addr string, conns int, ttl time.Duration) (*netmutexSystem, error) {
+	s := &netmutexSystem{addr: addr, ttl: ttl}
+	if addr == "" {
+		dir, err := os.MkdirTemp("", "netmutex-bench-")
+		if err != nil {
+			return nil, err
+		}
+		s.dataDir = dir
+		cfg := server.DefaultConfig()
+		cfg.ListenAddr = "127.0.0.1:0"
+		cfg.DataDir = dir
+		cfg.MaxTTL = max(cfg.MaxTTL, ttl)
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		srv, err := server.New(cfg)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("netmutex: embedded server: %w", err)
+		}
+		s.srv = srv
+		s.addr = srv.Addr().String()
+	}
+	for range max(conns, 1) {
+		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, nil)
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("netmutex: open %s: %w", s.addr, err)
+		}
+		s.nms = append(s.nms, nm)
+	}
+	return s, nil
+}
+
+func (s *netmutexSystem) name() string { return "netmutex" }
+
+func (s *netmutexSystem) note() string {
+	if s.srv == nil {
+		return fmt.Sprintf("external server %s, %d NetMutex", s.addr, len(s.nms))
+	}
+	return fmt.Sprintf("embedded server on %s (default config), %d NetMutex, default Options", s.addr, len(s.nms))
+}
+
+func (s *netmutexSystem) newLocker(g int) (locker, error) {
+	return &netmutexLocker{nm: s.nms[g%len(s.nms)], ttl: s.ttl}, nil
+}
+
+func (s *netmutexSystem) transport() transport {
+	var t transport
+	for _, nm := range s.nms {
+		st := nm.Stats()
+		t.FramesOut += st.FramesOut
+		t.DatagramsOut += st.DatagramsOut
+		t.SendCalls += st.SendCalls
+		t.FramesIn += st.FramesIn
+		t.DatagramsIn += st.DatagramsIn
+		t.RecvCalls += st.RecvCalls
+	}
+	if s.srv != nil {
+		st := s.srv.Stats()
+		t.Requests, t.DatagramsInSrv, t.SyscallsIn = st.Requests, st.Datagrams, st.SyscallsIn
+		t.Replies, t.DatagramsOutSrv, t.SyscallsOut = st.Replies, st.DatagramsOut, st.SyscallsOut
+		t.hasServer = true
+	}
+	return t
+}
+
+func (s *netmutexSystem) close() error {
+	var errs []error
+	for _, nm := range s.nms {
+		if err := nm.Close(3, openTimeout); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.srv != nil {
+		errs = append(errs, s.srv.Close())
+	}
+	if s.dataDir != "" {
+		errs = append(errs, os.RemoveAll(s.dataDir))
+	}
+	return errors.Join(errs...)
+}
+
+// netmutexLocker uses the context forms with the NetMutex's default pacing.
+type netmutexLocker struct {
+	nm  *netmutex.NetMutex
+	ttl time.Duration
+	l   netmutex.Lock
+}
+
+func (n *netmutexLocker) lock(ctx context.Context, key string) (bool, error) {
+	err := n.nm.LockContext(ctx, &n.l, key, n.ttl)
+	if err == netmutex.ErrLocked {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (n *netmutexLocker) unlock(ctx context.Context) error {
+	return n.nm.UnlockContext(ctx, &n.l)
+}
