@@ -73,6 +73,10 @@ type serverConn struct {
 
 	stats connStats
 
+	// unbatched sends every frame in a datagram and a system call of its own: the
+	// baseline that benchmarks compare batching against. Set before the loops start.
+	unbatched bool
+
 	// Owned by the send loop.
 	list        []*request // every request the sender holds a reference to
 	nextID      uint64
@@ -107,7 +111,7 @@ type connStats struct {
 
 // dialServer opens a socket to addr and starts its loops, which connect at once.
 // notify is signalled when a CONNECT is answered.
-func dialServer(addr, info string, connectWait time.Duration, notify chan struct{}) (*serverConn, error) {
+func dialServer(addr, info string, connectWait time.Duration, notify chan struct{}, unbatched bool) (*serverConn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -135,6 +139,7 @@ func dialServer(addr, info string, connectWait time.Duration, notify chan struct
 		out:       make([]batchio.Message, batchio.MaxBatch),
 		outBufs:   make([][]byte, batchio.MaxBatch),
 		in:        make([]batchio.Message, batchio.MaxBatch),
+		unbatched: unbatched,
 	}
 	for i := range c.outBufs {
 		c.outBufs[i] = make([]byte, 0, wire.MaxDatagram)
@@ -492,7 +497,7 @@ func (c *serverConn) beginBatch(session uint64) {
 // reserve returns the datagram buffer to append a frame of size n to, opening a new
 // datagram, or writing out a full batch, as needed.
 func (c *serverConn) reserve(session uint64, n int) *[]byte {
-	if c.dgStart >= 0 && (len(c.outBufs[len(c.out)])+n+wire.TrailerSize > wire.MaxDatagram || session != c.dgSession) {
+	if c.dgStart >= 0 && (c.unbatched || len(c.outBufs[len(c.out)])+n+wire.TrailerSize > wire.MaxDatagram || session != c.dgSession) {
 		c.closeDatagram()
 	}
 	if c.dgStart < 0 {
@@ -515,7 +520,7 @@ func (c *serverConn) closeDatagram() {
 	c.outBufs[i] = wire.FinishDatagram(c.outBufs[i], 0)
 	c.out = append(c.out, batchio.Message{Buf: c.outBufs[i]})
 	c.dgStart = -1
-	if len(c.out) == cap(c.out) {
+	if len(c.out) == cap(c.out) || c.unbatched {
 		c.writeOut()
 	}
 }

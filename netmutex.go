@@ -102,6 +102,8 @@ type Options struct {
 	// Timeout is the wait for each attempt of a context-form call (default
 	// DefaultTimeout).
 	Timeout time.Duration
+
+	unbatched bool // one frame per datagram per system call: the benchmarks' baseline
 }
 
 // Lock is one held key. The zero value is ready to use, and a Lock can be used again
@@ -140,13 +142,14 @@ func (l *Lock) reset() { l.set("", 0, 0, 0, nil) }
 
 // NetMutex is a connection to a netmutex server or cluster.
 type NetMutex struct {
-	info     string
-	retries  int
-	timeout  time.Duration
-	closed   atomic.Bool
-	conn     atomic.Pointer[serverConn]
-	switchMu sync.Mutex // one server switch at a time
-	servers  []string   // the cluster as last told; guarded by switchMu
+	info      string
+	unbatched bool
+	retries   int
+	timeout   time.Duration
+	closed    atomic.Bool
+	conn      atomic.Pointer[serverConn]
+	switchMu  sync.Mutex // one server switch at a time
+	servers   []string   // the cluster as last told; guarded by switchMu
 }
 
 // Open connects to the first of addrs that answers, and learns the cluster's servers
@@ -170,6 +173,7 @@ func open(pc *pacing, addrs []string, options *Options) (*NetMutex, error) {
 	nm := &NetMutex{retries: DefaultRetries, timeout: DefaultTimeout}
 	if options != nil {
 		nm.info = options.IsolationInfo
+		nm.unbatched = options.unbatched
 		if options.Retries > 0 {
 			nm.retries = options.Retries
 		}
@@ -551,7 +555,7 @@ func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
 			return
 		}
 		dialed[a] = true
-		if c, err := dialServer(a, nm.info, time.Duration(pc.timeout), notify); err == nil {
+		if c, err := dialServer(a, nm.info, time.Duration(pc.timeout), notify, nm.unbatched); err == nil {
 			conns = append(conns, c)
 		}
 	}
