@@ -409,3 +409,54 @@ func TestOpenBeforeServer(t *testing.T) {
 		t.Fatalf("Open took %v after the server came up", el)
 	}
 }
+
+// TestSessionKeptAlive: an idle client's session outlives the session timeout, because
+// the client sends TOUCH by itself.
+func TestSessionKeptAlive(t *testing.T) {
+	srv := startServer(t, func(c *server.Config) { c.SessionTimeout = 300 * time.Millisecond })
+	nm := openClient(t, srv, nil)
+	var l Lock
+	if err := nm.Lock(testRetries, testTimeout, &l, "k", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := nm.Update(testRetries, testTimeout, &l, 10*time.Second); err != nil {
+		t.Fatalf("Update after an idle second: %v", err)
+	}
+	if st := srv.Stats(); st.Isolations != 0 {
+		t.Fatalf("%d isolations", st.Isolations)
+	}
+}
+
+// TestFailover: when the server in use stops answering, the client moves to another
+// server of the cluster it was told about.
+func TestFailover(t *testing.T) {
+	b := startServer(t, nil)
+	a := startServer(t, func(c *server.Config) {
+		c.ServerID = 1
+		c.Servers = []wire.Server{{ID: 2, Addr: b.Addr().String()}, {ID: 1, Addr: c.ListenAddr}}
+	})
+	nm, err := Open(testRetries, testTimeout, []string{a.Addr().String()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nm.Close(1, testTimeout)
+	var l Lock
+	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a.Abort()
+	if err := nm.Lock(2, 50*time.Millisecond, &Lock{}, "k2", time.Second); err != ErrTooMuchRetries {
+		t.Fatalf("Lock on a dead server: %v", err)
+	}
+	var l2 Lock
+	if err := nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second); err != nil {
+		t.Fatalf("Lock after failover: %v", err)
+	}
+	if b.Stats().Grants != 1 {
+		t.Fatalf("the other server granted %d locks, want 1", b.Stats().Grants)
+	}
+	if err := nm.Update(testRetries, testTimeout, &l, time.Second); err != ErrLockLost {
+		t.Fatalf("lock held on the dead server: %v, want ErrLockLost", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,6 +106,7 @@ func New(cfg Config) (*Server, error) {
 
 // newServer does all of New but start the loop.
 func newServer(cfg Config) (*Server, error) {
+	cfg.Servers = slices.Clone(cfg.Servers) // the caller may reuse its slice
 	fillDefaults(&cfg)
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Systems by the names -vs takes. "redis" is both Redis clients.
+var peerNames = map[string][]string{
+	"redis":         {"redis-rueidis", "redis-goredis"},
+	"rueidis":       {"redis-rueidis"},
+	"redis-rueidis": {"redis-rueidis"},
+	"goredis":       {"redis-goredis"},
+	"go-redis":      {"redis-goredis"},
+	"redis-goredis": {"redis-goredis"},
+	"etcd":          {"etcd"},
+}
+
+// parseVs turns "-vs redis,etcd" into the systems to run after netmutex, in order.
+func parseVs(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.ToLower(strings.TrimSpace(f))
+		if f == "" {
+			continue
+		}
+		names, ok := peerNames[f]
+		if !ok {
+			return nil, fmt.Errorf("-vs: unknown system %q (known: redis, rueidis, goredis, etcd)", f)
+		}
+		for _, n := range names {
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return out, nil
+}
+
+// lab sets systems up one at a time, hands out their lockers, and owns the one
+// redis-server the Redis clients share.
+type lab struct {
+	o     *options
+	log   io.Writer
+	redis *redisServer
+	// redisErr is why Redis cannot run, once known.
+	redisErr error
+}
+
+// open sets up the system called name.
+func (lb *lab) open(name string) (system, error) {
+	switch name {
+	case "netmutex":
+		return startNetmutex(lb.o.addr, lb.o.conns, lb.o.ttl)
+	case "redis-rueidis", "redis-goredis":
+		if lb.redis == nil && lb.redisErr == nil {
+			fmt.Fprintln(lb.log, "starting redis-server ...")
+			lb.redis, lb.redisErr = startRedis(lb.o.installRedis, lb.log)
+		}
+		if lb.redisErr != nil {
+			return nil, lb.redisErr
+		}
+		if name == "redis-rueidis" {
+			return startRueidis(lb.redis, lb.o.conns, lb.o.ttl)
+		}
+		return startGoredis(lb.redis, lb.o.conns, lb.o.goroutinesMax(), lb.o.ttl)
+	case "etcd":
+		fmt.Fprintln(lb.log, "starting embedded etcd ...")
+		return startEtcd(lb.o.conns, lb.o.ttl, lb.o.etcdFsync)
+	}
+	return nil, fmt.Errorf("unknown system %q", name)
+}
+
+func (lb *lab) close() {
+	if lb.redis != nil {
+		lb.redis.stop()
+		lb.redis = nil
+	}
+}
+
+// goroutinesMax is the most goroutines any run of this invocation uses: go-redis' pool
+// is sized to it.
+func (o *options) goroutinesMax() int {
+	n := o.goroutines
+	if o.plot != "" {
+		n = max(n, sweepGoroutines[len(sweepGoroutines)-1])
+	}
+	return n
+}
+
+// sweepGoroutines are the points of the -plot chart.
+var sweepGoroutines = []int{1, 4, 16, 64, 256}
+
+// sweepLatencyAt is the goroutine count whose latency distribution is plotted.
+const sweepLatencyAt = 64
+
+// lockers returns the lockers of goroutines 0..n-1 of sys, made once and reused by
+// every later run of the same system.
+type lockerCache struct {
+	sys system
+	ls  []locker
+}
+
+func (c *lockerCache) get(n int) ([]locker, error) {
+	for g := len(c.ls); g < n; g++ {
+		l, err := c.sys.newLocker(g)
+		if err != nil {
+			return nil, fmt.Errorf("%s: locker %d: %w", c.sys.name(), g, err)
+		}
+		c.ls = append(c.ls, l)
+	}
+	return c.ls[:n], nil
+}
+
+// skip is a system that could not run, and why.
+type skip struct {
+	System string `json:"system"`
+	Reason string `json:"reason"`
+}
+
+// compare runs the workload against every system in turn: netmutex first, then each
+// peer; with -plot, also the sweep over sweepGoroutines. A peer that cannot be set up or
+// fails is reported as skipped; the others still run.
+func compare(o *options, rep *report, human io.Writer) error {
+	systems := append([]string{"netmutex"}, o.vs...)
+	lb := &lab{o: o, log: human}
+	defer lb.close()
+
+	steps := len(systems)
+	if o.plot != "" {
+		steps += len(systems) * len(sweepGoroutines)
+	}
+	step := 0
+	for _, name := range systems {
+		sys, err := lb.open(name)
+		if err != nil {
+			if name == "netmutex" {
+				return err
+			}
+			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
+			rep.Skipped = append(rep.Skipped, skip{name, err.Error()})
+			step += steps / len(systems)
+			continue
+		}
+		cache := &lockerCache{sys: sys}
+		failed := func(err error) bool {
+			if err == nil {
+				return false
+			}
+			if name == "netmutex" {
+				return true
+			}
+			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
+			rep.Skipped = append(rep.Skipped, skip{name, err.Error()})
+			return true
+		}
+
+		step++
+		fmt.Fprintf(human, "[%d/%d] %s, %d goroutines, %v (%s)\n", step, steps, name, o.goroutines, o.duration, sys.(noter).note())
+		r, err := runCached(cache, o.workload(o.goroutines, o.duration), human)
+		if failed(err) {
+			sys.close()
+			if name == "netmutex" {
+				return err
+			}
+			continue
+		}
+		r.Conns = o.conns
+		rep.Results = append(rep.Results, r)
+		fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n\n", thousands(r.PairsPerSec), us(r.Pair.P99))
+
+		if o.plot != "" {
+			for _, n := range sweepGoroutines {
+				step++
+				fmt.Fprintf(human, "[%d/%d] sweep: %s, %d goroutines, %v\n", step, steps, name, n, o.sweepD)
+				r, err := runCached(cache, o.workload(n, o.sweepD), nil)
+				if failed(err) {
+					break
+				}
+				r.Conns = o.conns
+				rep.Sweep = append(rep.Sweep, r)
+				fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n", thousands(r.PairsPerSec), us(r.Pair.P99))
+			}
+			fmt.Fprintln(human)
+		}
+		if err := sys.close(); err != nil {
+			fmt.Fprintf(human, "%s: closing: %v\n", name, err)
+		}
+	}
+	return nil
+}
+
+func runCached(c *lockerCache, wl workload, progress io.Writer) (*result, error) {
+	ls, err := c.get(wl.goroutines)
+	if err != nil {
+		return nil, err
+	}
+	return run(c.sys, ls, wl, progress)
+}
+
+// printComparison prints one table over every system, netmutex first.
+func printComparison(w io.Writer, rs []*result, skipped []skip) {
+	if len(rs) == 0 {
+		return
+	}
+	nm := rs[0]
+	ratio := func(r *result) string {
+		if r == nm {
+			return "1.00×"
+		}
+		if r.PairsPerSec == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2f×", nm.PairsPerSec/r.PairsPerSec)
+	}
+	if nm.Contended {
+		fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10s %9s %10s\n",
+			"system", "acquisitions/s", "refusals/s", "wait p50", "wait p99", "wait p99.9", "pair p50", "allocs/op", "CPU s/Mop", "netmutex ÷")
+		for _, r := range rs {
+			fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10.2f %9.2f %10s\n",
+				r.System, thousands(r.PairsPerSec), thousands(r.RefusalsPerSec), us(r.Wait.P50), us(r.Wait.P99), us(r.Wait.P999),
+				us(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
+		}
+	} else {
+		fmt.Fprintf(w, "%-14s %11s %10s %10s %10s %10s %9s %10s\n",
+			"system", "pairs/s", "p50", "p99", "p99.9", "allocs/op", "CPU s/Mop", "netmutex ÷")
+		for _, r := range rs {
+			fmt.Fprintf(w, "%-14s %11s %10s %10s %10s %10.2f %9.2f %10s\n",
+				r.System, thousands(r.PairsPerSec), us(r.Pair.P50), us(r.Pair.P99), us(r.Pair.P999),
+				r.AllocsPerOp, r.CPUPerMop, ratio(r))
+		}
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(w, "%-14s SKIPPED: %s\n", s.System, s.Reason)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "netmutex ÷: netmutex's pairs/s divided by the system's. Latency is of one lock+unlock pair.")
+	fmt.Fprintln(w, "allocs/op and CPU cover this process (client; netmutex's and etcd's servers are embedded in it);")
+	fmt.Fprintln(w, "CPU also counts the redis-server process. Errors:")
+	for _, r := range rs {
+		e := "0"
+		if r.Errors > 0 {
+			e = fmt.Sprintf("%d (first: %s)", r.Errors, r.FirstErr)
+		}
+		fmt.Fprintf(w, "  %-14s %s\n", r.System, e)
+	}
+	fmt.Fprintln(w, "Settings:")
+	for _, r := range rs {
+		fmt.Fprintf(w, "  %-14s %s\n", r.System, r.Note)
+	}
+}
+
+// printSweep prints pairs/s per goroutine count, one row per system.
+func printSweep(w io.Writer, rs []*result) {
+	if len(rs) == 0 {
+		return
+	}
+	byName := map[string]map[int]*result{}
+	var order []string
+	for _, r := range rs {
+		if byName[r.System] == nil {
+			byName[r.System] = map[int]*result{}
+			order = append(order, r.System)
+		}
+		byName[r.System][r.Goroutines] = r
+	}
+	fmt.Fprintf(w, "%-14s", "pairs/s at")
+	for _, n := range sweepGoroutines {
+		fmt.Fprintf(w, " %11s", fmt.Sprintf("c=%d", n))
+	}
+	fmt.Fprintf(w, "   p99 at c=%d\n", sweepLatencyAt)
+	for _, name := range order {
+		fmt.Fprintf(w, "%-14s", name)
+		for _, n := range sweepGoroutines {
+			if r := byName[name][n]; r != nil {
+				fmt.Fprintf(w, " %11s", thousands(r.PairsPerSec))
+			} else {
+				fmt.Fprintf(w, " %11s", "-")
+			}
+		}
+		if r := byName[name][sweepLatencyAt]; r != nil {
+			fmt.Fprintf(w, "   %s", us(r.Pair.P99))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// sweepTime estimates how long the whole invocation runs, for the first line.
+func (o *options) estimate() time.Duration {
+	n := time.Duration(1 + len(o.vs))
+	d := n * (o.warmup + o.duration)
+	if o.plot != "" {
+		d += n * time.Duration(len(sweepGoroutines)) * (o.warmup + o.sweepD)
+	}
+	return d
+}

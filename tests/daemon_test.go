@@ -1,0 +1,161 @@
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// goTool is the go command that runs this test.
+func goTool() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// buildBinary builds the main package pkg into dir and returns its path.
+func buildBinary(t testing.TB, dir, pkg, name string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	cmd := exec.Command(goTool(), "build", "-o", out, pkg)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// daemon is netmutexd running as a separate process, restartable on the same address
+// and data directory.
+type daemon struct {
+	t       testing.TB
+	bin     string
+	dataDir string
+	args    []string
+	addr    string // fixed after the first start
+	logPath string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	logMu  sync.Mutex
+	log    *os.File
+	starts int
+}
+
+var servingRE = regexp.MustCompile(`msg="netmutexd serving" addr=(\S+)`)
+
+func newDaemon(t testing.TB, bin string, args ...string) *daemon {
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: bin, dataDir: filepath.Join(dir, "data"), args: args, logPath: filepath.Join(dir, "netmutexd.log")}
+	f, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.log = f
+	t.Cleanup(func() {
+		d.kill()
+		f.Close()
+	})
+	return d
+}
+
+// start runs the server and returns once it serves. The first start picks a free port;
+// later starts reuse it.
+func (d *daemon) start() {
+	d.t.Helper()
+	listen := d.addr
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	args := append([]string{"-listen", listen, "-data", d.dataDir}, d.args...)
+	var lastErr error
+	for try := 0; try < 50; try++ { // the port may linger for a moment after a kill
+		addr, err := d.startOnce(args)
+		if err == nil {
+			d.addr = addr
+			d.starts++
+			return
+		}
+		lastErr = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.t.Fatalf("netmutexd did not start: %v (log %s)", lastErr, d.logPath)
+}
+
+func (d *daemon) startOnce(args []string) (string, error) {
+	cmd := exec.Command(d.bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	serving := make(chan string, 1)
+	exited := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			d.logMu.Lock()
+			fmt.Fprintln(d.log, line)
+			d.logMu.Unlock()
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				select {
+				case serving <- m[1]:
+				default:
+				}
+			}
+		}
+		cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case addr := <-serving:
+		d.cmd, d.exited = cmd, exited
+		return addr, nil
+	case <-exited:
+		return "", fmt.Errorf("exited: %v", cmd.ProcessState)
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		return "", fmt.Errorf("no 'serving' line within 10s")
+	}
+}
+
+// kill stops the server with SIGKILL (a crash) and waits for it to be gone.
+func (d *daemon) kill() {
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.exited
+	d.cmd = nil
+}
+
+// logText returns the server's log so far.
+func (d *daemon) logText() string {
+	d.logMu.Lock()
+	defer d.logMu.Unlock()
+	b, _ := os.ReadFile(d.logPath)
+	return string(b)
+}
+
+func (d *daemon) countLog(substr string) int { return strings.Count(d.logText(), substr) }
