@@ -216,24 +216,16 @@ func take(sys system, ws []*worker) snapshot {
 // measured time; a system that hangs longer is reported and left behind.
 const stopGrace = 10 * time.Second
 
-// run drives wl against sys: wl.goroutines goroutines, each with its own locker, in a
-// loop of lock (and, when granted, unlock) for wl.warmup + wl.duration. progress, if
-// not nil, gets a line per second.
-func run(sys system, wl workload, progress io.Writer) (*result, error) {
+// run drives wl against sys: one goroutine per locker (len(lockers) ==
+// wl.goroutines), each in a loop of lock (and, when granted, unlock) for wl.warmup +
+// wl.duration. progress, if not nil, gets a line per second.
+func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result, error) {
 	keys := make([]string, max(wl.keys, 1))
 	if wl.contended {
 		keys = keys[:1]
 	}
 	for i := range keys {
 		keys[i] = wl.prefix + strconv.Itoa(i)
-	}
-	lockers := make([]locker, wl.goroutines)
-	for g := range lockers {
-		l, err := sys.newLocker(g)
-		if err != nil {
-			return nil, fmt.Errorf("%s: locker %d: %w", sys.name(), g, err)
-		}
-		lockers[g] = l
 	}
 	ws := make([]*worker, wl.goroutines)
 	for g := range ws {

@@ -30,6 +30,12 @@ type options struct {
 	warmup     time.Duration
 	ttl        time.Duration
 	json       bool
+
+	vs           []string // peers to compare with, in order
+	plot         string
+	sweepD       time.Duration
+	installRedis bool
+	etcdFsync    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -45,6 +51,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "load before measuring, not counted")
 	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "lock TTL (longer than any pair takes)")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON on stdout (progress stays on stderr)")
+	vs := fs.String("vs", "", "compare with these systems, in turns, same workload: redis (= rueidis,goredis), rueidis, goredis, etcd")
+	fs.StringVar(&o.plot, "plot", "", "write a chart (.png or .svg): pairs/s against goroutines 1..256 for every system, latency at 64")
+	fs.DurationVar(&o.sweepD, "sweep-d", 2*time.Second, "measured duration of each point of the -plot sweep")
+	fs.BoolVar(&o.installRedis, "install-redis", true, "run bench/install-redis.sh (apt-get) when redis-server is missing")
+	fs.BoolVar(&o.etcdFsync, "etcd-fsync", true, "etcd fsyncs its log (its default); false sets UnsafeNoFsync")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: go run ./bench [flags]")
 		fs.PrintDefaults()
@@ -69,8 +80,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.ttl < time.Millisecond:
 		return nil, fmt.Errorf("-ttl must be at least 1ms")
 	}
-	if o.keys == 0 {
-		o.keys = o.goroutines
+	if o.sweepD <= 0 {
+		return nil, fmt.Errorf("-sweep-d must be positive")
+	}
+	if o.plot != "" && !strings.HasSuffix(o.plot, ".png") && !strings.HasSuffix(o.plot, ".svg") {
+		return nil, fmt.Errorf("-plot: file name must end in .png or .svg")
+	}
+	var err error
+	if o.vs, err = parseVs(*vs); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -89,6 +107,9 @@ func main() {
 type report struct {
 	Machine machine   `json:"machine"`
 	Results []*result `json:"results"`
+	Sweep   []*result `json:"sweep,omitempty"`
+	Skipped []skip    `json:"skipped,omitempty"`
+	Plot    string    `json:"plot,omitempty"`
 }
 
 func mainErr(args []string, stdout, stderr io.Writer) error {
@@ -105,38 +126,89 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	printMachine(human, rep.Machine)
 	fmt.Fprintf(human, "workload: %s\n\n", describeWorkload(o))
 
-	wl := o.workload()
-	sys, err := startNetmutex(o.addr, o.conns, o.ttl)
-	if err != nil {
-		return err
+	if len(o.vs) == 0 && o.plot == "" {
+		// The plain run: netmutex alone, every figure.
+		sys, err := startNetmutex(o.addr, o.conns, o.ttl)
+		if err != nil {
+			return err
+		}
+		cache := &lockerCache{sys: sys}
+		r, err := runCached(cache, o.workload(o.goroutines, o.duration), human)
+		cerr := sys.close()
+		if err != nil {
+			return err
+		}
+		if cerr != nil {
+			fmt.Fprintln(stderr, "bench: closing netmutex:", cerr)
+		}
+		r.Conns = o.conns
+		rep.Results = append(rep.Results, r)
+		if o.json {
+			return writeJSON(stdout, rep)
+		}
+		fmt.Fprintln(stdout)
+		printResult(stdout, r)
+		return nil
 	}
-	r, err := run(sys, wl, human)
-	cerr := sys.close()
-	if err != nil {
-		return err
-	}
-	if cerr != nil {
-		fmt.Fprintln(stderr, "bench: closing netmutex:", cerr)
-	}
-	r.Conns = o.conns
-	rep.Results = append(rep.Results, r)
 
-	if o.json {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+	fmt.Fprintf(human, "comparing netmutex with %s; about %v of load in all\n\n", orNone(o.vs), o.estimate().Round(time.Second))
+	if err := compare(o, rep, human); err != nil {
+		return err
 	}
-	fmt.Fprintln(stdout)
-	printResult(stdout, r)
+	if o.plot != "" {
+		if err := writePlot(o.plot, rep); err != nil {
+			fmt.Fprintln(stderr, "bench: -plot:", err)
+		} else {
+			rep.Plot = o.plot
+			fmt.Fprintf(human, "chart written to %s\n", o.plot)
+		}
+	}
+	if o.json {
+		return writeJSON(stdout, rep)
+	}
+	fmt.Fprintf(stdout, "\n== %s\n", describeWorkload(o))
+	printComparison(stdout, rep.Results, rep.Skipped)
+	if len(rep.Sweep) > 0 {
+		fmt.Fprintf(stdout, "\n== sweep: %v measured per point, %s\n", o.sweepD, keysWord(o))
+		printSweep(stdout, rep.Sweep)
+	}
 	return nil
 }
 
-func (o *options) workload() workload {
+func writeJSON(w io.Writer, rep *report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+func orNone(vs []string) string {
+	if len(vs) == 0 {
+		return "nothing (netmutex alone)"
+	}
+	return strings.Join(vs, ", ")
+}
+
+func keysWord(o *options) string {
+	switch {
+	case o.contended:
+		return "one key for all (contended)"
+	case o.keys == 0:
+		return "one key per goroutine"
+	}
+	return fmt.Sprintf("%d keys", o.keys)
+}
+
+// workload is the load of one run with n goroutines for d.
+func (o *options) workload(n int, d time.Duration) workload {
+	keys := o.keys
+	if keys == 0 {
+		keys = n // one key per goroutine
+	}
 	return workload{
-		goroutines: o.goroutines,
-		keys:       o.keys,
+		goroutines: n,
+		keys:       keys,
 		contended:  o.contended,
-		duration:   o.duration,
+		duration:   d,
 		warmup:     o.warmup,
 		prefix:     "bench:" + runID() + ":",
 	}
@@ -154,7 +226,8 @@ func describeWorkload(o *options) string {
 	switch {
 	case o.contended:
 		keys = "ONE key for all (contended)"
-	case o.keys == o.goroutines:
+	case o.keys == 0 || o.keys == o.goroutines:
+		keys = fmt.Sprintf("%d keys", o.goroutines)
 		keys += " (one per goroutine: every lock granted)"
 	case o.keys > o.goroutines:
 		keys += " (each goroutine cycles over its own)"

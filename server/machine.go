@@ -73,10 +73,14 @@ type MachineConfig struct {
 // Tuning constants.
 const (
 	// maxReleased bounds the released-lock-id list of one session, so that a client whose
-	// ack floor never moves cannot grow server memory without bound. Past it the oldest id
-	// is forgotten and the session's floor raised above it: requests below are then
-	// dropped, which is safe (never a second grant), only unkind to that client.
-	maxReleased = 1 << 16
+	// ack floor is held back (a request retransmitted for seconds while thousands of
+	// others complete) cannot grow server memory without bound. Past it the oldest
+	// quarter is forgotten, without moving the floor: the pending request that holds the
+	// floor back must still be served. A copy of a forgotten LOCK arriving later still
+	// would be granted to a client that no longer waits for it; the lock then expires
+	// and isolates that client — a loss of liveness, never of mutual exclusion — and
+	// only after 2^18 releases by one session during one copy's flight.
+	maxReleased = 1 << 18
 	// minFreeEntries is how many free lock-table entries are always kept for reuse, so a
 	// working set of keys locked again and again never allocates; beyond it, free entries
 	// are swept once they outnumber the held ones (amortised O(1) per release).
@@ -514,11 +518,8 @@ func (s *session) hasReleased(id uint64) (done, refused bool) {
 func (s *session) addReleased(entry uint64) {
 	id := entry &^ refusedBit
 	if len(s.released) >= maxReleased {
-		s.floor = max(s.floor, s.released[0]&^refusedBit+1)
-		s.pruneReleased()
-		if id < s.floor {
-			return
-		}
+		n := copy(s.released, s.released[maxReleased/4:])
+		s.released = s.released[:n]
 	}
 	n := len(s.released)
 	if n == 0 || s.released[n-1]&^refusedBit < id {

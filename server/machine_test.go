@@ -418,3 +418,26 @@ func TestMachineReusesEntries(t *testing.T) {
 		t.Fatalf("%v allocations per LOCK+UNLOCK, want 0", allocs)
 	}
 }
+
+// TestMachineReleasedCapKeepsFloor: a floor held back by one pending request while the
+// session releases more locks than the released list holds must not make the server
+// drop that pending request.
+func TestMachineReleasedCapKeepsFloor(t *testing.T) {
+	s := newSim(t, nil)
+	a := s.connect(1)
+	id := uint64(2) // id 1 is the request still pending at the client
+	for i := 0; i < maxReleased+maxReleased/2; i++ {
+		lock := lockCmd(a, id, 1000, "k")
+		lock.Floor = 1
+		unlock := unlockCmd(a, id+1, id, "k")
+		unlock.Floor = 1
+		out := s.step(lock, unlock)
+		if len(out) != 2 || out[0].Op != wire.OpOK || out[1].Op != wire.OpOK {
+			t.Fatalf("pair %d: %+v", i, out)
+		}
+		id += 2
+	}
+	wantOp(t, s.one(lockCmd(a, 1, 1000, "pinned")), wire.OpOK)
+	// A recent duplicate is still recognised.
+	wantErr(t, s.one(lockCmd(a, id-2, 1000, "k")), wire.CodeStale)
+}

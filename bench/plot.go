@@ -1,0 +1,178 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+	"gonum.org/v1/plot/vg/vgsvg"
+)
+
+// One colour and dash per system, the same in both panels.
+var systemStyle = map[string]struct {
+	c    color.RGBA
+	dash []vg.Length
+}{
+	"netmutex":      {color.RGBA{0xd6, 0x27, 0x28, 0xff}, nil},
+	"redis-rueidis": {color.RGBA{0x1f, 0x77, 0xb4, 0xff}, nil},
+	"redis-goredis": {color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, []vg.Length{vg.Points(6), vg.Points(3)}},
+	"etcd":          {color.RGBA{0x94, 0x67, 0xbd, 0xff}, []vg.Length{vg.Points(2), vg.Points(2)}},
+}
+
+func styleLine(l *plotter.Line, name string) {
+	st, ok := systemStyle[name]
+	if !ok {
+		st.c = color.RGBA{0x55, 0x55, 0x55, 0xff}
+	}
+	l.Color = st.c
+	l.Width = vg.Points(2)
+	l.Dashes = st.dash
+}
+
+// writePlot draws two panels into file (.png or .svg): pairs/s against goroutines for
+// every system of the sweep, and the distribution of pair latency at sweepLatencyAt
+// goroutines.
+func writePlot(file string, rep *report) error {
+	if len(rep.Sweep) == 0 {
+		return fmt.Errorf("no sweep results to plot")
+	}
+	var order []string
+	byName := map[string][]*result{}
+	for _, r := range rep.Sweep {
+		if byName[r.System] == nil {
+			order = append(order, r.System)
+		}
+		byName[r.System] = append(byName[r.System], r)
+	}
+
+	mode := "lock+unlock pairs/s"
+	if rep.Sweep[0].Contended {
+		mode = "acquisitions/s (one key)"
+	}
+	m := rep.Machine
+	machineLine := fmt.Sprintf("%s, nproc %d, Linux %s, %s", m.CPU, m.NumCPU, m.Kernel, m.Go)
+
+	tp := plot.New()
+	tp.Title.Text = mode + " against goroutines\n" + machineLine
+	tp.X.Label.Text = "goroutines"
+	tp.Y.Label.Text = mode
+	tp.X.Scale = plot.LogScale{}
+	tp.X.Tick.Marker = plot.ConstantTicks(goroutineTicks())
+	tp.Y.Tick.Marker = thousandsTicks{}
+	tp.Y.Min = 0
+	tp.Add(plotter.NewGrid())
+	tp.Legend.Top = true
+	tp.Legend.Left = true
+
+	lp := plot.New()
+	lp.Title.Text = fmt.Sprintf("pair latency at %d goroutines (lower right is better)", sweepLatencyAt)
+	lp.X.Label.Text = "latency of a lock+unlock pair (µs, log scale)"
+	lp.Y.Label.Text = "fraction of pairs at most that long"
+	lp.X.Scale = plot.LogScale{}
+	lp.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	lp.Y.Min, lp.Y.Max = 0, 1
+	lp.Add(plotter.NewGrid())
+	lp.Legend.Top = false
+	lp.Legend.Left = false
+
+	ymax := 0.0
+	for _, name := range order {
+		rs := byName[name]
+		pts := make(plotter.XYs, 0, len(rs))
+		for _, r := range rs {
+			pts = append(pts, plotter.XY{X: float64(r.Goroutines), Y: r.PairsPerSec})
+			ymax = max(ymax, r.PairsPerSec)
+		}
+		line, marks, err := plotter.NewLinePoints(pts)
+		if err != nil {
+			return err
+		}
+		styleLine(line, name)
+		marks.Color = line.Color
+		marks.Shape = draw.CircleGlyph{}
+		tp.Add(line, marks)
+		tp.Legend.Add(name, line, marks)
+
+		for _, r := range rs {
+			if r.Goroutines != sweepLatencyAt || r.pairHist == nil || r.pairHist.n == 0 {
+				continue
+			}
+			xs, fs := r.pairHist.cdf()
+			cdf := make(plotter.XYs, 0, len(xs))
+			for i := range xs {
+				us := float64(xs[i]) / 1e3
+				if us <= 0 {
+					continue
+				}
+				cdf = append(cdf, plotter.XY{X: us, Y: fs[i]})
+			}
+			if len(cdf) == 0 {
+				continue
+			}
+			l, err := plotter.NewLine(cdf)
+			if err != nil {
+				return err
+			}
+			styleLine(l, name)
+			lp.Add(l)
+			lp.Legend.Add(fmt.Sprintf("%s  p50 %s  p99 %s", name, us(r.Pair.P50), us(r.Pair.P99)), l)
+		}
+	}
+	tp.Y.Max = ymax * 1.15
+
+	const wIn, hIn = 9, 11
+	w, h := wIn*vg.Inch, hIn*vg.Inch
+	var c vg.CanvasWriterTo
+	switch strings.ToLower(filepath.Ext(file)) {
+	case ".svg":
+		c = vgsvg.New(w, h)
+	default:
+		c = vgimg.PngCanvas{Canvas: vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))}
+	}
+	dc := draw.New(c.(vg.Canvas))
+	tiles := draw.Tiles{Rows: 2, Cols: 1, PadX: vg.Inch / 4, PadY: vg.Inch / 3,
+		PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 4}
+	plots := [][]*plot.Plot{{tp}, {lp}}
+	cs := plot.Align(plots, tiles, dc)
+	tp.Draw(cs[0][0])
+	lp.Draw(cs[1][0])
+
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := c.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func goroutineTicks() []plot.Tick {
+	ts := make([]plot.Tick, len(sweepGoroutines))
+	for i, n := range sweepGoroutines {
+		ts[i] = plot.Tick{Value: float64(n), Label: fmt.Sprint(n)}
+	}
+	return ts
+}
+
+// thousandsTicks labels a linear axis with comma-grouped numbers.
+type thousandsTicks struct{}
+
+func (thousandsTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = thousands(math.Round(ts[i].Value))
+		}
+	}
+	return ts
+}

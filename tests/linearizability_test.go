@@ -1,0 +1,354 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/netmutex/netmutex"
+	"github.com/netmutex/netmutex/internal/faultproxy"
+)
+
+// linParams sizes one run of TestLinearizability.
+type linParams struct {
+	workers   int // one NetMutex connection each
+	keys      int
+	minOps    int           // operations recorded at least
+	restarts  int           // SIGKILL + restart of the server during the run, at least
+	maxRun    time.Duration // the run fails if it has not reached minOps and restarts by then
+	checkTime time.Duration // porcupine's budget
+}
+
+// linSize is the CI size, scaled down under the race detector and up with
+// NETMUTEX_SOAK=1 (see tests/README.md).
+func linSize() linParams {
+	p := linParams{workers: 16, keys: 8, minOps: 10000, restarts: 3, maxRun: 100 * time.Second, checkTime: 60 * time.Second}
+	if raceEnabled {
+		p.minOps, p.restarts, p.maxRun = 2000, 2, 100*time.Second
+	}
+	if os.Getenv("NETMUTEX_SOAK") != "" {
+		p.workers, p.keys, p.minOps, p.restarts, p.maxRun, p.checkTime = 32, 16, 100000, 20, 20*time.Minute, 10*time.Minute
+		if v, err := strconv.Atoi(os.Getenv("NETMUTEX_SOAK_OPS")); err == nil && v > 0 {
+			p.minOps = v
+		}
+	}
+	return p
+}
+
+// Client pacing in the run: 20% loss each way makes a round trip fail 36% of the time;
+// 12 attempts of 40ms make giving up rare (0.36^12 ≈ 5e-6) yet keep a restart short.
+const (
+	linRetries = 12
+	linTimeout = 40 * time.Millisecond
+	linMaxTTL  = 800 * time.Millisecond
+)
+
+// recorder collects operations from all workers.
+type recorder struct {
+	epoch time.Time
+	mu    sync.Mutex
+	ops   []porcupine.Operation
+	n     atomic.Int64
+	// Outcome counts, for the report.
+	counts map[string]int
+}
+
+func (r *recorder) now() int64 { return int64(time.Since(r.epoch)) }
+
+func (r *recorder) add(client int, in lockInput, out lockOutput) {
+	ret := in.Ret
+	if out.Res == resUnknown {
+		ret = never // an unknown outcome lasts to the end of the history
+	}
+	r.mu.Lock()
+	r.ops = append(r.ops, porcupine.Operation{ClientId: client, Input: in, Call: in.Call, Output: out, Return: ret})
+	r.counts[in.Kind.String()+" "+out.Res.String()]++
+	r.mu.Unlock()
+	if in.Kind != opRestart {
+		r.n.Add(1)
+	}
+}
+
+// TestLinearizability runs workers through a lossy, duplicating, reordering, corrupting
+// proxy against netmutexd in its own process, kills the server with SIGKILL and
+// restarts it from its data directory several times, and checks the recorded history
+// with porcupine, plus the fences per key across the restarts.
+func TestLinearizability(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	p := linSize()
+	bin := buildBinary(t, t.TempDir(), "github.com/netmutex/netmutex/cmd/netmutexd", "netmutexd")
+	d := newDaemon(t, bin, "-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "warn")
+	d.start()
+
+	lossy := faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.001}
+	px, err := faultproxy.New(faultproxy.Config{Upstream: d.addr, ToServer: lossy, ToClient: lossy, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	// A request copy can reach the server at most this late: leases may end that much
+	// after r+T (a duplicate UPDATE extends the lease again).
+	slack := int64(lossy.MaxLatency() + 5*time.Millisecond)
+
+	rec := &recorder{epoch: time.Now(), counts: map[string]int{}}
+	ctx, cancel := context.WithTimeout(context.Background(), p.maxRun)
+	defer cancel()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var unexpected atomic.Int64
+	var firstUnexpected atomic.Pointer[string]
+	for w := 0; w < p.workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			linWorker(ctx, stop, w, p.keys, px.Addr().String(), rec, func(s string) {
+				unexpected.Add(1)
+				firstUnexpected.CompareAndSwap(nil, &s)
+			})
+		}(w)
+	}
+
+	// The chaos: restarts spread over the run, then wait for the operation count.
+	restarts := 0
+	restartEvery := time.Duration(0)
+	start := time.Now()
+	for {
+		ops := int(rec.n.Load())
+		if ops >= p.minOps && restarts >= p.restarts {
+			break
+		}
+		if ctx.Err() != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("after %v: %d operations and %d restarts, want %d and %d", p.maxRun, ops, restarts, p.minOps, p.restarts)
+		}
+		// Restart each time another minOps/(restarts+1) operations have been recorded.
+		if restarts < p.restarts && ops >= (restarts+1)*p.minOps/(p.restarts+1) {
+			c := rec.now()
+			d.kill()
+			time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond) // down for a while
+			d.start()
+			rec.add(p.workers, lockInput{Kind: opRestart, Call: c, Ret: rec.now()}, lockOutput{Res: resOK})
+			restarts++
+			if restartEvery == 0 {
+				restartEvery = time.Since(start)
+			}
+			continue
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	runTime := time.Since(start)
+	pst := px.Stats()
+
+	ops := rec.ops
+	t.Logf("run: %v, %d operations (%d restarts) from %d connections over %d keys", runTime.Round(time.Millisecond), len(ops)-restarts, restarts, p.workers, p.keys)
+	t.Logf("outcomes: %v", sortedCounts(rec.counts))
+	t.Logf("faults: %v", pst)
+	if n := unexpected.Load(); n > 0 {
+		t.Errorf("%d unexpected errors, the first: %s", n, *firstUnexpected.Load())
+	}
+	if pst.ToServer.Dropped == 0 || pst.ToClient.Dropped == 0 || pst.ToServer.Duplicated == 0 ||
+		pst.ToServer.Reordered == 0 || pst.ToServer.Corrupted+pst.ToClient.Corrupted == 0 {
+		t.Errorf("some fault was never injected: %v", pst)
+	}
+
+	checkFences(t, ops)
+
+	model := lockModel(slack)
+	checkStart := time.Now()
+	res, info := porcupine.CheckOperationsVerbose(model, ops, p.checkTime)
+	t.Logf("porcupine: %v in %v", res, time.Since(checkStart).Round(time.Millisecond))
+	if res != porcupine.Ok {
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("netmutex-linearizability-%d.html", time.Now().UnixNano()))
+		if err := porcupine.VisualizePath(model, info, path); err != nil {
+			t.Logf("visualisation: %v", err)
+		}
+		t.Fatalf("porcupine says %v (want Ok) for %d operations; visualisation in %s; proxy seed %d (%s), server log %s",
+			res, len(ops), path, px.Seed(), faultproxy.SeedEnv, d.logPath)
+	}
+}
+
+// linWorker runs random operations on one connection, reopening it after an unknown
+// outcome (which may have left a lock behind that would isolate the session) or an
+// isolation.
+func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr string, rec *recorder, unexpected func(string)) {
+	rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+	var nm *netmutex.NetMutex
+	defer func() {
+		if nm != nil {
+			nm.Close(2, linTimeout)
+		}
+	}()
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return ctx.Err() != nil
+		}
+	}
+	reopen := func() {
+		if nm != nil {
+			nm.Close(2, linTimeout)
+			nm = nil
+		}
+		for !stopped() {
+			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{IsolationInfo: fmt.Sprintf("worker %d", w)})
+			if err == nil {
+				nm = c
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	classify := func(kind opKind, err error) outcome {
+		switch {
+		case err == nil:
+			return resOK
+		case errors.Is(err, netmutex.ErrLocked) && kind == opLock:
+			return resLocked
+		case errors.Is(err, netmutex.ErrLockDelay) && kind == opLock:
+			return resLockDelay
+		case errors.Is(err, netmutex.ErrIsolated):
+			return resIsolated
+		case errors.Is(err, netmutex.ErrLockLost) && kind != opLock:
+			return resLockLost
+		case errors.Is(err, netmutex.ErrTooMuchRetries):
+			return resUnknown
+		}
+		unexpected(fmt.Sprintf("worker %d: %v: %v", w, kind, err))
+		return resUnknown
+	}
+	for !stopped() {
+		if nm == nil {
+			reopen()
+			continue
+		}
+		key := "key-" + strconv.Itoa(rng.IntN(keys))
+		ttl := time.Duration(200+rng.IntN(int(linMaxTTL/time.Millisecond)-200)) * time.Millisecond
+		var l netmutex.Lock
+		c := rec.now()
+		err := nm.Lock(linRetries, linTimeout, &l, key, ttl)
+		r := rec.now()
+		res := classify(opLock, err)
+		rec.add(w, lockInput{Kind: opLock, Key: key, TTL: int64(ttl), Call: c, Ret: r}, lockOutput{Res: res, Fence: l.FenceID()})
+		switch res {
+		case resUnknown, resIsolated:
+			reopen()
+			continue
+		case resLocked, resLockDelay:
+			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+			continue
+		}
+		fence := l.FenceID()
+		// Hold it a little, maybe heartbeat, then release.
+		for held := true; held; {
+			time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
+			if rng.IntN(3) != 0 {
+				break
+			}
+			ttl = time.Duration(200+rng.IntN(int(linMaxTTL/time.Millisecond)-200)) * time.Millisecond
+			c = rec.now()
+			err = nm.Update(linRetries, linTimeout, &l, ttl)
+			r = rec.now()
+			res = classify(opUpdate, err)
+			rec.add(w, lockInput{Kind: opUpdate, Key: key, Fence: fence, TTL: int64(ttl), Call: c, Ret: r}, lockOutput{Res: res})
+			held = res == resOK
+		}
+		switch res {
+		case resUnknown, resIsolated:
+			reopen()
+			continue
+		case resLockLost:
+			continue
+		}
+		c = rec.now()
+		err = nm.Unlock(linRetries, linTimeout, &l)
+		r = rec.now()
+		res = classify(opUnlock, err)
+		rec.add(w, lockInput{Kind: opUnlock, Key: key, Fence: fence, Call: c, Ret: r}, lockOutput{Res: res})
+		if res == resUnknown || res == resIsolated {
+			reopen()
+		}
+	}
+}
+
+// checkFences checks that fences are unique and strictly increase per key along real
+// time, across the restarts: a grant that returned before another was called has the
+// smaller fence.
+func checkFences(t *testing.T, ops []porcupine.Operation) {
+	t.Helper()
+	type grant struct {
+		c, r  int64
+		fence uint64
+	}
+	byKey := map[string][]grant{}
+	seen := map[uint64]string{}
+	for _, op := range ops {
+		in, out := op.Input.(lockInput), op.Output.(lockOutput)
+		if in.Kind != opLock || out.Res != resOK {
+			continue
+		}
+		if out.Fence == 0 {
+			t.Errorf("grant of %s with fence 0", in.Key)
+		}
+		if k, dup := seen[out.Fence]; dup {
+			t.Errorf("fence %d granted twice (%s and %s)", out.Fence, k, in.Key)
+		}
+		seen[out.Fence] = in.Key
+		byKey[in.Key] = append(byKey[in.Key], grant{in.Call, in.Ret, out.Fence})
+	}
+	violations := 0
+	for key, gs := range byKey {
+		sort.Slice(gs, func(i, j int) bool { return gs[i].r < gs[j].r })
+		// Walk by return time, keeping the highest fence of grants that returned before
+		// each call: O(n log n) with a second list sorted by call.
+		calls := append([]grant(nil), gs...)
+		sort.Slice(calls, func(i, j int) bool { return calls[i].c < calls[j].c })
+		var maxBefore uint64
+		i := 0
+		for _, g := range calls {
+			for i < len(gs) && gs[i].r < g.c {
+				maxBefore = max(maxBefore, gs[i].fence)
+				i++
+			}
+			if g.fence <= maxBefore {
+				violations++
+				if violations <= 5 {
+					t.Errorf("%s: fence %d granted at [%d, %d] after a grant with fence %d had returned", key, g.fence, g.c, g.r, maxBefore)
+				}
+			}
+		}
+	}
+	if violations > 0 {
+		t.Errorf("%d fence violations", violations)
+	}
+	t.Logf("fences: %d grants, unique, increasing per key in real time", len(seen))
+}
+
+func sortedCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	s := ""
+	for _, k := range keys {
+		s += fmt.Sprintf("%s=%d ", k, m[k])
+	}
+	return s
+}
