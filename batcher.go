@@ -120,6 +120,7 @@ func dialServer(addr, info string, connectWait time.Duration, notify chan struct
 	if err != nil {
 		return nil, err
 	}
+	batchio.SetBuffers(sock)
 	bc, err := batchio.New(sock)
 	if err != nil {
 		sock.Close()

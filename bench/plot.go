@@ -137,7 +137,7 @@ func writePlot(file string, rep *report) error {
 	default:
 		c = vgimg.PngCanvas{Canvas: vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))}
 	}
-	dc := draw.New(c.(vg.Canvas))
+	dc := draw.New(c.(vg.CanvasSizer))
 	tiles := draw.Tiles{Rows: 2, Cols: 1, PadX: vg.Inch / 4, PadY: vg.Inch / 3,
 		PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 4}
 	plots := [][]*plot.Plot{{tp}, {lp}}

@@ -128,6 +128,7 @@ func newServer(cfg Config) (*Server, error) {
 		st.close()
 		return nil, fmt.Errorf("server: listen: %w", err)
 	}
+	batchio.SetBuffers(conn)
 	bc, err := batchio.New(conn)
 	if err != nil {
 		conn.Close()

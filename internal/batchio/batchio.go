@@ -35,3 +35,16 @@ type Conn interface {
 
 // New wraps a UDP socket, connected (net.DialUDP) or not (net.ListenUDP).
 func New(c *net.UDPConn) (Conn, error) { return newConn(c) }
+
+// SocketBuffer is the socket buffer size asked for in each direction. Many callers'
+// requests arrive in bursts: a default buffer of about 200 KB drops a burst of a few
+// hundred datagrams, and every drop costs a retransmission timeout. The kernel caps the
+// request at net.core.rmem_max and wmem_max.
+const SocketBuffer = 4 << 20
+
+// SetBuffers enlarges the socket's buffers, as far as the system allows; a refusal is
+// not an error, the default buffers still work.
+func SetBuffers(c *net.UDPConn) {
+	_ = c.SetReadBuffer(SocketBuffer)
+	_ = c.SetWriteBuffer(SocketBuffer)
+}
