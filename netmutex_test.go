@@ -460,3 +460,36 @@ func TestFailover(t *testing.T) {
 		t.Fatalf("lock held on the dead server: %v, want ErrLockLost", err)
 	}
 }
+
+// TestCloseReleasesSockets: no socket outlives Close, also for the addresses Open tried
+// and gave up on.
+func TestCloseReleasesSockets(t *testing.T) {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		t.Skip("no /proc/self/fd on this system")
+	}
+	srv := startServer(t, nil)
+	countFDs := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	before := countFDs()
+	for i := 0; i < 5; i++ {
+		nm, err := Open(testRetries, 100*time.Millisecond, []string{deadAddr(t), srv.Addr().String()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l Lock
+		if err := nm.Lock(testRetries, testTimeout, &l, "fd", time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := nm.Close(testRetries, testTimeout); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := countFDs(); after != before {
+		t.Fatalf("%d file descriptors before, %d after", before, after)
+	}
+}

@@ -63,17 +63,17 @@ func writePlot(file string, rep *report) error {
 	tp := plot.New()
 	tp.Title.Text = mode + " against goroutines\n" + machineLine
 	tp.X.Label.Text = "goroutines"
-	tp.Y.Label.Text = mode
+	tp.Y.Label.Text = mode + " (log scale)"
 	tp.X.Scale = plot.LogScale{}
 	tp.X.Tick.Marker = plot.ConstantTicks(goroutineTicks())
-	tp.Y.Tick.Marker = thousandsTicks{}
-	tp.Y.Min = 0
+	tp.Y.Scale = plot.LogScale{}
+	tp.Y.Tick.Marker = logThousandsTicks{}
 	tp.Add(plotter.NewGrid())
 	tp.Legend.Top = true
 	tp.Legend.Left = true
 
 	lp := plot.New()
-	lp.Title.Text = fmt.Sprintf("pair latency at %d goroutines (lower right is better)", sweepLatencyAt)
+	lp.Title.Text = fmt.Sprintf("distribution of pair latency at %d goroutines (further left is faster)", sweepLatencyAt)
 	lp.X.Label.Text = "latency of a lock+unlock pair (µs, log scale)"
 	lp.Y.Label.Text = "fraction of pairs at most that long"
 	lp.X.Scale = plot.LogScale{}
@@ -83,13 +83,14 @@ func writePlot(file string, rep *report) error {
 	lp.Legend.Top = false
 	lp.Legend.Left = false
 
-	ymax := 0.0
+	ymin, ymax := math.Inf(1), 0.0
 	for _, name := range order {
 		rs := byName[name]
 		pts := make(plotter.XYs, 0, len(rs))
 		for _, r := range rs {
-			pts = append(pts, plotter.XY{X: float64(r.Goroutines), Y: r.PairsPerSec})
-			ymax = max(ymax, r.PairsPerSec)
+			y := max(r.PairsPerSec, 1) // a log axis has no 0
+			pts = append(pts, plotter.XY{X: float64(r.Goroutines), Y: y})
+			ymin, ymax = min(ymin, y), max(ymax, y)
 		}
 		line, marks, err := plotter.NewLinePoints(pts)
 		if err != nil {
@@ -126,7 +127,9 @@ func writePlot(file string, rep *report) error {
 			lp.Legend.Add(fmt.Sprintf("%s  p50 %s  p99 %s", name, us(r.Pair.P50), us(r.Pair.P99)), l)
 		}
 	}
-	tp.Y.Max = ymax * 1.15
+	// Room above for the legend, and whole powers of ten at both ends.
+	tp.Y.Min = math.Pow(10, math.Floor(math.Log10(ymin)))
+	tp.Y.Max = math.Pow(10, math.Ceil(math.Log10(ymax*2)))
 
 	const wIn, hIn = 9, 11
 	w, h := wIn*vg.Inch, hIn*vg.Inch
@@ -164,14 +167,22 @@ func goroutineTicks() []plot.Tick {
 	return ts
 }
 
-// thousandsTicks labels a linear axis with comma-grouped numbers.
-type thousandsTicks struct{}
+// logThousandsTicks labels a log axis at 1, 2 and 5 times each power of ten, with
+// comma-grouped numbers.
+type logThousandsTicks struct{}
 
-func (thousandsTicks) Ticks(lo, hi float64) []plot.Tick {
-	ts := plot.DefaultTicks{}.Ticks(lo, hi)
-	for i := range ts {
-		if ts[i].Label != "" {
-			ts[i].Label = thousands(math.Round(ts[i].Value))
+func (logThousandsTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := p * m; v >= lo && v <= hi {
+				ts = append(ts, plot.Tick{Value: v, Label: thousands(v)})
+			}
+		}
+		for m := 2.0; m < 10; m++ {
+			if v := p * m; v >= lo && v <= hi && m != 2 && m != 5 {
+				ts = append(ts, plot.Tick{Value: v}) // minor
+			}
 		}
 	}
 	return ts
