@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netmutex/netmutex/internal/wire"
 	"github.com/netmutex/netmutex/server"
 )
 
@@ -124,5 +125,29 @@ func TestUnlockAfterRestart(t *testing.T) {
 	// The UNLOCK itself meets the new server, which no longer knows the session.
 	if err := nm.Unlock(testRetries, testTimeout, &held); err != ErrLockLost {
 		t.Fatalf("Unlock of a lock from before the restart: %v, want ErrLockLost", err)
+	}
+}
+
+// TestRedirectMidSession: a server that becomes a follower answers REDIRECT to the
+// requests of a live client, which follows it to the leader.
+func TestRedirectMidSession(t *testing.T) {
+	leader := startServer(t, nil)
+	rs := newRestartable(t, 10*time.Second)
+	nm := openClient(t, rs.srv, nil)
+	var l Lock
+	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rs.cfg.Redirect = &wire.Server{ID: 9, Addr: leader.Addr().String()}
+	rs.restart(true)
+	var l2 Lock
+	if err := nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second); err != nil {
+		t.Fatalf("Lock through a redirect: %v", err)
+	}
+	if leader.Stats().Grants != 1 {
+		t.Fatalf("leader granted %d, want 1", leader.Stats().Grants)
+	}
+	if err := nm.Unlock(testRetries, testTimeout, &l); err != ErrLockLost {
+		t.Fatalf("lock held on the old server: %v, want ErrLockLost", err)
 	}
 }
