@@ -213,7 +213,7 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 			return "1.00×"
 		}
 		if r.PairsPerSec == 0 {
-			return "n/a"
+			return "∞"
 		}
 		return fmt.Sprintf("%.2f×", nm.PairsPerSec/r.PairsPerSec)
 	}
@@ -221,9 +221,15 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 		fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10s %9s %10s\n",
 			"system", "acquisitions/s", "refusals/s", "wait p50", "wait p99", "wait p99.9", "pair p50", "allocs/op", "CPU s/Mop", "netmutex ÷")
 		for _, r := range rs {
+			lat := func(v float64) string {
+				if r.Pairs == 0 {
+					return "never"
+				}
+				return us(v)
+			}
 			fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10.2f %9.2f %10s\n",
-				r.System, thousands(r.PairsPerSec), thousands(r.RefusalsPerSec), us(r.Wait.P50), us(r.Wait.P99), us(r.Wait.P999),
-				us(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
+				r.System, thousands(r.PairsPerSec), thousands(r.RefusalsPerSec), lat(r.Wait.P50), lat(r.Wait.P99), lat(r.Wait.P999),
+				lat(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
 		}
 	} else {
 		fmt.Fprintf(w, "%-14s %11s %10s %10s %10s %10s %9s %10s\n",
@@ -238,7 +244,12 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 		fmt.Fprintf(w, "%-14s SKIPPED: %s\n", s.System, s.Reason)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "netmutex ÷: netmutex's pairs/s divided by the system's. Latency is of one lock+unlock pair.")
+	if nm.Contended {
+		fmt.Fprintln(w, "netmutex ÷: netmutex's acquisitions/s divided by the system's. Wait: from a goroutine's first")
+		fmt.Fprintln(w, "attempt until it is granted; every attempt is a try-lock, retried at once when refused.")
+	} else {
+		fmt.Fprintln(w, "netmutex ÷: netmutex's pairs/s divided by the system's. Latency is of one lock+unlock pair.")
+	}
 	fmt.Fprintln(w, "allocs/op and CPU cover this process (client; netmutex's and etcd's servers are embedded in it);")
 	fmt.Fprintln(w, "CPU also counts the redis-server process. Errors:")
 	for _, r := range rs {
