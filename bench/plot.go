@@ -38,7 +38,8 @@ func styleLine(l *plotter.Line, name string) {
 }
 
 // writePlot draws two panels into file (.png or .svg): pairs/s against goroutines for
-// every system of the sweep, and the distribution of pair latency at sweepLatencyAt
+// every system of the sweep, and the distribution of pair latency at latencyAt()
+// goroutines.
 // goroutines.
 func writePlot(file string, rep *report) error {
 	if len(rep.Sweep) == 0 {
@@ -73,7 +74,7 @@ func writePlot(file string, rep *report) error {
 	tp.Legend.Left = true
 
 	lp := plot.New()
-	lp.Title.Text = fmt.Sprintf("distribution of pair latency at %d goroutines (further left is faster)", sweepLatencyAt)
+	lp.Title.Text = fmt.Sprintf("distribution of pair latency at %d goroutines (further left is faster)", latencyAt())
 	lp.X.Label.Text = "latency of a lock+unlock pair (µs, log scale)"
 	lp.Y.Label.Text = "fraction of pairs at most that long"
 	lp.X.Scale = plot.LogScale{}
@@ -84,6 +85,7 @@ func writePlot(file string, rep *report) error {
 	lp.Legend.Left = false
 
 	ymin, ymax := math.Inf(1), 0.0
+	haveLatency := false
 	for _, name := range order {
 		rs := byName[name]
 		pts := make(plotter.XYs, 0, len(rs))
@@ -103,7 +105,7 @@ func writePlot(file string, rep *report) error {
 		tp.Legend.Add(name, line, marks)
 
 		for _, r := range rs {
-			if r.Goroutines != sweepLatencyAt || r.pairHist == nil || r.pairHist.n == 0 {
+			if r.Goroutines != latencyAt() || r.pairHist == nil || r.pairHist.n == 0 {
 				continue
 			}
 			xs, fs := r.pairHist.cdf()
@@ -124,8 +126,12 @@ func writePlot(file string, rep *report) error {
 			}
 			styleLine(l, name)
 			lp.Add(l)
+			haveLatency = true
 			lp.Legend.Add(fmt.Sprintf("%s  p50 %s  p99 %s", name, us(r.Pair.P50), us(r.Pair.P99)), l)
 		}
+	}
+	if !haveLatency { // an empty log axis has no range of its own
+		lp.X.Min, lp.X.Max = 1, 1e4
 	}
 	// Room above for the legend, and whole powers of ten at both ends.
 	tp.Y.Min = math.Pow(10, math.Floor(math.Log10(ymin)))

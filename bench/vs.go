@@ -98,6 +98,16 @@ var sweepGoroutines = []int{1, 4, 16, 64, 256}
 // sweepLatencyAt is the goroutine count whose latency distribution is plotted.
 const sweepLatencyAt = 64
 
+// latencyAt is sweepLatencyAt, or the largest sweep point when the sweep lacks it.
+func latencyAt() int {
+	for _, n := range sweepGoroutines {
+		if n == sweepLatencyAt {
+			return n
+		}
+	}
+	return sweepGoroutines[len(sweepGoroutines)-1]
+}
+
 // lockers returns the lockers of goroutines 0..n-1 of sys, made once and reused by
 // every later run of the same system.
 type lockerCache struct {
@@ -283,7 +293,7 @@ func printSweep(w io.Writer, rs []*result) {
 	for _, n := range sweepGoroutines {
 		fmt.Fprintf(w, " %11s", fmt.Sprintf("c=%d", n))
 	}
-	fmt.Fprintf(w, "   p99 at c=%d\n", sweepLatencyAt)
+	fmt.Fprintf(w, "   p99 at c=%d\n", latencyAt())
 	for _, name := range order {
 		fmt.Fprintf(w, "%-14s", name)
 		for _, n := range sweepGoroutines {
@@ -293,7 +303,7 @@ func printSweep(w io.Writer, rs []*result) {
 				fmt.Fprintf(w, " %11s", "-")
 			}
 		}
-		if r := byName[name][sweepLatencyAt]; r != nil {
+		if r := byName[name][latencyAt()]; r != nil {
 			fmt.Fprintf(w, "   %s", us(r.Pair.P99))
 		}
 		fmt.Fprintln(w)
