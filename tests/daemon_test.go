@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -59,6 +60,11 @@ type daemon struct {
 	starts int
 }
 
+// errExited: the server exited at once (e.g. its port was still taken).
+var errExited = errors.New("netmutexd exited")
+
+// servingRE finds the address in the INFO line the server logs once it serves; the
+// server must run at -log-level info or below.
 var servingRE = regexp.MustCompile(`msg="netmutexd serving" addr=(\S+)`)
 
 func newDaemon(t testing.TB, bin string, args ...string) *daemon {
@@ -86,7 +92,7 @@ func (d *daemon) start() {
 	}
 	args := append([]string{"-listen", listen, "-data", d.dataDir}, d.args...)
 	var lastErr error
-	for try := 0; try < 50; try++ { // the port may linger for a moment after a kill
+	for try := 0; try < 20; try++ { // the port may linger for a moment after a kill
 		addr, err := d.startOnce(args)
 		if err == nil {
 			d.addr = addr
@@ -94,6 +100,9 @@ func (d *daemon) start() {
 			return
 		}
 		lastErr = err
+		if !errors.Is(err, errExited) {
+			break
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	d.t.Fatalf("netmutexd did not start: %v (log %s)", lastErr, d.logPath)
@@ -132,7 +141,7 @@ func (d *daemon) startOnce(args []string) (string, error) {
 		d.cmd, d.exited = cmd, exited
 		return addr, nil
 	case <-exited:
-		return "", fmt.Errorf("exited: %v", cmd.ProcessState)
+		return "", fmt.Errorf("%w: %v", errExited, cmd.ProcessState)
 	case <-time.After(10 * time.Second):
 		cmd.Process.Kill()
 		<-exited

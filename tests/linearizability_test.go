@@ -89,7 +89,7 @@ func TestLinearizability(t *testing.T) {
 	}
 	p := linSize()
 	bin := buildBinary(t, t.TempDir(), "github.com/netmutex/netmutex/cmd/netmutexd", "netmutexd")
-	d := newDaemon(t, bin, "-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "warn")
+	d := newDaemon(t, bin, "-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "info")
 	d.start()
 
 	lossy := faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.001}
