@@ -308,6 +308,8 @@ func allocsNote(r *result) string {
 // us formats microseconds.
 func us(v float64) string {
 	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f s", v/1e6)
 	case v >= 10000:
 		return fmt.Sprintf("%.1f ms", v/1000)
 	case v >= 1000:

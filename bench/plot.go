@@ -40,7 +40,6 @@ func styleLine(l *plotter.Line, name string) {
 // writePlot draws two panels into file (.png or .svg): pairs/s against goroutines for
 // every system of the sweep, and the distribution of pair latency at latencyAt()
 // goroutines.
-// goroutines.
 func writePlot(file string, rep *report) error {
 	if len(rep.Sweep) == 0 {
 		return fmt.Errorf("no sweep results to plot")
