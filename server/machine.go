@@ -287,12 +287,15 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if !m.checkTTL(c.TTLMs, r) {
 		return
 	}
-	if done, refused := s.hasReleased(c.ID); done {
+	if done, how := s.hasReleased(c.ID); done {
 		// A copy of a LOCK already answered: repeat a refusal, never grant it late to
 		// a client that was told it holds nothing.
-		if refused {
+		switch how {
+		case answeredLocked:
 			r.Op = wire.OpLocked
-		} else {
+		case answeredDelay:
+			r.Op, r.Code = wire.OpError, wire.CodeLockDelay
+		default:
 			r.Op, r.Code = wire.OpError, wire.CodeStale
 		}
 		return
@@ -303,17 +306,15 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 			r.Fence = e.fence // a retransmission of the grant
 		} else {
 			r.Op = wire.OpLocked
-			s.addReleased(c.ID | refusedBit)
+			s.addReleased(c.ID | answeredLocked)
 		}
 		return
 	}
-	if now < m.cfg.LockDelayUntil {
+	// The loop may have failed to reserve fences: never hand out one that is not
+	// durable. Either way the answer is final for this id.
+	if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
 		r.Op, r.Code = wire.OpError, wire.CodeLockDelay
-		return
-	}
-	if m.fence >= m.fenceEnd {
-		// The loop failed to reserve fences; never hand out one that is not durable.
-		r.Op, r.Code = wire.OpError, wire.CodeLockDelay
+		s.addReleased(c.ID | answeredDelay)
 		return
 	}
 	if e == nil {
@@ -483,9 +484,14 @@ func (s *session) unlink(e *entry) {
 	s.nlocks--
 }
 
-// refusedBit marks, in a session's released list, the id of a LOCK that was answered
-// LOCKED rather than granted and released. Request ids never reach bit 63.
-const refusedBit = 1 << 63
+// The top bits of an entry of a session's released list say how its LOCK was answered
+// for good: granted and released (no bit), refused with LOCKED, or refused with
+// LOCK_DELAY. A copy gets the same answer again. Request ids never reach bit 62.
+const (
+	answeredLocked = 1 << 63
+	answeredDelay  = 1 << 62
+	answerBits     = answeredLocked | answeredDelay
+)
 
 // The released list is kept sorted by id. Ids arrive nearly in order, so an insertion
 // is almost always an append, a lookup is a binary search, and pruning below the floor
@@ -496,7 +502,7 @@ func (s *session) releasedIndex(id uint64) int {
 	lo, hi := 0, len(s.released)
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
-		if s.released[mid]&^refusedBit < id {
+		if s.released[mid]&^answerBits < id {
 			lo = mid + 1
 		} else {
 			hi = mid
@@ -505,29 +511,29 @@ func (s *session) releasedIndex(id uint64) int {
 	return lo
 }
 
-// hasReleased reports whether id is a LOCK already answered for good, and whether that
-// answer was a refusal.
-func (s *session) hasReleased(id uint64) (done, refused bool) {
+// hasReleased reports whether id is a LOCK already answered for good, and how (its
+// answer bits).
+func (s *session) hasReleased(id uint64) (done bool, how uint64) {
 	i := s.releasedIndex(id)
-	if i < len(s.released) && s.released[i]&^refusedBit == id {
-		return true, s.released[i]&refusedBit != 0
+	if i < len(s.released) && s.released[i]&^answerBits == id {
+		return true, s.released[i] & answerBits
 	}
-	return false, false
+	return false, 0
 }
 
 func (s *session) addReleased(entry uint64) {
-	id := entry &^ refusedBit
+	id := entry &^ answerBits
 	if len(s.released) >= maxReleased {
 		n := copy(s.released, s.released[maxReleased/4:])
 		s.released = s.released[:n]
 	}
 	n := len(s.released)
-	if n == 0 || s.released[n-1]&^refusedBit < id {
+	if n == 0 || s.released[n-1]&^answerBits < id {
 		s.released = append(s.released, entry)
 		return
 	}
 	i := s.releasedIndex(id)
-	if i < n && s.released[i]&^refusedBit == id {
+	if i < n && s.released[i]&^answerBits == id {
 		return
 	}
 	s.released = append(s.released, 0)

@@ -26,7 +26,6 @@ func knownBug(t *testing.T, what string) {
 // writing the simulation; the same holds for LOCK_DELAY from an exhausted fence
 // reservation.
 func TestMachineLockDelayDuplicateNotGrantedLate(t *testing.T) {
-	knownBug(t, "a duplicate of a LOCK answered LOCK_DELAY is granted once the delay is over")
 	s := newSim(t, func(c *MachineConfig) { c.LockDelayUntil = 2000 * ms })
 	sess := s.connect(1)
 	wantErr(t, s.one(lockCmd(sess, 1, 500, "k")), wire.CodeLockDelay)

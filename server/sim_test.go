@@ -44,7 +44,7 @@ const (
 // their copies are not granted late. Set it to true with the fix of
 // TestMachineLockDelayDuplicateNotGrantedLate (regress_test.go); until then the model
 // follows the machine.
-const lockDelayIsFinal = false
+const lockDelayIsFinal = true
 
 type refLock struct {
 	sess     *refSession
