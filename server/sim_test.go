@@ -41,9 +41,7 @@ const (
 )
 
 // lockDelayIsFinal says that the Machine remembers LOCKs answered LOCK_DELAY so that
-// their copies are not granted late. Set it to true with the fix of
-// TestMachineLockDelayDuplicateNotGrantedLate (regress_test.go); until then the model
-// follows the machine.
+// their copies are not granted late (TestMachineLockDelayDuplicateNotGrantedLate).
 const lockDelayIsFinal = true
 
 type refLock struct {
@@ -496,8 +494,9 @@ func simulate(program []byte) error {
 						}
 					}
 				}
-			case wire.OpLocked:
-				if !answered {
+			case wire.OpLocked, wire.OpError:
+				// LOCKED and LOCK_DELAY are final refusals: the client gives up the id.
+				if !answered && (r.Op == wire.OpLocked || (lockDelayIsFinal && r.Code == wire.CodeLockDelay)) {
 					lockAnswers[k] = 0
 				}
 			}
