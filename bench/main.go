@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,7 @@ type options struct {
 	warmup     time.Duration
 	ttl        time.Duration
 	json       bool
+	cpuprofile string
 
 	vs           []string // peers to compare with, in order
 	plot         string
@@ -50,6 +52,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured duration")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "load before measuring, not counted")
 	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "lock TTL (longer than any pair takes)")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the run (client and embedded server) to this file")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON on stdout (progress stays on stderr)")
 	vs := fs.String("vs", "", "compare with these systems, in turns, same workload: redis (= rueidis,goredis), rueidis, goredis, etcd")
 	fs.StringVar(&o.plot, "plot", "", "write a chart (.png or .svg): pairs/s against goroutines 1..256 for every system, latency at 64")
@@ -116,6 +119,17 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rep := &report{Machine: describeMachine()}
 	// Human output goes to stdout, unless stdout is for JSON.
