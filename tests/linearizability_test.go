@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -53,6 +55,14 @@ const (
 	linMaxTTL  = 800 * time.Millisecond
 )
 
+// linFaults are the faults of each direction of the proxy in the run.
+var linFaults = faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.001}
+
+// linSlack is how much later than r+T a lease may end: a copy of a request can reach
+// the server that much after the client last sent it (a duplicate UPDATE extends the
+// lease again), plus a margin for the kernel.
+func linSlack() int64 { return int64(linFaults.MaxLatency() + 5*time.Millisecond) }
+
 // recorder collects operations from all workers.
 type recorder struct {
 	epoch time.Time
@@ -92,7 +102,7 @@ func TestLinearizability(t *testing.T) {
 	d := newDaemon(t, bin, "-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "info")
 	d.start()
 
-	lossy := faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.001}
+	lossy := linFaults
 	px, err := faultproxy.New(faultproxy.Config{Upstream: d.addr, ToServer: lossy, ToClient: lossy, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +110,7 @@ func TestLinearizability(t *testing.T) {
 	defer px.Close()
 	// A request copy can reach the server at most this late: leases may end that much
 	// after r+T (a duplicate UPDATE extends the lease again).
-	slack := int64(lossy.MaxLatency() + 5*time.Millisecond)
+	slack := linSlack()
 
 	rec := &recorder{epoch: time.Now(), counts: map[string]int{}}
 	ctx, cancel := context.WithTimeout(context.Background(), p.maxRun)
@@ -166,6 +176,7 @@ func TestLinearizability(t *testing.T) {
 		t.Errorf("some fault was never injected: %v", pst)
 	}
 
+	markCrashes(ops)
 	checkFences(t, ops)
 
 	model := lockModel(slack)
@@ -177,8 +188,18 @@ func TestLinearizability(t *testing.T) {
 		if err := porcupine.VisualizePath(model, info, path); err != nil {
 			t.Logf("visualisation: %v", err)
 		}
-		t.Fatalf("porcupine says %v (want Ok) for %d operations; visualisation in %s; proxy seed %d (%s), server log %s",
-			res, len(ops), path, px.Seed(), faultproxy.SeedEnv, d.logPath)
+		hist := strings.TrimSuffix(path, ".html") + ".json"
+		if b, err := json.Marshal(ops); err == nil {
+			os.WriteFile(hist, b, 0o644)
+		}
+		for _, part := range partitionByKey(ops) {
+			if r := porcupine.CheckOperationsTimeout(model, part, p.checkTime); r != porcupine.Ok {
+				t.Logf("key %s: %v (%d operations)", part[0].Input.(lockInput).Key, r, len(part))
+			}
+		}
+		t.Fatalf("porcupine says %v (want Ok) for %d operations; visualisation in %s, history in %s "+
+			"(NETMUTEX_HISTORY=%s NETMUTEX_HISTORY_KEY=<key> go test -run TestAnalyzeHistory -v ./tests); proxy seed %d (%s), server log %s",
+			res, len(ops), path, hist, hist, px.Seed(), faultproxy.SeedEnv, d.logPath)
 	}
 }
 
@@ -284,6 +305,25 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr stri
 		if res == resUnknown || res == resIsolated {
 			reopen()
 		}
+	}
+}
+
+// markCrashes sets CrashDuring on every operation that a restart overlapped.
+func markCrashes(ops []porcupine.Operation) {
+	var restarts []lockInput
+	for _, op := range ops {
+		if in := op.Input.(lockInput); in.Kind == opRestart {
+			restarts = append(restarts, in)
+		}
+	}
+	for i := range ops {
+		in := ops[i].Input.(lockInput)
+		for _, r := range restarts {
+			if in.Kind != opRestart && r.Call <= in.Ret && r.Ret >= in.Call {
+				in.CrashDuring = true
+			}
+		}
+		ops[i].Input = in
 	}
 }
 

@@ -19,6 +19,13 @@ func hop(client int, kind opKind, key string, fence uint64, ttlMs, call, ret int
 	return porcupine.Operation{ClientId: client, Input: in, Call: call * 1e6, Output: lockOutput{Res: res, Fence: outFence}, Return: r}
 }
 
+func crashDuring(op porcupine.Operation) porcupine.Operation {
+	in := op.Input.(lockInput)
+	in.CrashDuring = true
+	op.Input = in
+	return op
+}
+
 func TestLockModel(t *testing.T) {
 	model := lockModel(0)
 	cases := []struct {
@@ -89,6 +96,27 @@ func TestLockModel(t *testing.T) {
 			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
 			hop(9, opRestart, "", 0, 0, 10, 20, resOK, 0),
 			hop(1, opLock, "k", 0, 100, 30, 31, resLocked, 0),
+		}},
+		{"an unlock lost in a crash may have released the key first", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 500, 0, 1, resOK, 1),
+			crashDuring(hop(0, opUnlock, "k", 1, 0, 10, 300, resLockLost, 0)),
+			hop(1, opLock, "k", 0, 100, 20, 21, resOK, 2),
+			hop(9, opRestart, "", 0, 0, 100, 200, resOK, 0),
+		}},
+		{"an unlock lost without a crash during it released nothing", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 500, 0, 1, resOK, 1),
+			hop(0, opUnlock, "k", 1, 0, 10, 300, resLockLost, 0),
+			hop(1, opLock, "k", 0, 100, 20, 21, resOK, 2),
+			hop(9, opRestart, "", 0, 0, 100, 200, resOK, 0),
+		}},
+		{"a lock answered isolated may have held the key until its TTL ran out", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 150, resIsolated, 0),
+			hop(1, opLock, "k", 0, 100, 50, 51, resLocked, 0),
+			hop(1, opLock, "k", 0, 100, 160, 161, resOK, 2),
+		}},
+		{"a lock answered isolated held nothing past its return", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 150, resIsolated, 0),
+			hop(1, opLock, "k", 0, 100, 160, 161, resLocked, 0),
 		}},
 		{"an unknown lock may explain a refusal", porcupine.Ok, []porcupine.Operation{
 			hop(0, opLock, "k", 0, 100, 0, 0, resUnknown, 0),

@@ -63,6 +63,10 @@ type lockInput struct {
 	TTL   int64  // ns: Lock, Update
 	Call  int64
 	Ret   int64 // the real return time, even for an unknown outcome
+	// CrashDuring: a restart overlapped [Call, Ret]. An Update or Unlock that then
+	// returns ErrLockLost may have taken effect on the old server before the crash
+	// (its reply lost), the retransmission meeting the new server.
+	CrashDuring bool
 }
 
 type lockOutput struct {
@@ -82,6 +86,9 @@ type keyState struct {
 }
 
 const never = math.MaxInt64
+
+// hidden is the Holder of a grant whose fence nobody learnt (see Lock → isolated).
+const hidden = math.MaxUint64
 
 // lockModel returns the model; slack is how much later than r+T a lease may end.
 func lockModel(slack int64) porcupine.Model {
@@ -165,8 +172,8 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 	case opRestart:
 		n := s
 		n.CrashFence = s.MaxFence
-		if n.Ghost {
-			n.Ghost = false
+		if n.Ghost || n.Holder == hidden {
+			n.Holder, n.Ghost = 0, false
 		}
 		return one(n)
 
@@ -184,6 +191,14 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 			}
 			return one(s)
 		case resIsolated:
+			// Refused because the session is isolated, or granted with every reply
+			// lost until the lock expired and isolated the session: a holder nobody
+			// knows, whose lease ran out by r.
+			if mayBeFree(in.Ret) && in.Call+in.TTL <= in.Ret {
+				h := s
+				h.Holder, h.Ghost, h.Lo, h.Hi = hidden, false, in.Call+in.TTL, in.Ret
+				return []any{s, h}
+			}
 			return one(s)
 		case resLockDelay, resUnknown:
 			// Not granted, or granted (possibly on a server that crashed since).
@@ -210,15 +225,28 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 			return one(n)
 		case resLockLost:
 			// The server forgot the lock: only a restart does that here (an expired lock
-			// isolates its session instead).
-			if !lost(in.Fence) {
-				return none
+			// isolates its session instead). Either the lock was lost before this call
+			// took effect, or the call took effect and a crash during it lost the
+			// lock (and the reply).
+			var next []any
+			if lost(in.Fence) {
+				next = append(next, s)
 			}
-			return one(s)
+			if in.CrashDuring && mine && !lost(in.Fence) && in.Call < s.Hi {
+				n := s
+				if in.Kind == opUnlock {
+					n.Holder, n.Lo, n.Hi = 0, 0, 0
+				} else {
+					n.Lo, n.Hi = in.Call+in.TTL, in.Ret+in.TTL+slack
+				}
+				next = append(next, n)
+			}
+			return next
 		case resIsolated:
-			// The session was isolated: its lock expired (by r at the latest).
+			// The session was isolated: its lock expired (by r at the latest), perhaps
+			// after this very Update shortened it (its reply lost).
 			if mine {
-				if s.Lo > in.Ret {
+				if s.Lo > in.Ret && !(in.Kind == opUpdate && in.Call+in.TTL <= in.Ret) {
 					return none
 				}
 				n := s
