@@ -84,6 +84,8 @@ type Server struct {
 	connected wire.Connected
 	deadline  time.Time
 	reserveOK bool
+	reserving bool             // a reservation is being written in the background
+	reserved  chan reservation // its outcome; buffered 1
 }
 
 // builder is the reply datagram being filled for one (address, session).
@@ -158,6 +160,7 @@ func newServer(cfg Config) (*Server, error) {
 		mc.LockDelayUntil = int64(cfg.MaxTTL) // the loop's clock starts at 0 at epoch
 	}
 	s.m = NewMachine(mc)
+	s.reserved = make(chan reservation, 1)
 	if err := s.reserve(0); err != nil {
 		conn.Close()
 		st.close()
@@ -284,11 +287,35 @@ func (s *Server) stop(clean bool) error {
 // now is the loop's clock: monotonic nanoseconds since New.
 func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 
-// reserve makes sure the machine can hand out at least need fences, writing a new
-// high-water mark durably first when it cannot.
+// reservation is the outcome of a durable write of a new fence high-water mark.
+type reservation struct {
+	end uint64
+	err error
+}
+
+// reserve makes sure the machine can hand out at least need fences. When the current
+// block runs low, the next one is written in the background: an fsync costs
+// milliseconds, which every waiting client would otherwise see in its latency. Only
+// when the block is used up before that write is durable does the loop wait for it.
 func (s *Server) reserve(need int) error {
-	if s.m.FencesLeft() >= uint64(need) && s.m.FencesLeft() > 0 {
+	s.collectReservation(false)
+	left := s.m.FencesLeft()
+	if left >= uint64(need) && left > 0 {
+		if left < fenceBlock/2 && !s.reserving {
+			end := s.m.NextFence() + left + fenceBlock
+			s.reserving = true
+			go func() {
+				err := s.store.reserve(end)
+				s.reserved <- reservation{end, err}
+			}()
+		}
 		return nil
+	}
+	if s.reserving {
+		s.collectReservation(true)
+		if left = s.m.FencesLeft(); left >= uint64(need) && left > 0 {
+			return nil
+		}
 	}
 	end := s.m.NextFence() + fenceBlock + uint64(need)
 	if err := s.store.reserve(end); err != nil {
@@ -299,8 +326,33 @@ func (s *Server) reserve(need int) error {
 	return nil
 }
 
+// collectReservation takes the outcome of a background reservation, if one is done
+// (or, with wait, once it is), and lets the machine use the fences it made durable.
+func (s *Server) collectReservation(wait bool) {
+	if !s.reserving {
+		return
+	}
+	var r reservation
+	if wait {
+		r = <-s.reserved
+	} else {
+		select {
+		case r = <-s.reserved:
+		default:
+			return
+		}
+	}
+	s.reserving = false
+	if r.err != nil {
+		s.log.Error("cannot reserve fences ahead", "err", r.err)
+		return
+	}
+	s.m.SetFenceLimit(r.end)
+}
+
 func (s *Server) loop() {
 	defer close(s.loopDone)
+	defer s.collectReservation(true) // the store is the stopper's once the loop is done
 	for {
 		s.armDeadline()
 		n, err := s.bc.ReadBatch(s.in)
