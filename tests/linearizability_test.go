@@ -131,8 +131,7 @@ func TestLinearizability(t *testing.T) {
 	}
 
 	// The chaos: restarts spread over the run, then wait for the operation count.
-	restarts := 0
-	restartEvery := time.Duration(0)
+	restarts, blackholed := 0, false
 	start := time.Now()
 	for {
 		ops := int(rec.n.Load())
@@ -152,9 +151,20 @@ func TestLinearizability(t *testing.T) {
 			d.start()
 			rec.add(p.workers, lockInput{Kind: opRestart, Call: c, Ret: rec.now()}, lockOutput{Res: resOK})
 			restarts++
-			if restartEvery == 0 {
-				restartEvery = time.Since(start)
-			}
+			continue
+		}
+		// Once, between the first and second restarts, for longer than a call's
+		// retries last: blackhole the replies (the server acts, nobody hears), then the
+		// requests too, so that calls give up (unknown outcomes) and connections are
+		// abandoned with locks possibly left behind.
+		if restarts == 1 && !blackholed && ops >= p.minOps*3/(2*(p.restarts+1)) {
+			blackholed = true
+			px.Blackhole(faultproxy.ToClient, true)
+			time.Sleep(linRetries * linTimeout / 2)
+			px.Blackhole(faultproxy.ToServer, true)
+			time.Sleep(linRetries*linTimeout/2 + 100*time.Millisecond)
+			px.Blackhole(faultproxy.ToServer, false)
+			px.Blackhole(faultproxy.ToClient, false)
 			continue
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -172,7 +182,8 @@ func TestLinearizability(t *testing.T) {
 		t.Errorf("%d unexpected errors, the first: %s", n, *firstUnexpected.Load())
 	}
 	if pst.ToServer.Dropped == 0 || pst.ToClient.Dropped == 0 || pst.ToServer.Duplicated == 0 ||
-		pst.ToServer.Reordered == 0 || pst.ToServer.Corrupted+pst.ToClient.Corrupted == 0 {
+		pst.ToServer.Reordered == 0 || pst.ToServer.Corrupted+pst.ToClient.Corrupted == 0 ||
+		pst.ToServer.Blackholed == 0 || pst.ToClient.Blackholed == 0 {
 		t.Errorf("some fault was never injected: %v", pst)
 	}
 
