@@ -248,7 +248,9 @@ func (c *serverConn) sendLoop() {
 		if session != 0 {
 			c.connSent = 0
 		}
-		if session == 0 && !c.isolated.Load() && !c.leaving.Load() {
+		if session == 0 && c.redirect.Load() != nil {
+			c.redirectParked()
+		} else if session == 0 && !c.isolated.Load() && !c.leaving.Load() {
 			c.maybeConnect(now)
 		} else if session != 0 && c.touchDue(now) {
 			b := c.reserve(session, wire.FrameHeaderSize)
@@ -417,6 +419,17 @@ func (c *serverConn) scan(now int64, session uint64) {
 	clear(c.list[len(kept):])
 	c.list = kept
 	c.floor = max(c.floor, floor)
+}
+
+// redirectParked answers the requests waiting for a session with the REDIRECT that
+// the server gave instead of one: the caller moves to the server it names.
+func (c *serverConn) redirectParked() {
+	p := c.redirect.Load()
+	for _, r := range c.list {
+		if r.id == 0 {
+			r.complete(stateQueued, result{op: wire.OpRedirect, addr: *p})
+		}
+	}
 }
 
 // giveUp fails r; a LOCK that may have been granted gets a clean-up UNLOCK.

@@ -459,7 +459,7 @@ func (nm *NetMutex) unlockAll(pc *pacing) error {
 		return ErrDisconnected
 	}
 	res, _ := nm.exchange(pc, &params{op: wire.OpUnlockAll})
-	if res.err == nil && res.op == wire.OpOK {
+	if res.err == nil && res.op == wire.OpPong { // UNLOCKALL's empty acknowledgement
 		return nil
 	}
 	return resultErr(res)

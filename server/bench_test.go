@@ -100,6 +100,7 @@ func (h *benchHarness) round() {
 
 func (h *benchHarness) close() {
 	h.sink.Close()
+	h.s.collectReservation(true) // as the loop does when it ends
 	h.s.conn.Close()
 	h.s.store.close()
 	h.s.isoCancel()

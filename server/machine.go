@@ -224,6 +224,7 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 	}
 	switch c.Kind {
 	case KindTouch:
+		r.Op = wire.OpPong // an empty acknowledgement: never larger than the request
 	case KindDisconnect:
 		m.deleteSession(s)
 		r.Op = wire.OpDisconnected
@@ -235,6 +236,7 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 		m.unlock(s, c, &r)
 	case KindUnlockAll:
 		m.unlockAll()
+		r.Op = wire.OpPong
 	default:
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 	}

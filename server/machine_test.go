@@ -137,7 +137,7 @@ func TestMachineGrantLockedRetransmit(t *testing.T) {
 	if sess, id, f, ok := s.m.Holder("k"); !ok || sess != a || id != 1 || f != fence {
 		t.Fatalf("holder %d %d %d %v", sess, id, f, ok)
 	}
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpPong)
 }
 
 func TestMachineUnlockIdempotent(t *testing.T) {
@@ -306,7 +306,7 @@ func TestMachineSessionTimeout(t *testing.T) {
 	wantOp(t, s.one(lockCmd(holder, 1, 60000, "k")), wire.OpOK)
 	for i := 0; i < 4; i++ {
 		s.now += 300 * ms
-		wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: uint64(i + 1)}), wire.OpOK)
+		wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: uint64(i + 1)}), wire.OpPong)
 	}
 	// 1200ms of silence: idle is gone, holder is isolated, alive stays.
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: idle, ID: 1}), wire.OpDisconnected)
@@ -316,16 +316,16 @@ func TestMachineSessionTimeout(t *testing.T) {
 	if _, _, _, ok := s.m.Holder("k"); !ok {
 		t.Fatal("key of an isolating session released before the command ended")
 	}
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 9}), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 9}), wire.OpPong)
 	s.step(Command{Kind: KindIsolationDone, Session: holder})
 	if _, _, _, ok := s.m.Holder("k"); ok {
 		t.Fatal("key held after IsolationDone")
 	}
 	// One more timeout of silence and the isolated session is forgotten.
 	s.now += 600 * ms
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 10}), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 10}), wire.OpPong)
 	s.now += 600 * ms
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 11}), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 11}), wire.OpPong)
 	if s.m.Sessions() != 1 {
 		t.Fatalf("sessions %d, want 1", s.m.Sessions())
 	}
@@ -336,7 +336,7 @@ func TestMachineUnlockAll(t *testing.T) {
 	a, b, op := s.connect(1), s.connect(2), s.connect(3)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "ka")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "kb")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.OpOK)
+	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.OpPong)
 	if s.m.Locks() != 0 {
 		t.Fatalf("%d locks after UNLOCKALL", s.m.Locks())
 	}

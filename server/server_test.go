@@ -518,8 +518,8 @@ func TestServerRedirect(t *testing.T) {
 		t.Fatalf("REDIRECT: %+v", f)
 	}
 	c.session = 5
-	if _, f := c.lock("k", time.Second); f.Op != wire.OpRedirect {
-		t.Fatalf("LOCK on a follower: %+v", f)
+	if _, f := c.lock("k", time.Second); f.Op != wire.OpDisconnected {
+		t.Fatalf("LOCK on a follower: %+v, want DISCONNECTED (REDIRECT is for CONNECT only)", f)
 	}
 }
 

@@ -233,6 +233,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 	}
 	switch c.Kind {
 	case KindTouch:
+		r.Op = wire.OpPong
 	case KindDisconnect:
 		m.deleteSession(s)
 		r.Op = wire.OpDisconnected
@@ -303,6 +304,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 				m.releaseAll(o)
 			}
 		}
+		r.Op = wire.OpPong
 	default:
 		return bad(wire.CodeBadRequest)
 	}

@@ -166,11 +166,11 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.Info = body[2:]
 		return true
 	case OpLock:
-		if len(body) < 5 || len(body) != 5+int(body[4]) {
+		if len(body) < lockFixed || len(body) != lockFixed+int(body[6]) || body[4] != 0 || body[5] != 0 {
 			return false
 		}
 		f.TTLMs = be.Uint32(body)
-		f.Key = body[5:]
+		f.Key = body[lockFixed:]
 		return true
 	case OpUpdate:
 		if len(body) < 13 || len(body) != 13+int(body[12]) {
@@ -248,9 +248,9 @@ func AppendFrame(b []byte, f *Frame) []byte {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(f.Info)))
 		return append(b, f.Info...)
 	case OpLock:
-		b = appendFrameHeader(b, OpLock, f.ID, 5+len(f.Key))
+		b = appendFrameHeader(b, OpLock, f.ID, lockFixed+len(f.Key))
 		b = binary.BigEndian.AppendUint32(b, f.TTLMs)
-		b = append(b, byte(len(f.Key)))
+		b = append(b, 0, 0, byte(len(f.Key)))
 		return append(b, f.Key...)
 	case OpUpdate:
 		b = appendFrameHeader(b, OpUpdate, f.ID, 13+len(f.Key))

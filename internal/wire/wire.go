@@ -131,7 +131,12 @@ func appendFrameHeader(b []byte, op Op, id uint64, bodyLen int) []byte {
 // Sizes of frames, for packing decisions.
 
 // LockSize is the size of a LOCK frame for a key of k bytes.
-func LockSize(k int) int { return FrameHeaderSize + 5 + k }
+func LockSize(k int) int { return FrameHeaderSize + lockFixed + k }
+
+// lockFixed is the LOCK body before the key: ttl, flags, key length. The two flag
+// bytes are reserved (shared locks, blocking acquire) and make the smallest LOCK frame
+// as large as the OK that grants it, so no reply outgrows its request.
+const lockFixed = 4 + 2 + 1
 
 // UpdateSize is the size of an UPDATE frame for a key of k bytes.
 func UpdateSize(k int) int { return FrameHeaderSize + 13 + k }
@@ -164,9 +169,9 @@ func AppendConnect(b []byte, nonce uint64, info string) []byte {
 
 // AppendLock appends a LOCK. The caller has checked 1 <= len(key) <= MaxKey.
 func AppendLock(b []byte, id uint64, ttlMs uint32, key string) []byte {
-	b = appendFrameHeader(b, OpLock, id, 5+len(key))
+	b = appendFrameHeader(b, OpLock, id, lockFixed+len(key))
 	b = binary.BigEndian.AppendUint32(b, ttlMs)
-	b = append(b, byte(len(key)))
+	b = append(b, 0, 0, byte(len(key)))
 	return append(b, key...)
 }
 

@@ -116,7 +116,8 @@ func TestParseRejects(t *testing.T) {
 			binary.BigEndian.PutUint16(d[HeaderSize+2:], 500)
 			return fix(d)
 		}), false, ErrTruncated},
-		"body":          {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+4] = 9; return fix(d) }), false, ErrBadBody},
+		"body":          {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+6] = 9; return fix(d) }), false, ErrBadBody},
+		"lock flags":    {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+4] = 1; return fix(d) }), false, ErrBadBody},
 		"unknown op":    {mut(func(d []byte) []byte { d[HeaderSize] = 0x55; return fix(d) }), false, ErrUnknownOp},
 		"direction":     {good, true, ErrDirection},
 		"small connect": {datagram(Header{}, func(b []byte) []byte { return AppendConnect(b, 1, "x") }), false, ErrSmallConnect},
