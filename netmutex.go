@@ -406,24 +406,7 @@ func (nm *NetMutex) update(pc *pacing, l *Lock, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.id == 0 {
-		return ErrNotLocked
-	}
-	if nm.lost(l) {
-		l.reset()
-		return ErrLockLost
-	}
-	res, _ := nm.exchange(pc, &params{op: wire.OpUpdate, key: l.key, lockID: l.id, ttlMs: ttlMs})
-	if res.err == nil && res.op == wire.OpOK {
-		return nil
-	}
-	err = resultErr(res)
-	if err == ErrLockLost || err == ErrIsolated {
-		l.reset()
-	}
-	return err
+	return nm.onHeld(pc, l, wire.OpUpdate, ttlMs)
 }
 
 func (nm *NetMutex) unlock(pc *pacing, l *Lock) error {
@@ -433,6 +416,12 @@ func (nm *NetMutex) unlock(pc *pacing, l *Lock) error {
 	if l == nil {
 		return ErrNilLock
 	}
+	return nm.onHeld(pc, l, wire.OpUnlock, 0)
+}
+
+// onHeld sends an UPDATE or UNLOCK of the lock l holds. A lock the server no longer
+// knows, or whose holder is isolated, leaves l empty; so does a successful UNLOCK.
+func (nm *NetMutex) onHeld(pc *pacing, l *Lock, op wire.Op, ttlMs uint32) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.id == 0 {
@@ -442,9 +431,11 @@ func (nm *NetMutex) unlock(pc *pacing, l *Lock) error {
 		l.reset()
 		return ErrLockLost
 	}
-	res, _ := nm.exchange(pc, &params{op: wire.OpUnlock, key: l.key, lockID: l.id})
+	res, _ := nm.exchange(pc, &params{op: op, key: l.key, lockID: l.id, ttlMs: ttlMs})
 	if res.err == nil && res.op == wire.OpOK {
-		l.reset()
+		if op == wire.OpUnlock {
+			l.reset()
+		}
 		return nil
 	}
 	err := resultErr(res)
