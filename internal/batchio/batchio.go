@@ -29,6 +29,10 @@ type Conn interface {
 	// fills up to len(ms) (at most MaxBatch) messages and returns how many. It honours
 	// the socket's read deadline.
 	ReadBatch(ms []Message) (int, error)
+	// TryReadBatch is ReadBatch without the wait: 0, nil when nothing is there. A loop
+	// that just handled a batch uses it to take the next one while traffic flows,
+	// without parking in the netpoller, which a busy scheduler polls late.
+	TryReadBatch(ms []Message) (int, error)
 	// WriteBatch sends ms, as few system calls as it can, and returns how many were sent.
 	WriteBatch(ms []Message) (int, error)
 }

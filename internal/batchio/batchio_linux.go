@@ -31,6 +31,7 @@ type mmsgConn struct {
 	rcount int
 	rgot   int
 	rerr   error
+	rwait  bool
 	readFn func(fd uintptr) bool // bound once: a method value per call would allocate
 
 	// Write side: owned by the one writing goroutine.
@@ -67,7 +68,11 @@ func newConn(c *net.UDPConn) (Conn, error) {
 	return m, nil
 }
 
-func (m *mmsgConn) ReadBatch(ms []Message) (int, error) {
+func (m *mmsgConn) ReadBatch(ms []Message) (int, error) { return m.readBatch(ms, true) }
+
+func (m *mmsgConn) TryReadBatch(ms []Message) (int, error) { return m.readBatch(ms, false) }
+
+func (m *mmsgConn) readBatch(ms []Message, wait bool) (int, error) {
 	n := min(len(ms), MaxBatch)
 	for i := 0; i < n; i++ {
 		buf := ms[i].Buf
@@ -83,7 +88,7 @@ func (m *mmsgConn) ReadBatch(ms []Message) (int, error) {
 			h.Namelen = unix.SizeofSockaddrInet6
 		}
 	}
-	m.rcount, m.rgot, m.rerr = n, 0, nil
+	m.rcount, m.rgot, m.rerr, m.rwait = n, 0, nil, wait
 	if err := m.raw.Read(m.readFn); err != nil {
 		return 0, err
 	}
@@ -110,7 +115,7 @@ func (m *mmsgConn) doRead(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return !m.rwait // without wait: done, with nothing
 		}
 		m.rerr = os.NewSyscallError("recvmmsg", e)
 		return true

@@ -31,6 +31,10 @@ func (l *loopConn) ReadBatch(ms []Message) (int, error) {
 	return 1, nil
 }
 
+// TryReadBatch has no cheap non-blocking form here: it reports nothing, and the caller
+// falls back to ReadBatch.
+func (l *loopConn) TryReadBatch(ms []Message) (int, error) { return 0, nil }
+
 func (l *loopConn) WriteBatch(ms []Message) (int, error) {
 	for i := range ms {
 		var err error
