@@ -1,20 +1,10 @@
 package server
 
 import (
-	"os"
 	"testing"
 
 	"github.com/netmutex/netmutex/internal/wire"
 )
-
-// knownBug skips a regression test of a bug not fixed yet, unless NETMUTEX_KNOWN_BUGS
-// is set; the test fails on the current code. Remove the call with the fix.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("NETMUTEX_KNOWN_BUGS") == "" {
-		t.Skipf("known bug, not fixed yet (NETMUTEX_KNOWN_BUGS=1 runs it): %s", what)
-	}
-}
 
 // TestMachineLockDelayDuplicateNotGrantedLate: a LOCK answered LOCK_DELAY is final for
 // the client (ErrLockDelay); a copy of it that reaches the server after the lock-delay
