@@ -355,7 +355,7 @@ func (c *serverConn) send(r *request, now int64, session uint64) {
 			c.table.release(id, r) // cancelled before it left
 			return
 		}
-		r.id, r.session = id, session
+		r.id, r.session, r.firstSent = id, session, now
 	} else {
 		c.stats.retransmits.Add(1)
 	}
@@ -400,6 +400,13 @@ func (c *serverConn) scan(now int64, session uint64) {
 				c.drop(r)
 				continue
 			}
+			if r.id != 0 && session != 0 && c.pastWindow(r, now) {
+				// The server keeps what it needs to recognise a copy for a bounded
+				// time only; a later retransmission could be taken for a new request.
+				c.giveUp(r, ErrTooMuchRetries)
+				c.drop(r)
+				continue
+			}
 			if r.id != 0 && session != 0 {
 				c.send(r, now, session)
 			} else {
@@ -430,6 +437,13 @@ func (c *serverConn) redirectParked() {
 			r.complete(stateQueued, result{op: wire.OpRedirect, addr: *p})
 		}
 	}
+}
+
+// pastWindow reports whether r was first sent longer ago than the server's retransmit
+// window, after which the protocol forbids sending it again.
+func (c *serverConn) pastWindow(r *request, now int64) bool {
+	si := c.server.Load()
+	return si != nil && si.retransmitWindow > 0 && now-r.firstSent >= int64(si.retransmitWindow)
 }
 
 // giveUp fails r; a LOCK that may have been granted gets a clean-up UNLOCK.

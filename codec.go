@@ -44,6 +44,7 @@ type request struct {
 	id         uint64
 	session    uint64 // the session it was sent in
 	sent       int    // attempts made
+	firstSent  int64  // nanotime of the first attempt
 	attemptEnd int64
 
 	res result // written by the completer before it signals done
@@ -71,7 +72,7 @@ func acquireRequest(op wire.Op, attempts int, timeout, deadline int64) *request 
 	r := requestPool.Get().(*request)
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
-	r.id, r.session, r.sent, r.attemptEnd = 0, 0, 0, 0
+	r.id, r.session, r.sent, r.firstSent, r.attemptEnd = 0, 0, 0, 0, 0
 	r.res = result{}
 	r.refs.Store(2)
 	r.state.Store(stateQueued)

@@ -493,3 +493,23 @@ func TestCloseReleasesSockets(t *testing.T) {
 		t.Fatalf("%d file descriptors before, %d after", before, after)
 	}
 }
+
+// TestRetransmitWindow: a request is not sent again once the server's retransmit window
+// since its first sending has passed, whatever retries the caller allowed.
+func TestRetransmitWindow(t *testing.T) {
+	srv := startServer(t, func(c *server.Config) { c.RetransmitWindow = 150 * time.Millisecond })
+	nm := openClient(t, srv, nil)
+	srv.Abort()
+	start := time.Now()
+	var l Lock
+	if err := nm.Lock(1000, 20*time.Millisecond, &l, "k", time.Second); err != ErrTooMuchRetries {
+		t.Fatalf("Lock to a dead server: %v", err)
+	}
+	if el := time.Since(start); el < 150*time.Millisecond || el > 10*time.Second {
+		t.Fatalf("gave up after %v: want the 150ms window, not 1000 attempts of 20ms", el)
+	}
+	t.Logf("elapsed %v, %d retransmits", time.Since(start), nm.Stats().Retransmits)
+	if n := nm.Stats().Retransmits; n > 20 {
+		t.Fatalf("%d retransmissions inside a 150ms window of 20ms attempts", n)
+	}
+}
