@@ -75,18 +75,8 @@ func (m *mmsgConn) TryReadBatch(ms []Message) (int, error) { return m.readBatch(
 func (m *mmsgConn) readBatch(ms []Message, wait bool) (int, error) {
 	n := min(len(ms), MaxBatch)
 	for i := 0; i < n; i++ {
-		buf := ms[i].Buf
-		m.riovs[i].Base = unsafe.SliceData(buf)
-		m.riovs[i].SetLen(len(buf))
-		h := &m.rhdrs[i].Hdr
-		h.Iov = &m.riovs[i]
-		h.SetIovlen(1)
-		if m.connected {
-			h.Name, h.Namelen = nil, 0
-		} else {
-			h.Name = (*byte)(unsafe.Pointer(&m.rnames[i]))
-			h.Namelen = unix.SizeofSockaddrInet6
-		}
+		namelen := uint32(unix.SizeofSockaddrInet6) // room for the kernel to fill
+		m.setHeader(&m.rhdrs[i].Hdr, &m.riovs[i], ms[i].Buf, &m.rnames[i], namelen)
 	}
 	m.rcount, m.rgot, m.rerr, m.rwait = n, 0, nil, wait
 	if err := m.raw.Read(m.readFn); err != nil {
@@ -128,17 +118,11 @@ func (m *mmsgConn) WriteBatch(ms []Message) (int, error) {
 		n := min(len(ms)-sent, MaxBatch)
 		for i := 0; i < n; i++ {
 			msg := &ms[sent+i]
-			m.wiovs[i].Base = unsafe.SliceData(msg.Buf)
-			m.wiovs[i].SetLen(len(msg.Buf))
-			h := &m.whdrs[i].Hdr
-			h.Iov = &m.wiovs[i]
-			h.SetIovlen(1)
-			if m.connected {
-				h.Name, h.Namelen = nil, 0
-			} else {
-				h.Name = (*byte)(unsafe.Pointer(&m.wnames[i]))
-				h.Namelen = putSockaddr(&m.wnames[i], msg.Addr, m.inet6)
+			var namelen uint32
+			if !m.connected {
+				namelen = putSockaddr(&m.wnames[i], msg.Addr, m.inet6)
 			}
+			m.setHeader(&m.whdrs[i].Hdr, &m.wiovs[i], msg.Buf, &m.wnames[i], namelen)
 		}
 		m.wcount, m.wsent, m.werr = n, 0, nil
 		if err := m.raw.Write(m.writeFn); err != nil {
@@ -170,6 +154,20 @@ func (m *mmsgConn) doWrite(fd uintptr) bool {
 		return true
 	}
 	return true
+}
+
+// setHeader points h at buf through iov and, on an unconnected socket, at name.
+func (m *mmsgConn) setHeader(h *unix.Msghdr, iov *unix.Iovec, buf []byte, name *unix.RawSockaddrInet6, namelen uint32) {
+	iov.Base = unsafe.SliceData(buf)
+	iov.SetLen(len(buf))
+	h.Iov = iov
+	h.SetIovlen(1)
+	if m.connected {
+		h.Name, h.Namelen = nil, 0
+	} else {
+		h.Name = (*byte)(unsafe.Pointer(name))
+		h.Namelen = namelen
+	}
 }
 
 // addrPort reads a sockaddr filled by the kernel without allocating.
