@@ -2,7 +2,6 @@ package netmutex
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -364,7 +363,7 @@ func (c *serverConn) send(r *request, now int64, session uint64) {
 	b := c.reserve(session, len(r.frame.B))
 	start := len(*b)
 	*b = append(*b, r.frame.B...)
-	binary.BigEndian.PutUint64((*b)[start+4:], r.id)
+	wire.PutFrameID((*b)[start:], r.id)
 }
 
 // scan walks every held request once: drops finished ones, sends parked ones once a
@@ -503,13 +502,12 @@ func (c *serverConn) maybeConnect(now int64) {
 	c.connSent = now
 	c.closeDatagram()
 	buf := c.outBufs[len(c.out)][:0]
-	start := len(buf)
 	buf = wire.BeginDatagram(buf, wire.Header{})
 	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info)
 	if pad := wire.MinConnectDatagram - (len(buf) + wire.TrailerSize); pad > 0 {
 		buf = wire.AppendPad(buf, max(pad, wire.FrameHeaderSize))
 	}
-	buf = wire.FinishDatagram(buf, start)
+	buf = wire.FinishDatagram(buf)
 	c.out = append(c.out, batchio.Message{Buf: buf})
 	c.pendingFrames++
 	if len(c.out) == cap(c.out) {
@@ -549,7 +547,7 @@ func (c *serverConn) closeDatagram() {
 		return
 	}
 	i := len(c.out)
-	c.outBufs[i] = wire.FinishDatagram(c.outBufs[i], 0)
+	c.outBufs[i] = wire.FinishDatagram(c.outBufs[i])
 	c.out = append(c.out, batchio.Message{Buf: c.outBufs[i]})
 	c.dgStart = -1
 	if len(c.out) == cap(c.out) || c.unbatched {
@@ -603,7 +601,7 @@ func (c *serverConn) recvLoop() {
 		// parking in the netpoller: a scheduler busy with callers polls the network
 		// late. Yielding between tries lets the callers just woken run first. A lone
 		// reply parks at once: spinning would only delay a single caller.
-		for idle := 0; frames > 1 && idle < recvSpins; {
+		for idle := 0; frames > 1 && idle < batchio.RecvSpins; {
 			runtime.Gosched()
 			n, err := c.bc.TryReadBatch(c.in)
 			if err != nil || n == 0 {
@@ -616,8 +614,6 @@ func (c *serverConn) recvLoop() {
 	}
 }
 
-// recvSpins is how many empty tries the receive loop makes before it parks.
-const recvSpins = 2
 
 // handleBatch decodes n received datagrams, completes their requests and returns how
 // many frames they carried.

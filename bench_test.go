@@ -107,7 +107,7 @@ func BenchmarkDecodeReplies(b *testing.B) {
 	for i := uint64(1); i <= 40; i++ {
 		d = wire.AppendOK(d, i, i)
 	}
-	d = wire.FinishDatagram(d, 0)
+	d = wire.FinishDatagram(d)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(d)))
 	var f wire.Frame

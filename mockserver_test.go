@@ -39,9 +39,9 @@ func TestClientDropsBadReplies(t *testing.T) {
 				switch f.Op {
 				case wire.OpConnect:
 					reply = wire.FinishDatagram(wire.AppendConnected(wire.BeginDatagram(nil, wire.Header{Session: session}), f.ID,
-						&wire.Connected{Session: session, MaxTTLMs: 60000, SessionTimeoutMs: 15000, RetransmitWindowMs: 60000, ServerID: 1}), 0)
+						&wire.Connected{Session: session, MaxTTLMs: 60000, SessionTimeoutMs: 15000, RetransmitWindowMs: 60000, ServerID: 1}))
 				case wire.OpLock:
-					good := wire.FinishDatagram(wire.AppendOK(wire.BeginDatagram(nil, wire.Header{Session: session, Flags: wire.FlagBusy}), f.ID, 99), 0)
+					good := wire.FinishDatagram(wire.AppendOK(wire.BeginDatagram(nil, wire.Header{Session: session, Flags: wire.FlagBusy}), f.ID, 99))
 					corrupt := append([]byte(nil), good...)
 					corrupt[len(corrupt)-1] ^= 1
 					sock.WriteToUDPAddrPort([]byte("not a netmutex datagram"), from)
@@ -49,7 +49,7 @@ func TestClientDropsBadReplies(t *testing.T) {
 					sock.WriteToUDPAddrPort(good[:len(good)-3], from) // truncated
 					reply = good
 				case wire.OpDisconnect:
-					reply = wire.FinishDatagram(wire.AppendEmpty(wire.BeginDatagram(nil, wire.Header{Session: session}), wire.OpDisconnected, f.ID), 0)
+					reply = wire.FinishDatagram(wire.AppendEmpty(wire.BeginDatagram(nil, wire.Header{Session: session}), wire.OpDisconnected, f.ID))
 				default:
 					continue
 				}

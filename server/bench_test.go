@@ -51,7 +51,7 @@ func newBenchHarness(tb testing.TB) *benchHarness {
 		b := wire.BeginDatagram(s.in[i].Buf[:0], wire.Header{})
 		b = wire.AppendConnect(b, uint64(i+1), "bench")
 		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-		s.in[i].N = len(wire.FinishDatagram(b, 0))
+		s.in[i].N = len(wire.FinishDatagram(b))
 	}
 	s.process(benchSessions, 0)
 	for _, r := range s.results {
@@ -88,7 +88,7 @@ func (h *benchHarness) round() {
 			b = wire.AppendUnlock(b, id+uint64(benchLocks+j), id+uint64(j), keys[j])
 		}
 		h.nextID[sess] = id + 2*benchLocks
-		s.in[i].N = len(wire.FinishDatagram(b, 0))
+		s.in[i].N = len(wire.FinishDatagram(b))
 	}
 	h.now += int64(time.Microsecond)
 	s.process(len(s.in), h.now)
@@ -145,7 +145,7 @@ func BenchmarkServerRoundTrip(b *testing.B) {
 		d := wire.BeginDatagram(out[:0], wire.Header{Session: c.session, Floor: id})
 		d = wire.AppendLock(d, id, 10000, "k")
 		d = wire.AppendUnlock(d, id+1, id, "k")
-		d = wire.FinishDatagram(d, 0)
+		d = wire.FinishDatagram(d)
 		id += 2
 		if _, err := c.conn.Write(d); err != nil {
 			b.Fatal(err)

@@ -75,9 +75,6 @@ func DefaultConfig() Config {
 	}
 }
 
-// maxConnectedFrame keeps CONNECTED within the smallest CONNECT datagram, so that the
-// reply is never larger than the request (no amplification).
-const maxConnectedFrame = wire.MinConnectDatagram - wire.HeaderSize - wire.TrailerSize
 
 func validMs(d time.Duration) bool {
 	return d >= time.Millisecond && d/time.Millisecond <= math.MaxUint32
@@ -100,14 +97,12 @@ func (c *Config) Validate() error {
 	if len(c.Servers) > wire.MaxServers {
 		return ErrTooManyServers
 	}
-	n := wire.FrameHeaderSize + 23
 	for _, s := range c.Servers {
 		if len(s.Addr) > 255 {
 			return ErrTooManyServers
 		}
-		n += 3 + len(s.Addr)
 	}
-	if n > maxConnectedFrame {
+	if wire.ConnectedSize(c.Servers) > wire.MaxConnectedFrame {
 		return ErrTooManyServers
 	}
 	if c.Redirect != nil && len(c.Redirect.Addr) > 255 {

@@ -50,7 +50,7 @@ func newRecvHarness(tb testing.TB) *recvHarness {
 		b := wire.BeginDatagram(nil, wire.Header{})
 		b = wire.AppendConnect(b, nonce, "fuzz")
 		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-		h.feed(wire.FinishDatagram(b, 0))
+		h.feed(wire.FinishDatagram(b))
 		if len(s.results) != 1 || s.results[0].Op != wire.OpConnected {
 			tb.Fatalf("connect: %+v", s.results)
 		}
@@ -58,7 +58,7 @@ func newRecvHarness(tb testing.TB) *recvHarness {
 	}
 	b := wire.BeginDatagram(nil, wire.Header{Session: h.sessions[0]})
 	b = wire.AppendLock(b, 1, 60000, "held")
-	h.feed(wire.FinishDatagram(b, 0))
+	h.feed(wire.FinishDatagram(b))
 	if len(s.results) != 1 || s.results[0].Op != wire.OpOK {
 		tb.Fatalf("lock: %+v", s.results)
 	}
@@ -138,7 +138,7 @@ func sealed(d []byte) []byte {
 	if len(d) < wire.HeaderSize+wire.TrailerSize {
 		return d
 	}
-	return wire.FinishDatagram(slices.Clone(d[:len(d)-wire.TrailerSize]), 0)
+	return wire.FinishDatagram(slices.Clone(d[:len(d)-wire.TrailerSize]))
 }
 
 // recvSeeds are valid datagrams of every request and a few broken ones.
@@ -146,7 +146,7 @@ func recvSeeds(h *recvHarness) [][]byte {
 	s0, s1 := h.sessions[0], h.sessions[1]
 	one := func(session, floor uint64, add func([]byte) []byte) []byte {
 		b := wire.BeginDatagram(nil, wire.Header{Session: session, Floor: floor})
-		return wire.FinishDatagram(add(b), 0)
+		return wire.FinishDatagram(add(b))
 	}
 	connect := func(b []byte) []byte {
 		b = wire.AppendConnect(b, 77, "host")
@@ -225,7 +225,7 @@ func TestServerTouchAmplification(t *testing.T) {
 	for i := uint64(0); i < 100; i++ {
 		b = wire.AppendEmpty(b, wire.OpTouch, 10+i)
 	}
-	d := wire.FinishDatagram(b, 0)
+	d := wire.FinishDatagram(b)
 	h.feed(d)
 	total := 0
 	for _, o := range h.s.out {

@@ -378,7 +378,7 @@ func (s *Server) loop() {
 		// Under load (more than one request at a time), take the next requests without
 		// parking in the netpoller, which a scheduler busy with other goroutines polls
 		// late; yield between tries. A lone request parks at once.
-		for idle := 0; busy && idle < recvSpins; {
+		for idle := 0; busy && idle < batchio.RecvSpins; {
 			runtime.Gosched()
 			n, err := s.bc.TryReadBatch(s.in)
 			if err != nil || n == 0 {
@@ -394,8 +394,6 @@ func (s *Server) loop() {
 	}
 }
 
-// recvSpins is how many empty tries the loop makes before it parks in a blocking read.
-const recvSpins = 2
 
 // armDeadline keeps the read returning every tick while time alone can change the state
 // (locks to expire, sessions to time out, isolation runs to collect), and lets it block
@@ -525,11 +523,7 @@ func (s *Server) collectIsolations() {
 func (s *Server) replySize(r *Result) int {
 	switch r.Op {
 	case wire.OpConnected:
-		n := wire.FrameHeaderSize + 23
-		for _, sv := range s.connected.Servers {
-			n += 3 + len(sv.Addr)
-		}
-		return n
+		return wire.ConnectedSize(s.connected.Servers)
 	case wire.OpOK:
 		return wire.FrameHeaderSize + 8
 	case wire.OpError:
@@ -590,7 +584,7 @@ func (s *Server) encode(busy bool) {
 		b := &s.builders[bi]
 		m := &s.out[b.msg]
 		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > wire.MaxDatagram {
-			m.Buf = wire.FinishDatagram(m.Buf, 0)
+			m.Buf = wire.FinishDatagram(m.Buf)
 			b.msg = s.newDatagram(addr, r.Session, flags)
 			m = &s.out[b.msg]
 		}
@@ -598,7 +592,7 @@ func (s *Server) encode(busy bool) {
 	}
 	for _, b := range s.builders {
 		m := &s.out[b.msg]
-		m.Buf = wire.FinishDatagram(m.Buf, 0)
+		m.Buf = wire.FinishDatagram(m.Buf)
 	}
 	s.stats.replies.Add(uint64(len(s.results)))
 }

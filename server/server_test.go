@@ -71,7 +71,7 @@ func (c *client) id() uint64 { c.nextID++; return c.nextID - 1 }
 func (c *client) datagram(add func(b []byte) []byte) []byte {
 	b := wire.BeginDatagram(nil, wire.Header{Session: c.session, Floor: c.floor})
 	b = add(b)
-	return wire.FinishDatagram(b, 0)
+	return wire.FinishDatagram(b)
 }
 
 func (c *client) send(d []byte) {

@@ -1,6 +1,9 @@
 // Package batchio moves UDP datagrams in batches: many datagrams per system call where
 // the OS allows it (recvmmsg/sendmmsg on Linux), one per call elsewhere, behind one small
 // interface shared by the client and the server.
+//
+// The build tag netmutex_portable selects the one-datagram-per-call path on Linux too,
+// so that CI runs the portable path where it runs everything else.
 package batchio
 
 import (
@@ -36,6 +39,12 @@ type Conn interface {
 	// WriteBatch sends ms, as few system calls as it can, and returns how many were sent.
 	WriteBatch(ms []Message) (int, error)
 }
+
+// RecvSpins is how many empty TryReadBatch calls a receive loop makes, yielding between
+// them, before it parks in a blocking ReadBatch. Two: a scheduler busy with the callers
+// just woken polls the network late, and replies that were on their way arrive within a
+// yield or two; more only burns a core that the callers need.
+const RecvSpins = 2
 
 // New wraps a UDP socket, connected (net.DialUDP) or not (net.ListenUDP).
 func New(c *net.UDPConn) (Conn, error) { return newConn(c) }

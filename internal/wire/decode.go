@@ -173,19 +173,19 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.Key = body[lockFixed:]
 		return true
 	case OpUpdate:
-		if len(body) < 13 || len(body) != 13+int(body[12]) {
+		if len(body) < updateFixed || len(body) != updateFixed+int(body[updateFixed-1]) {
 			return false
 		}
 		f.LockID = be.Uint64(body)
 		f.TTLMs = be.Uint32(body[8:])
-		f.Key = body[13:]
+		f.Key = body[updateFixed:]
 		return true
 	case OpUnlock:
-		if len(body) < 9 || len(body) != 9+int(body[8]) {
+		if len(body) < unlockFixed || len(body) != unlockFixed+int(body[unlockFixed-1]) {
 			return false
 		}
 		f.LockID = be.Uint64(body)
-		f.Key = body[9:]
+		f.Key = body[unlockFixed:]
 		return true
 	case OpOK:
 		if len(body) != 8 {
@@ -212,8 +212,7 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.Text = body[4:]
 		return true
 	case OpConnected:
-		const fixed = 8 + 4 + 4 + 4 + 2 + 1
-		if len(body) < fixed {
+		if len(body) < connectedFixed {
 			return false
 		}
 		f.Session = be.Uint64(body)
@@ -222,7 +221,7 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.RetransmitWindowMs = be.Uint32(body[16:])
 		f.ServerID = be.Uint16(body[20:])
 		f.serverCount = int(body[22])
-		rest := body[fixed:]
+		rest := body[connectedFixed:]
 		f.servers = rest
 		if f.serverCount > MaxServers {
 			return false
@@ -236,49 +235,4 @@ func decodeBody(body []byte, f *Frame) bool {
 		return len(rest) == 0
 	}
 	return false
-}
-
-// AppendFrame encodes f again; decoding then encoding a valid frame yields its bytes.
-func AppendFrame(b []byte, f *Frame) []byte {
-	switch f.Op {
-	case OpPad:
-		return AppendPad(b, FrameHeaderSize+f.PadLen)
-	case OpConnect:
-		b = appendFrameHeader(b, OpConnect, f.ID, 2+len(f.Info))
-		b = binary.BigEndian.AppendUint16(b, uint16(len(f.Info)))
-		return append(b, f.Info...)
-	case OpLock:
-		b = appendFrameHeader(b, OpLock, f.ID, lockFixed+len(f.Key))
-		b = binary.BigEndian.AppendUint32(b, f.TTLMs)
-		b = append(b, 0, 0, byte(len(f.Key)))
-		return append(b, f.Key...)
-	case OpUpdate:
-		b = appendFrameHeader(b, OpUpdate, f.ID, 13+len(f.Key))
-		b = binary.BigEndian.AppendUint64(b, f.LockID)
-		b = binary.BigEndian.AppendUint32(b, f.TTLMs)
-		b = append(b, byte(len(f.Key)))
-		return append(b, f.Key...)
-	case OpUnlock:
-		b = appendFrameHeader(b, OpUnlock, f.ID, 9+len(f.Key))
-		b = binary.BigEndian.AppendUint64(b, f.LockID)
-		b = append(b, byte(len(f.Key)))
-		return append(b, f.Key...)
-	case OpOK:
-		return AppendOK(b, f.ID, f.Fence)
-	case OpRedirect:
-		b = appendFrameHeader(b, OpRedirect, f.ID, 3+len(f.Addr))
-		b = binary.BigEndian.AppendUint16(b, f.ServerID)
-		b = append(b, byte(len(f.Addr)))
-		return append(b, f.Addr...)
-	case OpError:
-		b = appendFrameHeader(b, OpError, f.ID, 4+len(f.Text))
-		b = binary.BigEndian.AppendUint16(b, uint16(f.Code))
-		b = binary.BigEndian.AppendUint16(b, uint16(len(f.Text)))
-		return append(b, f.Text...)
-	case OpConnected:
-		c := f.Connected()
-		return AppendConnected(b, f.ID, &c)
-	default:
-		return AppendEmpty(b, f.Op, f.ID)
-	}
 }

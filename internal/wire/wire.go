@@ -77,18 +77,16 @@ const (
 
 // Decoding errors. Each makes the whole datagram invalid.
 var (
-	ErrShort         = errors.New("wire: datagram too short")
-	ErrVersion       = errors.New("wire: unknown version")
-	ErrFlags         = errors.New("wire: reserved flag set")
-	ErrLength        = errors.New("wire: length field does not match datagram")
-	ErrChecksum      = errors.New("wire: wrong checksum")
-	ErrTruncated     = errors.New("wire: truncated frame")
-	ErrUnknownOp     = errors.New("wire: unknown opcode")
-	ErrBadBody       = errors.New("wire: frame body does not match its opcode")
-	ErrDirection     = errors.New("wire: frame of the wrong direction")
-	ErrNoFrames      = errors.New("wire: datagram without frames")
-	ErrSmallConnect  = errors.New("wire: CONNECT in a datagram smaller than 512 bytes")
-	ErrFrameTooLarge = errors.New("wire: frame does not fit in a datagram")
+	ErrShort        = errors.New("wire: datagram too short")
+	ErrVersion      = errors.New("wire: unknown version")
+	ErrFlags        = errors.New("wire: reserved flag set")
+	ErrLength       = errors.New("wire: length field does not match datagram")
+	ErrChecksum     = errors.New("wire: wrong checksum")
+	ErrTruncated    = errors.New("wire: truncated frame")
+	ErrUnknownOp    = errors.New("wire: unknown opcode")
+	ErrBadBody      = errors.New("wire: frame body does not match its opcode")
+	ErrDirection    = errors.New("wire: frame of the wrong direction")
+	ErrSmallConnect = errors.New("wire: CONNECT in a datagram smaller than 512 bytes")
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -100,27 +98,28 @@ type Header struct {
 	Floor   uint64
 }
 
-// BeginDatagram appends a header whose length is patched by FinishDatagram; start is
-// len(b) before the call.
+// BeginDatagram starts a datagram in b, which must be empty: FinishDatagram patches the
+// length into the header at b[0:].
 func BeginDatagram(b []byte, h Header) []byte {
 	b = append(b, Version, h.Flags, 0, 0)
 	b = binary.BigEndian.AppendUint64(b, h.Session)
 	return binary.BigEndian.AppendUint64(b, h.Floor)
 }
 
-// FinishDatagram patches the length of the datagram that starts at b[start:] and appends
-// its checksum.
-func FinishDatagram(b []byte, start int) []byte {
-	n := len(b) - start + TrailerSize
-	binary.BigEndian.PutUint16(b[start+2:], uint16(n))
-	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli))
+// FinishDatagram patches the length of the datagram b, begun by BeginDatagram, and
+// appends its checksum.
+func FinishDatagram(b []byte) []byte {
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)+TrailerSize))
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
-// SetFlags rewrites the flags of a finished datagram and its checksum.
-func SetFlags(d []byte, flags uint8) {
-	d[1] = flags
-	n := len(d) - TrailerSize
-	binary.BigEndian.PutUint32(d[n:], crc32.Checksum(d[:n], castagnoli))
+// frameIDOffset is where a frame's request id starts: after opcode, flags and length.
+const frameIDOffset = 4
+
+// PutFrameID writes id into the frame that starts at frame[0]. The client encodes a
+// request once with id 0 and patches its id in when the send loop assigns one.
+func PutFrameID(frame []byte, id uint64) {
+	binary.BigEndian.PutUint64(frame[frameIDOffset:], id)
 }
 
 func appendFrameHeader(b []byte, op Op, id uint64, bodyLen int) []byte {
@@ -128,21 +127,21 @@ func appendFrameHeader(b []byte, op Op, id uint64, bodyLen int) []byte {
 	return binary.BigEndian.AppendUint64(b, id)
 }
 
-// Sizes of frames, for packing decisions.
-
-// LockSize is the size of a LOCK frame for a key of k bytes.
-func LockSize(k int) int { return FrameHeaderSize + lockFixed + k }
-
 // lockFixed is the LOCK body before the key: ttl, flags, key length. The two flag
 // bytes are reserved (shared locks, blocking acquire) and make the smallest LOCK frame
 // as large as the OK that grants it, so no reply outgrows its request.
 const lockFixed = 4 + 2 + 1
 
-// UpdateSize is the size of an UPDATE frame for a key of k bytes.
-func UpdateSize(k int) int { return FrameHeaderSize + 13 + k }
+// UnlockSize is the size of an UNLOCK frame for a key of k bytes: the client packs its
+// clean-up UNLOCKs straight into a datagram and must know whether one fits.
+func UnlockSize(k int) int { return FrameHeaderSize + unlockFixed + k }
 
-// UnlockSize is the size of an UNLOCK frame for a key of k bytes.
-func UnlockSize(k int) int { return FrameHeaderSize + 9 + k }
+// Fixed body sizes before the key: UPDATE has lock id, ttl and key length, UNLOCK lock
+// id and key length.
+const (
+	updateFixed = 8 + 4 + 1
+	unlockFixed = 8 + 1
+)
 
 // AppendEmpty appends a frame without body: PING, TOUCH, DISCONNECT, UNLOCKALL, PONG,
 // LOCKED, ISOLATED, DISCONNECTED.
@@ -177,7 +176,7 @@ func AppendLock(b []byte, id uint64, ttlMs uint32, key string) []byte {
 
 // AppendUpdate appends an UPDATE of lock lockID.
 func AppendUpdate(b []byte, id, lockID uint64, ttlMs uint32, key string) []byte {
-	b = appendFrameHeader(b, OpUpdate, id, 13+len(key))
+	b = appendFrameHeader(b, OpUpdate, id, updateFixed+len(key))
 	b = binary.BigEndian.AppendUint64(b, lockID)
 	b = binary.BigEndian.AppendUint32(b, ttlMs)
 	b = append(b, byte(len(key)))
@@ -186,7 +185,7 @@ func AppendUpdate(b []byte, id, lockID uint64, ttlMs uint32, key string) []byte 
 
 // AppendUnlock appends an UNLOCK of lock lockID.
 func AppendUnlock(b []byte, id, lockID uint64, key string) []byte {
-	b = appendFrameHeader(b, OpUnlock, id, 9+len(key))
+	b = appendFrameHeader(b, OpUnlock, id, unlockFixed+len(key))
 	b = binary.BigEndian.AppendUint64(b, lockID)
 	b = append(b, byte(len(key)))
 	return append(b, key...)
@@ -233,6 +232,37 @@ type Connected struct {
 	Servers            []Server
 }
 
+// connectedFixed is CONNECTED's body before its server list: session, max TTL, session
+// timeout, retransmit window, server id, server count.
+const connectedFixed = 8 + 4 + 4 + 4 + 2 + 1
+
+// MaxConnectedFrame keeps CONNECTED within the smallest CONNECT datagram, so that the
+// reply is never larger than the request (no amplification).
+const MaxConnectedFrame = MinConnectDatagram - HeaderSize - TrailerSize
+
+// ConnectedSize is the size of the CONNECTED frame AppendConnected writes for servers:
+// the one place that size is computed.
+func ConnectedSize(servers []Server) int {
+	n, _ := connectedBody(servers)
+	return FrameHeaderSize + n
+}
+
+// connectedBody returns the body size and server count of a CONNECTED for servers:
+// servers beyond MaxServers, or with an address over 255 bytes, are left out.
+func connectedBody(servers []Server) (size, count int) {
+	size = connectedFixed
+	for i, s := range servers {
+		if i == MaxServers {
+			break
+		}
+		if len(s.Addr) <= 255 {
+			size += 3 + len(s.Addr)
+			count++
+		}
+	}
+	return size, count
+}
+
 // AppendConnected appends a CONNECTED reply. Servers beyond MaxServers, or with an
 // address over 255 bytes, are left out.
 func AppendConnected(b []byte, id uint64, c *Connected) []byte {
@@ -240,14 +270,7 @@ func AppendConnected(b []byte, id uint64, c *Connected) []byte {
 	if len(servers) > MaxServers {
 		servers = servers[:MaxServers]
 	}
-	n := 8 + 4 + 4 + 4 + 2 + 1
-	count := 0
-	for _, s := range servers {
-		if len(s.Addr) <= 255 {
-			n += 3 + len(s.Addr)
-			count++
-		}
-	}
+	n, count := connectedBody(servers)
 	b = appendFrameHeader(b, OpConnected, id, n)
 	b = binary.BigEndian.AppendUint64(b, c.Session)
 	b = binary.BigEndian.AppendUint32(b, c.MaxTTLMs)

@@ -1,14 +1,18 @@
 package wire
 
 import (
-	"bytes"
 	"encoding/binary"
+	"encoding/hex"
+	"hash/crc32"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // datagram wraps frames appended by add in a finished datagram.
 func datagram(h Header, add func([]byte) []byte) []byte {
-	return FinishDatagram(add(BeginDatagram(nil, h)), 0)
+	return FinishDatagram(add(BeginDatagram(nil, h)))
 }
 
 func requestSeeds() [][]byte {
@@ -63,44 +67,59 @@ func TestRoundTrip(t *testing.T) {
 
 func TestDecodeFields(t *testing.T) {
 	d, err := Parse(requestSeeds()[1], false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.Session != 0x0102030405060708 || d.Floor != 3 {
-		t.Fatalf("header %+v", d.Header)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, uint64(0x0102030405060708), d.Session)
+	assert.Equal(t, uint64(3), d.Floor)
 	var f Frame
-	d.Next(&f)
-	if f.Op != OpLock || f.ID != 7 || f.TTLMs != 1000 || string(f.Key) != "a" {
-		t.Fatalf("LOCK %+v", f)
-	}
-	d.Next(&f)
-	if f.Op != OpUpdate || f.ID != 8 || f.LockID != 7 || f.TTLMs != 2000 || string(f.Key) != "a" {
-		t.Fatalf("UPDATE %+v", f)
-	}
-	d.Next(&f)
-	if f.Op != OpUnlock || f.ID != 9 || f.LockID != 7 || string(f.Key) != "a" {
-		t.Fatalf("UNLOCK %+v", f)
-	}
+	require.True(t, d.Next(&f))
+	assert.Equal(t, OpLock, f.Op)
+	assert.Equal(t, uint64(7), f.ID)
+	assert.Equal(t, uint32(1000), f.TTLMs)
+	assert.Equal(t, "a", string(f.Key))
+	require.True(t, d.Next(&f))
+	assert.Equal(t, OpUpdate, f.Op)
+	assert.Equal(t, uint64(8), f.ID)
+	assert.Equal(t, uint64(7), f.LockID)
+	assert.Equal(t, uint32(2000), f.TTLMs)
+	assert.Equal(t, "a", string(f.Key))
+	require.True(t, d.Next(&f))
+	assert.Equal(t, OpUnlock, f.Op)
+	assert.Equal(t, uint64(9), f.ID)
+	assert.Equal(t, uint64(7), f.LockID)
+	assert.Equal(t, "a", string(f.Key))
+
 	r, err := Parse(replySeeds()[1], true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Next(&f)
+	require.NoError(t, err)
+	require.True(t, r.Next(&f))
 	c := f.Connected()
-	if c.MaxTTLMs != 60000 || len(c.Servers) != 2 || c.Servers[1].Addr != "127.0.0.1:15664" {
-		t.Fatalf("CONNECTED %+v", c)
-	}
+	assert.Equal(t, uint32(60000), c.MaxTTLMs)
+	require.Len(t, c.Servers, 2)
+	assert.Equal(t, "127.0.0.1:15664", c.Servers[1].Addr)
+	assert.Equal(t, ConnectedSize(c.Servers), FrameHeaderSize+len(f.servers)+connectedFixed)
+}
+
+func TestConnectedSize(t *testing.T) {
+	servers := []Server{{1, "127.0.0.1:15663"}, {2, "[::1]:15664"}, {3, string(make([]byte, 300))}}
+	b := AppendConnected(nil, 1, &Connected{Servers: servers})
+	assert.Len(t, b, ConnectedSize(servers), "an address over 255 bytes is left out of both")
+}
+
+func TestPutFrameID(t *testing.T) {
+	want := AppendLock(nil, 0x1122334455667788, 1000, "k")
+	got := AppendLock(nil, 0, 1000, "k")
+	PutFrameID(got, 0x1122334455667788)
+	assert.Equal(t, want, got)
+}
+
+// resum recomputes the checksum of d after a test tampered with it.
+func resum(d []byte) []byte {
+	n := len(d) - TrailerSize
+	binary.BigEndian.PutUint32(d[n:], crc32.Checksum(d[:n], castagnoli))
+	return d
 }
 
 func TestParseRejects(t *testing.T) {
 	good := requestSeeds()[0]
-	fix := func(d []byte) []byte { // recompute the checksum after tampering
-		n := len(d) - TrailerSize
-		SetFlags(d, d[1])
-		_ = n
-		return d
-	}
 	mut := func(f func(d []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
 	cases := map[string]struct {
 		d       []byte
@@ -108,25 +127,58 @@ func TestParseRejects(t *testing.T) {
 		want    error
 	}{
 		"short":    {good[:20], false, ErrShort},
-		"version":  {mut(func(d []byte) []byte { d[0] = 9; return fix(d) }), false, ErrVersion},
-		"flags":    {mut(func(d []byte) []byte { d[1] = 0x80; return fix(d) }), false, ErrFlags},
-		"length":   {mut(func(d []byte) []byte { d[3]--; return fix(d) }), false, ErrLength},
+		"version":  {mut(func(d []byte) []byte { d[0] = 9; return resum(d) }), false, ErrVersion},
+		"flags":    {mut(func(d []byte) []byte { d[1] = 0x80; return resum(d) }), false, ErrFlags},
+		"length":   {mut(func(d []byte) []byte { d[3]--; return resum(d) }), false, ErrLength},
 		"checksum": {mut(func(d []byte) []byte { d[len(d)-1] ^= 0xff; return d }), false, ErrChecksum},
 		"truncated": {mut(func(d []byte) []byte {
 			binary.BigEndian.PutUint16(d[HeaderSize+2:], 500)
-			return fix(d)
+			return resum(d)
 		}), false, ErrTruncated},
-		"body":          {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+6] = 9; return fix(d) }), false, ErrBadBody},
-		"lock flags":    {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+4] = 1; return fix(d) }), false, ErrBadBody},
-		"unknown op":    {mut(func(d []byte) []byte { d[HeaderSize] = 0x55; return fix(d) }), false, ErrUnknownOp},
+		"body":          {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+6] = 9; return resum(d) }), false, ErrBadBody},
+		"lock flags":    {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+4] = 1; return resum(d) }), false, ErrBadBody},
+		"unknown op":    {mut(func(d []byte) []byte { d[HeaderSize] = 0x55; return resum(d) }), false, ErrUnknownOp},
 		"direction":     {good, true, ErrDirection},
 		"small connect": {datagram(Header{}, func(b []byte) []byte { return AppendConnect(b, 1, "x") }), false, ErrSmallConnect},
 	}
 	for name, tc := range cases {
-		if _, err := Parse(tc.d, tc.replies); err != tc.want {
-			t.Errorf("%s: %v, want %v", name, err, tc.want)
-		}
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse(tc.d, tc.replies)
+			assert.ErrorIs(t, err, tc.want)
+		})
 	}
+}
+
+// reencode writes f again with the encoders the client and the server send with, so
+// that fuzzing the decoder fuzzes them too. Requests are encoded with id 0 and patched
+// with PutFrameID, as the client's send loop does.
+func reencode(b []byte, f *Frame) []byte {
+	start := len(b)
+	switch f.Op {
+	case OpPad:
+		return AppendPad(b, FrameHeaderSize+f.PadLen)
+	case OpConnect:
+		return AppendConnect(b, f.ID, string(f.Info))
+	case OpLock:
+		b = AppendLock(b, 0, f.TTLMs, string(f.Key))
+	case OpUpdate:
+		b = AppendUpdate(b, 0, f.LockID, f.TTLMs, string(f.Key))
+	case OpUnlock:
+		b = AppendUnlock(b, 0, f.LockID, string(f.Key))
+	case OpOK:
+		return AppendOK(b, f.ID, f.Fence)
+	case OpRedirect:
+		return AppendRedirect(b, f.ID, f.ServerID, string(f.Addr))
+	case OpError:
+		return AppendError(b, f.ID, f.Code, string(f.Text))
+	case OpConnected:
+		c := f.Connected()
+		return AppendConnected(b, f.ID, &c)
+	default:
+		return AppendEmpty(b, f.Op, f.ID)
+	}
+	PutFrameID(b[start:], f.ID)
+	return b
 }
 
 // checkReencode parses d and, if it is valid, encodes it again to the same bytes.
@@ -139,12 +191,10 @@ func checkReencode(t *testing.T, d []byte, replies bool) {
 	out := BeginDatagram(nil, dg.Header)
 	var f Frame
 	for dg.Next(&f) {
-		out = AppendFrame(out, &f)
+		out = reencode(out, &f)
 	}
-	out = FinishDatagram(out, 0)
-	if !bytes.Equal(out, d) {
-		t.Fatalf("re-encoding differs:\n in  %x\n out %x", d, out)
-	}
+	out = FinishDatagram(out)
+	require.Equal(t, hex.EncodeToString(d), hex.EncodeToString(out), "re-encoding differs")
 }
 
 func FuzzParseRequests(f *testing.F) {
@@ -161,21 +211,63 @@ func FuzzParseReplies(f *testing.F) {
 	f.Fuzz(func(t *testing.T, d []byte) { checkReencode(t, d, true) })
 }
 
+// FuzzEncodeRequests drives the client's encoders with arbitrary fields: whatever they
+// are given within the API's limits, the datagram parses back to the same fields.
+func FuzzEncodeRequests(f *testing.F) {
+	f.Add(uint64(1), uint64(7), uint32(1000), "job:1", uint64(3))
+	f.Add(uint64(1<<63), uint64(0), uint32(0), "k", uint64(0))
+	f.Fuzz(func(t *testing.T, id, lockID uint64, ttlMs uint32, key string, session uint64) {
+		if len(key) == 0 || len(key) > MaxKey {
+			return // the API refuses these before encoding
+		}
+		b := BeginDatagram(make([]byte, 0, MaxDatagram), Header{Session: session, Floor: id})
+		for _, op := range []Op{OpLock, OpUpdate, OpUnlock} {
+			start := len(b)
+			switch op {
+			case OpLock:
+				b = AppendLock(b, 0, ttlMs, key)
+			case OpUpdate:
+				b = AppendUpdate(b, 0, lockID, ttlMs, key)
+			case OpUnlock:
+				b = AppendUnlock(b, 0, lockID, key)
+				require.Equal(t, UnlockSize(len(key)), len(b)-start)
+			}
+			PutFrameID(b[start:], id+uint64(op))
+		}
+		b = FinishDatagram(b)
+		d, err := Parse(b, false)
+		require.NoError(t, err)
+		require.Equal(t, session, d.Session)
+		var fr Frame
+		for _, op := range []Op{OpLock, OpUpdate, OpUnlock} {
+			require.True(t, d.Next(&fr))
+			require.Equal(t, op, fr.Op)
+			require.Equal(t, id+uint64(op), fr.ID)
+			require.Equal(t, key, string(fr.Key))
+			if op != OpLock {
+				require.Equal(t, lockID, fr.LockID)
+			}
+			if op != OpUnlock {
+				require.Equal(t, ttlMs, fr.TTLMs)
+			}
+		}
+		require.False(t, d.Next(&fr))
+	})
+}
+
 func TestEncodeAllocs(t *testing.T) {
 	buf := make([]byte, 0, MaxDatagram)
 	allocs := testing.AllocsPerRun(100, func() {
 		b := BeginDatagram(buf[:0], Header{Session: 1})
 		b = AppendLock(b, 1, 1000, "key")
-		b = FinishDatagram(b, 0)
+		b = FinishDatagram(b)
 		d, err := Parse(b, false)
 		if err != nil {
-			t.Fatal(err)
+			panic(err)
 		}
 		var f Frame
 		for d.Next(&f) {
 		}
 	})
-	if allocs != 0 {
-		t.Fatalf("encode+decode allocates %v per run", allocs)
-	}
+	assert.Zero(t, allocs, "encode+decode allocates")
 }
