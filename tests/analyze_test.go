@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/stretchr/testify/require"
 )
 
 // TestAnalyzeHistory is a tool, skipped unless NETMUTEX_HISTORY names a history that
@@ -21,18 +22,14 @@ func TestAnalyzeHistory(t *testing.T) {
 		t.Skip("NETMUTEX_HISTORY not set")
 	}
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var raw []struct {
 		ClientId     int
 		Input        lockInput
 		Call, Return int64
 		Output       lockOutput
 	}
-	if err := json.Unmarshal(b, &raw); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, json.Unmarshal(b, &raw))
 	var ops []porcupine.Operation
 	for _, r := range raw {
 		if r.Input.Kind == opRestart || r.Input.Key == key {

@@ -8,13 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
 
@@ -22,24 +21,15 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// goTool is the go command that runs this test.
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// buildBinary builds the main package pkg into dir and returns its path.
+// buildBinary builds the main package pkg into dir, with the go command found on PATH
+// (the one `go test` puts first), and returns its path.
 func buildBinary(t testing.TB, dir, pkg, name string) string {
 	t.Helper()
+	goTool, err := exec.LookPath("go")
+	require.NoError(t, err, "no go command on PATH")
 	out := filepath.Join(dir, name)
-	cmd := exec.Command(goTool(), "build", "-o", out, pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-	}
+	b, err := exec.Command(goTool, "build", "-o", out, pkg).CombinedOutput()
+	require.NoError(t, err, "go build %s\n%s", pkg, b)
 	return out
 }
 
@@ -71,9 +61,7 @@ func newDaemon(t testing.TB, bin string, args ...string) *daemon {
 	dir := t.TempDir()
 	d := &daemon{t: t, bin: bin, dataDir: filepath.Join(dir, "data"), args: args, logPath: filepath.Join(dir, "netmutexd.log")}
 	f, err := os.Create(d.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	d.log = f
 	t.Cleanup(func() {
 		d.kill()
@@ -158,13 +146,3 @@ func (d *daemon) kill() {
 	<-d.exited
 	d.cmd = nil
 }
-
-// logText returns the server's log so far.
-func (d *daemon) logText() string {
-	d.logMu.Lock()
-	defer d.logMu.Unlock()
-	b, _ := os.ReadFile(d.logPath)
-	return string(b)
-}
-
-func (d *daemon) countLog(substr string) int { return strings.Count(d.logText(), substr) }

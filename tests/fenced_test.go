@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // fencedStore is the protected resource: it rejects a write whose fence is below the
@@ -42,12 +44,10 @@ func (s *fencedStore) write(fence uint64, what string) error {
 
 func TestFencedStoreRejectsLowerFence(t *testing.T) {
 	var s fencedStore
-	if s.write(5, "a") != nil || s.write(5, "a again") != nil || s.write(7, "b") != nil {
-		t.Fatal("in-order writes rejected")
-	}
-	if s.write(5, "a late") != errStaleFence {
-		t.Fatal("a write with a lower fence was accepted")
-	}
+	require.NoError(t, s.write(5, "a"), "in-order write rejected")
+	require.NoError(t, s.write(5, "a again"), "in-order write rejected")
+	require.NoError(t, s.write(7, "b"), "in-order write rejected")
+	assert.Same(t, errStaleFence, s.write(5, "a late"), "a write with a lower fence was accepted")
 }
 
 // isolateDelay is how long the test's isolation command runs: long enough that a
@@ -100,9 +100,7 @@ func isolationTimes(t *testing.T, isoLog, info string) (start, end int64) {
 func takeOver(t *testing.T, addr, key string, ttl time.Duration) (nm *netmutex.NetMutex, l *netmutex.Lock, granted, lastRefused int64) {
 	t.Helper()
 	nm, err := netmutex.Open(5, 200*time.Millisecond, []string{addr}, &netmutex.Options{IsolationInfo: "contender"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	l = new(netmutex.Lock)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -127,12 +125,10 @@ func takeOver(t *testing.T, addr, key string, ttl time.Duration) (nm *netmutex.N
 // the stalled holder had finished, and was granted only after.
 func checkIsolatedFirst(t *testing.T, isoStart, isoEnd, granted, lastRefused int64) {
 	t.Helper()
-	if isoEnd > granted {
-		t.Errorf("the key was granted again %v before the isolation command ended", time.Duration(isoEnd-granted))
-	}
-	if lastRefused < isoStart {
-		t.Errorf("the key was not refused while the isolation command ran (last refusal %v before its start)", time.Duration(isoStart-lastRefused))
-	}
+	assert.LessOrEqual(t, isoEnd, granted,
+		"the key was granted again %v before the isolation command ended", time.Duration(isoEnd-granted))
+	assert.GreaterOrEqual(t, lastRefused, isoStart,
+		"the key was not refused while the isolation command ran (last refusal %v before its start)", time.Duration(isoStart-lastRefused))
 }
 
 // TestStalledGoroutineIsFenced: a holder goroutine stops heartbeating for longer than
@@ -145,24 +141,16 @@ func TestStalledGoroutineIsFenced(t *testing.T) {
 	var store fencedStore
 
 	a, err := netmutex.Open(5, 200*time.Millisecond, []string{d.addr}, &netmutex.Options{IsolationInfo: "goroutine-holder"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer a.Close(1, time.Second)
 	var la netmutex.Lock
-	if err := a.Lock(5, 200*time.Millisecond, &la, key, ttl); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, a.Lock(5, 200*time.Millisecond, &la, key, ttl))
 	fa := la.FenceID()
-	if err := store.write(fa, "A"); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, store.write(fa, "A"))
 	// Heartbeats work while A is alive.
 	for i := 0; i < 3; i++ {
 		time.Sleep(ttl / 4)
-		if err := a.Update(5, 200*time.Millisecond, &la, ttl); err != nil {
-			t.Fatalf("heartbeat %d: %v", i, err)
-		}
+		require.NoError(t, a.Update(5, 200*time.Millisecond, &la, ttl), "heartbeat %d", i)
 	}
 
 	// A stalls (a GC pause, a blocked goroutine): no heartbeat. Meanwhile B takes over.
@@ -177,21 +165,13 @@ func TestStalledGoroutineIsFenced(t *testing.T) {
 	b, lb, granted, lastRefused := takeOver(t, d.addr, key, ttl)
 	defer b.Close(1, time.Second)
 	fb := lb.FenceID()
-	if fb <= fa {
-		t.Fatalf("new holder's fence %d not above the stalled holder's %d", fb, fa)
-	}
-	if err := store.write(fb, "B"); err != nil {
-		t.Fatal(err)
-	}
+	require.Greater(t, fb, fa, "new holder's fence not above the stalled holder's")
+	require.NoError(t, store.write(fb, "B"))
 	stalled <- struct{}{}
 	<-stalled
 
-	if !errors.Is(aWriteErr, errStaleFence) {
-		t.Errorf("the stalled holder's late write: %v, want it rejected", aWriteErr)
-	}
-	if !errors.Is(aNextErr, netmutex.ErrIsolated) {
-		t.Errorf("the stalled holder's next call: %v, want ErrIsolated", aNextErr)
-	}
+	assert.ErrorIs(t, aWriteErr, errStaleFence, "the stalled holder's late write must be rejected")
+	assert.ErrorIs(t, aNextErr, netmutex.ErrIsolated, "the stalled holder's next call")
 	isoStart, isoEnd := isolationTimes(t, isoLog, "goroutine-holder")
 	checkIsolatedFirst(t, isoStart, isoEnd, granted, lastRefused)
 	t.Logf("store: accepted %v, rejected %v; isolation ran %v, key granted %v after its end",
@@ -208,14 +188,10 @@ func TestSIGSTOPHolderIsFenced(t *testing.T) {
 
 	cmd := exec.Command(holderBin, "-addr", d.addr, "-key", key, "-ttl", ttl.String(), "-beat", "50ms", "-info", "process-holder")
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Start())
 	defer func() {
 		cmd.Process.Signal(syscall.SIGCONT)
 		cmd.Process.Kill()
@@ -258,35 +234,24 @@ func TestSIGSTOPHolderIsFenced(t *testing.T) {
 		return event{}
 	}
 	ev := next("lock")
-	if _, err := fmt.Sscanf(ev.line, "locked %d", &fa); err != nil {
-		t.Fatalf("holder said %q", ev.line)
-	}
+	_, err = fmt.Sscanf(ev.line, "locked %d", &fa)
+	require.NoError(t, err, "holder said %q", ev.line)
 	// Let it heartbeat and write a few times.
 	for updates := 0; updates < 3; {
 		ev := next("heartbeat")
-		if ev.writeErr != nil {
-			t.Fatalf("holder's write rejected before the stop: %v", ev.writeErr)
-		}
+		require.NoError(t, ev.writeErr, "holder's write rejected before the stop")
 		if ev.line == "updated" {
 			updates++
 		}
-		if strings.HasPrefix(ev.line, "update-error") {
-			t.Fatalf("heartbeat failed before the stop: %s", ev.line)
-		}
+		require.False(t, strings.HasPrefix(ev.line, "update-error"), "heartbeat failed before the stop: %s", ev.line)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
 	b, lb, granted, lastRefused := takeOver(t, d.addr, key, ttl)
 	defer b.Close(1, time.Second)
 	fb := lb.FenceID()
-	if fb <= fa {
-		t.Fatalf("new holder's fence %d not above the stopped holder's %d", fb, fa)
-	}
-	if err := store.write(fb, "B"); err != nil {
-		t.Fatal(err)
-	}
+	require.Greater(t, fb, fa, "new holder's fence not above the stopped holder's")
+	require.NoError(t, store.write(fb, "B"))
 	// Drain what the holder printed before the stop took effect.
 	for drained := false; !drained; {
 		select {
@@ -295,9 +260,7 @@ func TestSIGSTOPHolderIsFenced(t *testing.T) {
 			drained = true
 		}
 	}
-	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGCONT))
 
 	var lateWrites, lateRejected int
 	var updateErr string
@@ -314,15 +277,11 @@ func TestSIGSTOPHolderIsFenced(t *testing.T) {
 		}
 	}
 	<-readDone
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("holder: %v; stderr: %s", err, stderr.String())
-	}
-	if lateWrites == 0 || lateRejected != lateWrites {
-		t.Errorf("after SIGCONT the holder wrote %d times, %d rejected; want every late write rejected", lateWrites, lateRejected)
-	}
-	if updateErr != netmutex.ErrIsolated.Error() {
-		t.Errorf("the resumed holder's heartbeat failed with %q, want %q", updateErr, netmutex.ErrIsolated)
-	}
+	err = cmd.Wait() // before reading stderr, which the command's copier writes until then
+	require.NoError(t, err, "holder; stderr: %s", stderr.String())
+	assert.NotZero(t, lateWrites, "after SIGCONT the holder never wrote")
+	assert.Equal(t, lateWrites, lateRejected, "after SIGCONT the holder wrote %d times; want every late write rejected", lateWrites)
+	assert.Equal(t, netmutex.ErrIsolated.Error(), updateErr, "the resumed holder's heartbeat error")
 	isoStart, isoEnd := isolationTimes(t, isoLog, "process-holder")
 	checkIsolatedFirst(t, isoStart, isoEnd, granted, lastRefused)
 	t.Logf("store: accepted %d writes, rejected %v; isolation ran %v, key granted %v after its end",

@@ -10,6 +10,8 @@ import (
 	"github.com/netmutex/netmutex"
 	"github.com/netmutex/netmutex/internal/faultproxy"
 	"github.com/netmutex/netmutex/server"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
 
@@ -46,40 +48,28 @@ func TestNoLeakAfterClose(t *testing.T) {
 			cfg.DataDir = t.TempDir()
 			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 			srv, err := server.New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			lossy := faultproxy.Faults{Drop: 0.2, Duplicate: 0.1, Delay: 0.2, MaxDelay: 50 * time.Millisecond}
 			px, err := faultproxy.New(faultproxy.Config{Upstream: srv.Addr().String(), ToServer: lossy, ToClient: lossy, Logf: t.Logf})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			var clients []*netmutex.NetMutex
 			for i := 0; i < 4; i++ {
 				nm, err := netmutex.Open(20, 50*time.Millisecond, []string{px.Addr().String()}, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				clients = append(clients, nm)
 				var l netmutex.Lock
-				if err := nm.Lock(20, 50*time.Millisecond, &l, "k"+string(rune('a'+i)), time.Minute); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, nm.Lock(20, 50*time.Millisecond, &l, "k"+string(rune('a'+i)), time.Minute))
 			}
 			for _, nm := range clients {
 				nm.Close(2, 50*time.Millisecond) // may time out through the proxy: it must still free everything
 			}
-			if err := px.Close(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, px.Close())
 			if crash {
 				err = srv.Abort()
 			} else {
 				err = srv.Close()
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			goleak.VerifyNone(t)
 			var after map[string]string
 			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -87,11 +77,13 @@ func TestNoLeakAfterClose(t *testing.T) {
 					break
 				}
 			}
+			leaked := map[string]string{} // fd -> what it points to
 			for fd, target := range after {
 				if _, ok := before[fd]; !ok {
-					t.Errorf("fd %s (%s) left open", fd, target)
+					leaked[fd] = target
 				}
 			}
+			assert.Empty(t, leaked, "file descriptors left open")
 		})
 	}
 }

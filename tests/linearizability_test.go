@@ -19,6 +19,8 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/netmutex/netmutex"
 	"github.com/netmutex/netmutex/internal/faultproxy"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // linParams sizes one run of TestLinearizability.
@@ -104,9 +106,7 @@ func TestLinearizability(t *testing.T) {
 
 	lossy := linFaults
 	px, err := faultproxy.New(faultproxy.Config{Upstream: d.addr, ToServer: lossy, ToClient: lossy, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer px.Close()
 	// A request copy can reach the server at most this late: leases may end that much
 	// after r+T (a duplicate UPDATE extends the lease again).
@@ -181,11 +181,14 @@ func TestLinearizability(t *testing.T) {
 	if n := unexpected.Load(); n > 0 {
 		t.Errorf("%d unexpected errors, the first: %s", n, *firstUnexpected.Load())
 	}
-	if pst.ToServer.Dropped == 0 || pst.ToClient.Dropped == 0 || pst.ToServer.Duplicated == 0 ||
-		pst.ToServer.Reordered == 0 || pst.ToServer.Corrupted+pst.ToClient.Corrupted == 0 ||
-		pst.ToServer.Blackholed == 0 || pst.ToClient.Blackholed == 0 {
-		t.Errorf("some fault was never injected: %v", pst)
-	}
+	// Every fault kind must have been injected, or the run proved less than it claims.
+	assert.NotZero(t, pst.ToServer.Dropped, "no drop to the server: %v", pst)
+	assert.NotZero(t, pst.ToClient.Dropped, "no drop to the client: %v", pst)
+	assert.NotZero(t, pst.ToServer.Duplicated, "no duplicate to the server: %v", pst)
+	assert.NotZero(t, pst.ToServer.Reordered, "no reordering to the server: %v", pst)
+	assert.NotZero(t, pst.ToServer.Corrupted+pst.ToClient.Corrupted, "no corruption: %v", pst)
+	assert.NotZero(t, pst.ToServer.Blackholed, "nothing blackholed to the server: %v", pst)
+	assert.NotZero(t, pst.ToClient.Blackholed, "nothing blackholed to the client: %v", pst)
 
 	markCrashes(ops)
 	checkFences(t, ops)
@@ -354,9 +357,7 @@ func checkFences(t *testing.T, ops []porcupine.Operation) {
 		if in.Kind != opLock || out.Res != resOK {
 			continue
 		}
-		if out.Fence == 0 {
-			t.Errorf("grant of %s with fence 0", in.Key)
-		}
+		assert.NotZero(t, out.Fence, "grant of %s with fence 0", in.Key)
 		if k, dup := seen[out.Fence]; dup {
 			t.Errorf("fence %d granted twice (%s and %s)", out.Fence, k, in.Key)
 		}
@@ -385,9 +386,7 @@ func checkFences(t *testing.T, ops []porcupine.Operation) {
 			}
 		}
 	}
-	if violations > 0 {
-		t.Errorf("%d fence violations", violations)
-	}
+	assert.Zero(t, violations, "fence violations")
 	t.Logf("fences: %d grants, unique, increasing per key in real time", len(seen))
 }
 

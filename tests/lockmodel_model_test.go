@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/stretchr/testify/assert"
 )
 
 // The model must reject the histories a broken server would produce, or the
@@ -134,9 +135,7 @@ func TestLockModel(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := porcupine.CheckOperationsTimeout(model, c.h, 5*time.Second); got != c.want {
-				t.Fatalf("porcupine says %v, want %v", got, c.want)
-			}
+			assert.Equal(t, c.want, porcupine.CheckOperationsTimeout(model, c.h, 5*time.Second), "porcupine's verdict")
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package faultproxy
 
 import (
-	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -9,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
 
@@ -30,9 +31,7 @@ type sink struct {
 func newSink(t *testing.T, echo bool) *sink {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	s := &sink{conn: c, echo: echo, from: map[netip.AddrPort]int{}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
@@ -75,9 +74,7 @@ func startProxy(t *testing.T, up *sink, cfg Config) *Proxy {
 	}
 	cfg.Logf = t.Logf
 	p, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -85,9 +82,7 @@ func startProxy(t *testing.T, up *sink, cfg Config) *Proxy {
 func dial(t *testing.T, p *Proxy) *net.UDPConn {
 	t.Helper()
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(p.Addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -99,9 +94,8 @@ func sendSeq(t *testing.T, c *net.UDPConn, n int) {
 	b := make([]byte, 32)
 	for i := 0; i < n; i++ {
 		binary.BigEndian.PutUint32(b, uint32(i))
-		if _, err := c.Write(b); err != nil {
-			t.Fatal(err)
-		}
+		_, err := c.Write(b)
+		require.NoError(t, err)
 		if i%16 == 15 {
 			time.Sleep(200 * time.Microsecond)
 		}
@@ -141,19 +135,18 @@ func TestCleanPassThroughBothWays(t *testing.T) {
 	p := startProxy(t, up, Config{})
 	c := dial(t, p)
 	sendSeq(t, c, 100)
-	back := readAll(c)
-	if len(back) != 100 {
-		t.Fatalf("echoed %d datagrams, want 100", len(back))
+	var want, got []int
+	for i := 0; i < 100; i++ {
+		want = append(want, i)
 	}
-	for i, b := range back {
-		if seqOf(b) != i {
-			t.Fatalf("datagram %d came back as %d: reordered without faults", i, seqOf(b))
-		}
+	for _, b := range readAll(c) {
+		got = append(got, seqOf(b))
 	}
+	assert.Equal(t, want, got, "echoed datagrams: all 100, in the order sent (no faults)")
 	st := p.Stats()
-	if st.ToServer.Forwarded != 100 || st.ToClient.Forwarded != 100 || st.Flows != 1 {
-		t.Fatalf("stats %v", st)
-	}
+	assert.Equal(t, uint64(100), st.ToServer.Forwarded, "stats %v", st)
+	assert.Equal(t, uint64(100), st.ToClient.Forwarded, "stats %v", st)
+	assert.Equal(t, 1, st.Flows, "stats %v", st)
 }
 
 func TestDropEachDirection(t *testing.T) {
@@ -161,22 +154,15 @@ func TestDropEachDirection(t *testing.T) {
 	p := startProxy(t, up, Config{ToServer: Faults{Drop: 1}})
 	c := dial(t, p)
 	sendSeq(t, c, 50)
-	if back := readAll(c); len(back) != 0 || len(up.received()) != 0 {
-		t.Fatalf("drop=1 to server: server got %d, client %d", len(up.received()), len(back))
-	}
-	if st := p.Stats(); st.ToServer.Dropped != 50 {
-		t.Fatalf("dropped %d, want 50", st.ToServer.Dropped)
-	}
+	require.Empty(t, readAll(c), "drop=1 to server: the client got datagrams back")
+	require.Empty(t, up.received(), "drop=1 to server: the server got datagrams")
+	require.Equal(t, uint64(50), p.Stats().ToServer.Dropped, "dropped to server")
 	p.SetFaults(ToServer, Faults{})
 	p.SetFaults(ToClient, Faults{Drop: 1})
 	sendSeq(t, c, 50)
 	waitFor(t, "server to receive 50", func() bool { return len(up.received()) == 50 })
-	if back := readAll(c); len(back) != 0 {
-		t.Fatalf("drop=1 to client: client got %d", len(back))
-	}
-	if st := p.Stats(); st.ToClient.Dropped != 50 {
-		t.Fatalf("dropped to client %d, want 50", st.ToClient.Dropped)
-	}
+	assert.Empty(t, readAll(c), "drop=1 to client: the client got datagrams")
+	assert.Equal(t, uint64(50), p.Stats().ToClient.Dropped, "dropped to client")
 }
 
 func TestBlackholeOneDirection(t *testing.T) {
@@ -186,17 +172,11 @@ func TestBlackholeOneDirection(t *testing.T) {
 	c := dial(t, p)
 	sendSeq(t, c, 20)
 	waitFor(t, "server to receive 20", func() bool { return len(up.received()) == 20 })
-	if back := readAll(c); len(back) != 0 {
-		t.Fatalf("blackholed direction delivered %d", len(back))
-	}
+	require.Empty(t, readAll(c), "the blackholed direction delivered datagrams")
 	p.Blackhole(ToClient, false)
 	sendSeq(t, c, 20)
-	if back := readAll(c); len(back) != 20 {
-		t.Fatalf("after the blackhole lifted: %d back, want 20", len(back))
-	}
-	if st := p.Stats(); st.ToClient.Blackholed != 20 {
-		t.Fatalf("blackholed %d, want 20", st.ToClient.Blackholed)
-	}
+	assert.Len(t, readAll(c), 20, "after the blackhole lifted")
+	assert.Equal(t, uint64(20), p.Stats().ToClient.Blackholed, "blackholed")
 }
 
 func TestDuplicateAndCorrupt(t *testing.T) {
@@ -207,17 +187,15 @@ func TestDuplicateAndCorrupt(t *testing.T) {
 	waitFor(t, "80 datagrams", func() bool { return len(up.received()) == 80 })
 	zero := make([]byte, 28)
 	for _, b := range up.received() {
-		if len(b) != 32 {
-			t.Fatalf("corruption changed the length: %d", len(b))
-		}
-		if seqOf(b) < 40 && bytes.Equal(b[4:], zero) {
-			t.Fatalf("datagram %x not corrupted", b)
+		require.Len(t, b, 32, "corruption changed the length")
+		if seqOf(b) < 40 {
+			require.NotEqual(t, zero, b[4:], "datagram %x not corrupted", b)
 		}
 	}
 	st := p.Stats()
-	if st.ToServer.Duplicated != 40 || st.ToServer.Corrupted != 40 || st.ToServer.Forwarded != 80 {
-		t.Fatalf("stats %v", st)
-	}
+	assert.Equal(t, uint64(40), st.ToServer.Duplicated, "stats %v", st)
+	assert.Equal(t, uint64(40), st.ToServer.Corrupted, "stats %v", st)
+	assert.Equal(t, uint64(80), st.ToServer.Forwarded, "stats %v", st)
 }
 
 func TestReorderAndDelay(t *testing.T) {
@@ -239,16 +217,10 @@ func TestReorderAndDelay(t *testing.T) {
 				inversions++
 			}
 		}
-		if len(seen) != 200 {
-			t.Fatalf("%+v: %d distinct datagrams, want 200", f, len(seen))
-		}
-		if inversions == 0 {
-			t.Fatalf("%+v: no datagram overtook another", f)
-		}
+		require.Len(t, seen, 200, "%+v: distinct datagrams", f)
+		require.NotZero(t, inversions, "%+v: no datagram overtook another", f)
 		st := p.Stats().ToServer
-		if st.Reordered+st.Delayed == 0 {
-			t.Fatalf("%+v: nothing counted: %+v", f, st)
-		}
+		require.NotZero(t, st.Reordered+st.Delayed, "%+v: nothing counted: %+v", f, st)
 		p.Close()
 	}
 }
@@ -271,39 +243,20 @@ func TestSeedReplays(t *testing.T) {
 		return got
 	}
 	a, b, other := run(7), run(7), run(8)
-	if len(a) == 0 || len(a) == 200 {
-		t.Fatalf("drop=0.5 delivered %d of 200", len(a))
-	}
-	same := func(x, y map[int]bool) bool {
-		if len(x) != len(y) {
-			return false
-		}
-		for k := range x {
-			if !y[k] {
-				return false
-			}
-		}
-		return true
-	}
-	if !same(a, b) {
-		t.Fatal("the same seed dropped different datagrams")
-	}
-	if same(a, other) {
-		t.Fatal("different seeds dropped the same datagrams")
-	}
+	require.NotEmpty(t, a, "drop=0.5 delivered nothing")
+	require.NotEqual(t, 200, len(a), "drop=0.5 delivered everything")
+	// The sets hold only true values, so equal maps are equal sets.
+	assert.Equal(t, a, b, "the same seed dropped different datagrams")
+	assert.NotEqual(t, a, other, "different seeds dropped the same datagrams")
 }
 
 func TestSeedFromEnv(t *testing.T) {
 	t.Setenv(SeedEnv, "12345")
 	up := newSink(t, false)
 	p, err := New(Config{Upstream: up.conn.LocalAddr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close()
-	if p.Seed() != 12345 {
-		t.Fatalf("seed %d, want 12345 from %s", p.Seed(), SeedEnv)
-	}
+	assert.Equal(t, uint64(12345), p.Seed(), "seed from %s", SeedEnv)
 }
 
 func TestDistinctSourcePerClient(t *testing.T) {
@@ -313,9 +266,7 @@ func TestDistinctSourcePerClient(t *testing.T) {
 		sendSeq(t, dial(t, p), 1)
 	}
 	waitFor(t, "3 datagrams", func() bool { return len(up.received()) == 3 })
-	if n := up.sources(); n != 3 {
-		t.Fatalf("server saw %d sources for 3 clients", n)
-	}
+	assert.Equal(t, 3, up.sources(), "sources the server saw for 3 clients")
 }
 
 // TestCloseReleasesEverything checks that Close closes the sockets (the ports can be
@@ -328,16 +279,10 @@ func TestCloseReleasesEverything(t *testing.T) {
 	sendSeq(t, c, 10)
 	waitFor(t, "10 delayed", func() bool { return p.Stats().ToServer.Delayed == 10 })
 	addr := p.Addr()
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err == nil {
-		t.Fatal("second Close succeeded")
-	}
+	require.NoError(t, p.Close())
+	assert.Error(t, p.Close(), "second Close succeeded")
 	l, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-	if err != nil {
-		t.Fatalf("listen port still bound after Close: %v", err)
-	}
+	require.NoError(t, err, "listen port still bound after Close")
 	l.Close()
 }
 
@@ -347,9 +292,7 @@ func TestUpstreamDownAndBack(t *testing.T) {
 	p := startProxy(t, up, Config{})
 	c := dial(t, p)
 	sendSeq(t, c, 5)
-	if back := readAll(c); len(back) != 5 {
-		t.Fatalf("%d back", len(back))
-	}
+	require.Len(t, readAll(c), 5, "echoed before the upstream went down")
 	up.conn.Close()
 	<-up.done
 	sendSeq(t, c, 5) // refused upstream: the proxy must survive it
@@ -370,7 +313,5 @@ func TestUpstreamDownAndBack(t *testing.T) {
 		}
 	}()
 	sendSeq(t, c, 5)
-	if back := readAll(c); len(back) != 5 {
-		t.Fatalf("after the upstream came back: %d back, want 5", len(back))
-	}
+	assert.Len(t, readAll(c), 5, "echoed after the upstream came back")
 }
