@@ -1,3 +1,5 @@
+// Configuration: Config, its defaults and its validation.
+
 package server
 
 import (
@@ -74,7 +76,6 @@ func DefaultConfig() Config {
 		ServerID:         DefaultServerID,
 	}
 }
-
 
 func validMs(d time.Duration) bool {
 	return d >= time.Millisecond && d/time.Millisecond <= math.MaxUint32

@@ -1,5 +1,7 @@
 //go:build !unix
 
+// The data directory's lock, on systems without flock.
+
 package server
 
 import (

@@ -1,5 +1,7 @@
 //go:build unix
 
+// The data directory's lock, so that two servers never share one state file: flock.
+
 package server
 
 import (

@@ -1,3 +1,6 @@
+// Isolation runs: the operator's isolation command, one goroutine per isolated
+// session, and the commands that tell the machine a run has ended.
+
 package server
 
 import (
@@ -65,4 +68,16 @@ func (s *Server) runIsolation(iso Isolation) error {
 		s.log.Error("isolation command failed", append(attrs, "err", err)...)
 	}
 	return err
+}
+
+// collectIsolations turns finished isolation runs into commands, without blocking.
+func (s *Server) collectIsolations() {
+	for {
+		select {
+		case sid := <-s.isoDone:
+			s.cmds = append(s.cmds, Command{Kind: KindIsolationDone, Session: sid, Tag: -1})
+		default:
+			return
+		}
+	}
 }

@@ -1,3 +1,6 @@
+// The server's network loop: New, Close and Abort, and the loop that reads a batch of
+// datagrams, applies it to the machine in one Apply and sends the replies.
+
 // Package server is the netmutex lock server: a network loop (one goroutine, batched UDP
 // I/O) around a deterministic lock state machine (Machine), with the little that must
 // survive a restart kept in a data directory.
@@ -87,13 +90,6 @@ type Server struct {
 	reserveOK bool
 	reserving bool             // a reservation is being written in the background
 	reserved  chan reservation // its outcome; buffered 1
-}
-
-// builder is the reply datagram being filled for one (address, session).
-type builder struct {
-	addr    netip.AddrPort
-	session uint64
-	msg     int // index in Server.out
 }
 
 // New opens the data directory, binds the socket and starts serving. Zero durations and
@@ -288,69 +284,6 @@ func (s *Server) stop(clean bool) error {
 // now is the loop's clock: monotonic nanoseconds since New.
 func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 
-// reservation is the outcome of a durable write of a new fence high-water mark.
-type reservation struct {
-	end uint64
-	err error
-}
-
-// reserve makes sure the machine can hand out at least need fences. When the current
-// block runs low, the next one is written in the background: an fsync costs
-// milliseconds, which every waiting client would otherwise see in its latency. Only
-// when the block is used up before that write is durable does the loop wait for it.
-func (s *Server) reserve(need int) error {
-	s.collectReservation(false)
-	left := s.m.FencesLeft()
-	if left >= uint64(need) && left > 0 {
-		if left < fenceBlock/2 && !s.reserving {
-			end := s.m.NextFence() + left + fenceBlock
-			s.reserving = true
-			go func() {
-				err := s.store.reserve(end)
-				s.reserved <- reservation{end, err}
-			}()
-		}
-		return nil
-	}
-	if s.reserving {
-		s.collectReservation(true)
-		if left = s.m.FencesLeft(); left >= uint64(need) && left > 0 {
-			return nil
-		}
-	}
-	end := s.m.NextFence() + fenceBlock + uint64(need)
-	if err := s.store.reserve(end); err != nil {
-		// The machine refuses grants (LOCK_DELAY) rather than use an unpersisted fence.
-		return err
-	}
-	s.m.SetFenceLimit(end)
-	return nil
-}
-
-// collectReservation takes the outcome of a background reservation, if one is done
-// (or, with wait, once it is), and lets the machine use the fences it made durable.
-func (s *Server) collectReservation(wait bool) {
-	if !s.reserving {
-		return
-	}
-	var r reservation
-	if wait {
-		r = <-s.reserved
-	} else {
-		select {
-		case r = <-s.reserved:
-		default:
-			return
-		}
-	}
-	s.reserving = false
-	if r.err != nil {
-		s.log.Error("cannot reserve fences ahead", "err", r.err)
-		return
-	}
-	s.m.SetFenceLimit(r.end)
-}
-
 func (s *Server) loop() {
 	defer close(s.loopDone)
 	defer s.collectReservation(true) // the store is the stopper's once the loop is done
@@ -393,7 +326,6 @@ func (s *Server) loop() {
 		}
 	}
 }
-
 
 // armDeadline keeps the read returning every tick while time alone can change the state
 // (locks to expire, sessions to time out, isolation runs to collect), and lets it block
@@ -442,190 +374,4 @@ func (s *Server) process(n int, now int64) {
 		}
 	}
 	s.encode(n == len(s.in))
-}
-
-// parse checks datagram i whole, then turns its frames into commands.
-func (s *Server) parse(i int) {
-	msg := &s.in[i]
-	if msg.N > wire.MaxDatagram {
-		s.stats.bad.Add(1)
-		return
-	}
-	d, err := wire.Parse(msg.Buf[:msg.N], false)
-	if err != nil {
-		s.stats.bad.Add(1)
-		return
-	}
-	before := len(s.cmds)
-	var f wire.Frame
-	for d.Next(&f) {
-		c := Command{Tag: int32(i), Session: d.Session, Floor: d.Floor, ID: f.ID}
-		switch f.Op {
-		case wire.OpPad:
-			continue
-		case wire.OpConnect:
-			c.Kind, c.Info = KindConnect, f.Info
-		case wire.OpPing:
-			c.Kind = KindPing
-		case wire.OpTouch:
-			c.Kind = KindTouch
-		case wire.OpDisconnect:
-			c.Kind = KindDisconnect
-		case wire.OpLock:
-			c.Kind, c.TTLMs, c.Key = KindLock, f.TTLMs, f.Key
-		case wire.OpUpdate:
-			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key
-		case wire.OpUnlock:
-			c.Kind, c.LockID, c.Key = KindUnlock, f.LockID, f.Key
-		case wire.OpUnlockAll:
-			c.Kind = KindUnlockAll
-		default:
-			continue // Parse admits only the request opcodes above
-		}
-		s.cmds = append(s.cmds, c)
-	}
-	s.stats.requests.Add(uint64(len(s.cmds) - before))
-}
-
-// redirect answers every request with REDIRECT, without touching the machine.
-// redirect answers a follower's batch. Only CONNECT, which arrives padded to 512
-// bytes, gets REDIRECT: a REDIRECT to a small frame would be larger than its request.
-// Everything else gets DISCONNECTED (PING its PONG), and the client, connecting again,
-// is redirected then.
-func (s *Server) redirect() {
-	for _, c := range s.cmds {
-		r := Result{Op: wire.OpDisconnected, Tag: c.Tag, Session: c.Session, ID: c.ID}
-		switch c.Kind {
-		case KindConnect:
-			r.Op = wire.OpRedirect
-		case KindPing:
-			r.Op = wire.OpPong
-		case KindIsolationDone:
-			continue
-		}
-		s.results = append(s.results, r)
-	}
-}
-
-// collectIsolations turns finished isolation runs into commands, without blocking.
-func (s *Server) collectIsolations() {
-	for {
-		select {
-		case sid := <-s.isoDone:
-			s.cmds = append(s.cmds, Command{Kind: KindIsolationDone, Session: sid, Tag: -1})
-		default:
-			return
-		}
-	}
-}
-
-// replySize is the size of the frame that encodes r.
-func (s *Server) replySize(r *Result) int {
-	switch r.Op {
-	case wire.OpConnected:
-		return wire.ConnectedSize(s.connected.Servers)
-	case wire.OpOK:
-		return wire.FrameHeaderSize + 8
-	case wire.OpError:
-		return wire.FrameHeaderSize + 4
-	case wire.OpRedirect:
-		return wire.FrameHeaderSize + 3 + len(s.cfg.Redirect.Addr)
-	}
-	return wire.FrameHeaderSize
-}
-
-func (s *Server) appendReply(b []byte, r *Result) []byte {
-	switch r.Op {
-	case wire.OpConnected:
-		s.connected.Session = r.Session
-		return wire.AppendConnected(b, r.ID, &s.connected)
-	case wire.OpOK:
-		return wire.AppendOK(b, r.ID, r.Fence)
-	case wire.OpError:
-		// No text: the code says it all, and an empty text keeps every ERROR within 8
-		// bytes of its request (no amplification).
-		return wire.AppendError(b, r.ID, r.Code, "")
-	case wire.OpRedirect:
-		return wire.AppendRedirect(b, r.ID, s.cfg.Redirect.ID, s.cfg.Redirect.Addr)
-	}
-	return wire.AppendEmpty(b, r.Op, r.ID)
-}
-
-// encode packs s.results into reply datagrams in s.out: all replies for one (address,
-// session) of the batch share datagrams, each reply goes to the address its request came
-// from, and busy sets FlagBusy on all of them.
-func (s *Server) encode(busy bool) {
-	s.out = s.out[:0]
-	s.builders = s.builders[:0]
-	var flags uint8
-	if busy {
-		flags = wire.FlagBusy
-	}
-	last := -1
-	for i := range s.results {
-		r := &s.results[i]
-		addr := s.in[r.Tag].Addr
-		bi := -1
-		if last >= 0 && s.builders[last].addr == addr && s.builders[last].session == r.Session {
-			bi = last
-		} else {
-			for j := range s.builders {
-				if s.builders[j].addr == addr && s.builders[j].session == r.Session {
-					bi = j
-					break
-				}
-			}
-		}
-		if bi < 0 {
-			s.builders = append(s.builders, builder{addr: addr, session: r.Session, msg: s.newDatagram(addr, r.Session, flags)})
-			bi = len(s.builders) - 1
-		}
-		last = bi
-		b := &s.builders[bi]
-		m := &s.out[b.msg]
-		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > wire.MaxDatagram {
-			m.Buf = wire.FinishDatagram(m.Buf)
-			b.msg = s.newDatagram(addr, r.Session, flags)
-			m = &s.out[b.msg]
-		}
-		m.Buf = s.appendReply(m.Buf, r)
-	}
-	for _, b := range s.builders {
-		m := &s.out[b.msg]
-		m.Buf = wire.FinishDatagram(m.Buf)
-	}
-	s.stats.replies.Add(uint64(len(s.results)))
-}
-
-// newDatagram starts a reply datagram in a reused buffer and returns its index in s.out.
-func (s *Server) newDatagram(addr netip.AddrPort, session uint64, flags uint8) int {
-	i := len(s.out)
-	if i == len(s.outBufs) {
-		s.outBufs = append(s.outBufs, make([]byte, 0, wire.MaxDatagram))
-	}
-	buf := wire.BeginDatagram(s.outBufs[i][:0], wire.Header{Flags: flags, Session: session})
-	s.out = append(s.out, batchio.Message{Buf: buf, Addr: addr})
-	return i
-}
-
-// send writes s.out, skipping a datagram the kernel refuses rather than stalling the loop.
-func (s *Server) send() {
-	for sent := 0; sent < len(s.out); {
-		n, err := s.bc.WriteBatch(s.out[sent:])
-		s.stats.syscallsOut.Add(1)
-		s.stats.datagramsOut.Add(uint64(n))
-		sent += n
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.stats.sendErrors.Add(1)
-			if sent < len(s.out) {
-				s.log.Debug("send failed", "to", s.out[sent].Addr.String(), "err", err)
-			}
-			sent++
-		} else if n == 0 {
-			return // nothing sent and no error: do not spin
-		}
-	}
 }

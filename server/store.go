@@ -1,3 +1,6 @@
+// The store: the state file of the data directory (boot count, fence high-water mark,
+// clean-stop flag), written atomically and durably.
+
 package server
 
 import (
@@ -29,11 +32,6 @@ const (
 	flagClean     = 1 << 0
 	flagLocksHeld = 1 << 1
 )
-
-// fenceBlock is how many fences one durable write reserves. One fsync (a millisecond or
-// so) per 65,536 grants costs nothing even at hundreds of thousands of grants a second,
-// and a crash wastes at most that many of 2^64 tokens.
-const fenceBlock = 1 << 16
 
 // Store errors.
 var (
@@ -96,7 +94,6 @@ type store struct {
 	st   state
 	// lockDelay: the last stop may have lost locks (unclean, or clean with locks held).
 	lockDelay bool
-	fresh     bool
 }
 
 // openStore reads the data directory, creating it if needed, and at once records this
@@ -123,7 +120,6 @@ func (s *store) load() error {
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		s.fresh = true
 		s.st = state{boot: 1, fenceHW: 1}
 	case err != nil:
 		return fmt.Errorf("server: read state: %w", err)

@@ -1,0 +1,86 @@
+// The expiry heap: the held entries ordered by deadline, so that Apply finds the locks
+// whose TTL ran out in O(log n) each. Part of the Machine.
+
+package server
+
+// expireLocks isolates the holder of every lock whose deadline is not after now.
+func (m *Machine) expireLocks(now int64) {
+	for len(m.expiry) > 0 && m.expiry[0].deadline <= now {
+		e := m.expiry[0]
+		m.heapRemove(e)
+		m.isolate(e.sess)
+	}
+}
+
+// Expiry heap: a binary min-heap of entries by deadline; each entry knows its index, so
+// UPDATE and release fix or remove it in O(log n) without lazy garbage.
+
+func (m *Machine) heapPush(e *entry) {
+	e.heapIdx = len(m.expiry)
+	m.expiry = append(m.expiry, e)
+	m.heapUp(e.heapIdx)
+}
+
+func (m *Machine) heapRemove(e *entry) {
+	i := e.heapIdx
+	if i < 0 {
+		return
+	}
+	last := len(m.expiry) - 1
+	if i != last {
+		m.heapSwap(i, last)
+	}
+	m.expiry[last] = nil
+	m.expiry = m.expiry[:last]
+	e.heapIdx = -1
+	if i != last {
+		m.heapDown(i)
+		m.heapUp(i)
+	}
+}
+
+func (m *Machine) heapFix(e *entry) {
+	if e.heapIdx >= 0 {
+		m.heapDown(e.heapIdx)
+		m.heapUp(e.heapIdx)
+	}
+}
+
+func (m *Machine) heapSwap(i, j int) {
+	h := m.expiry
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+
+func (m *Machine) heapUp(i int) {
+	h := m.expiry
+	for i > 0 {
+		p := (i - 1) / 2
+		if h[p].deadline <= h[i].deadline {
+			break
+		}
+		m.heapSwap(i, p)
+		i = p
+	}
+}
+
+func (m *Machine) heapDown(i int) {
+	h := m.expiry
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		c := l
+		if r := l + 1; r < n && h[r].deadline < h[l].deadline {
+			c = r
+		}
+		if h[i].deadline <= h[c].deadline {
+			return
+		}
+		m.heapSwap(i, c)
+		i = c
+	}
+}

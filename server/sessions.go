@@ -1,0 +1,118 @@
+// Sessions: the session record, its list of held entries, the LRU of sessions by
+// last-seen time that session timeouts walk, and the end of a session. Part of the
+// Machine; owned by whoever owns the Machine.
+
+package server
+
+type session struct {
+	id        uint64
+	nonce     uint64
+	info      string
+	lastSeen  int64
+	floor     uint64
+	isolated  bool // every request gets ISOLATED
+	isolating bool // its isolation command runs; its keys stay held until it ends
+	released  []uint64
+	nlocks    int
+	locks     *entry // head of the held entries
+	// LRU list ordered by lastSeen, oldest first.
+	prev, next *session
+}
+
+// link adds e to the entries s holds.
+func (s *session) link(e *entry) {
+	e.prev, e.next = nil, s.locks
+	if s.locks != nil {
+		s.locks.prev = e
+	}
+	s.locks = e
+	s.nlocks++
+}
+
+// unlink removes e from the entries s holds.
+func (s *session) unlink(e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		s.locks = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	}
+	e.prev, e.next = nil, nil
+	s.nlocks--
+}
+
+// LRU of sessions by last-seen time. now never goes backwards, so moving a session to
+// the tail on every request keeps the list sorted.
+
+// touch records that s was heard from at now.
+func (m *Machine) touch(s *session, now int64) {
+	s.lastSeen = now
+	if m.lruTail == s {
+		return
+	}
+	m.lruRemove(s)
+	m.lruPush(s)
+}
+
+func (m *Machine) lruPush(s *session) {
+	s.prev, s.next = m.lruTail, nil
+	if m.lruTail != nil {
+		m.lruTail.next = s
+	} else {
+		m.lruHead = s
+	}
+	m.lruTail = s
+}
+
+func (m *Machine) lruRemove(s *session) {
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		m.lruHead = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else {
+		m.lruTail = s.prev
+	}
+	s.prev, s.next = nil, nil
+}
+
+// expireSessions closes sessions silent for SessionTimeout. One that holds locks is
+// isolated instead, and one whose isolation command still runs waits for it; both are
+// looked at again one timeout later.
+func (m *Machine) expireSessions(now int64) {
+	if m.cfg.SessionTimeout <= 0 {
+		return // no timeout configured
+	}
+	for s := m.lruHead; s != nil && now-s.lastSeen >= m.cfg.SessionTimeout; s = m.lruHead {
+		switch {
+		case s.nlocks > 0 && !s.isolated:
+			m.isolate(s)
+			m.touch(s, now)
+		case s.isolating:
+			m.touch(s, now)
+		default:
+			m.deleteSession(s)
+		}
+	}
+}
+
+// deleteSession ends s: its locks are released and it is forgotten.
+func (m *Machine) deleteSession(s *session) {
+	m.releaseAll(s)
+	m.lruRemove(s)
+	delete(m.sessions, s.id)
+	delete(m.nonces, s.nonce)
+}
+
+// Sessions is the number of sessions, isolated ones included.
+func (m *Machine) Sessions() int { return len(m.sessions) }
+
+// Isolated tells whether session exists and is isolated.
+func (m *Machine) Isolated(session uint64) bool {
+	s := m.sessions[session]
+	return s != nil && s.isolated
+}
