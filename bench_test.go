@@ -95,10 +95,13 @@ func BenchmarkUpdate(b *testing.B) {
 }
 
 func BenchmarkEncodeLock(b *testing.B) {
-	r := acquireRequest(wire.OpLock, 1, 0, 0)
+	var c serverConn
+	c.requests.init(&c)
+	r := c.requests.acquire(wire.OpLock, 1, 0, 0)
+	p := params{op: wire.OpLock, key: "job:123456", ttlMs: 60000}
 	b.ReportAllocs()
 	for b.Loop() {
-		r.encodeLock("job:123456", 60000)
+		p.encode(r)
 	}
 }
 

@@ -1,3 +1,5 @@
+// Stage: the in-flight table. The send loop claims a slot per request id; the receive
+// loop finds the waiter of a reply by its id there.
 package netmutex
 
 import "sync/atomic"

@@ -1,16 +1,21 @@
+// Stage: the pooled request record. One caller's pending operation from the moment it
+// is encoded until its result is taken: the state word that decides who completes it,
+// the two references that decide who recycles it, and the channel that wakes its caller.
 package netmutex
 
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/netmutex/netmutex/internal/wire"
 	"github.com/valyala/bytebufferpool"
 )
 
-// framePool holds encoded request frames. A pool of its own, so that its size
-// calibration learns our frame sizes and nobody else's.
-var framePool bytebufferpool.Pool
+var epoch = time.Now()
+
+// nanotime is a monotonic clock that does not allocate.
+func nanotime() int64 { return int64(time.Since(epoch)) }
 
 // Values of request.state besides the request id it holds while in flight.
 const (
@@ -20,16 +25,18 @@ const (
 )
 
 // request is one caller's pending operation: its encoded frame, the retry pacing, and
-// the slot its result comes back in. Records are pooled; whoever finishes last
-// recycles (see release).
+// the slot its result comes back in. Records are pooled per connection; whoever
+// finishes last recycles (see release).
 type request struct {
 	// state is stateQueued until the send loop gives the request its id, then that id
 	// until someone completes it (the receive loop with a reply, the send loop with a
 	// time-out, the caller with a cancellation) by swapping it away. Holding the full id
-	// makes a reply meant for an earlier use of this record fail the swap.
+	// makes a reply meant for an earlier use of this record fail the swap: ids only grow
+	// on a connection, and a record never leaves the connection it was made for.
 	state atomic.Uint64
 	refs  atomic.Int32  // the caller's and the send loop's
 	done  chan struct{} // buffered 1: the completer never blocks
+	conn  *serverConn   // the connection whose pool made it; never changes
 
 	frame *bytebufferpool.ByteBuffer // the frame, request id left 0 for the sender
 	op    wire.Op
@@ -61,15 +68,23 @@ type result struct {
 	err     error  // a local outcome: time-out, cancellation, shutdown
 }
 
-// A record keeps the frame buffer it was born with: taking one from framePool per
-// request would cost a second pool round trip for nothing.
-var requestPool = sync.Pool{New: func() any {
-	return &request{done: make(chan struct{}, 1), frame: framePool.Get()}
-}}
+// framePool holds encoded request frames: taken when a record is acquired, returned when
+// it is recycled, so that its calibration learns our frame sizes and nobody else's.
+var framePool bytebufferpool.Pool
 
-// acquireRequest returns a record with two references: the caller's and the send loop's.
-func acquireRequest(op wire.Op, attempts int, timeout, deadline int64) *request {
-	r := requestPool.Get().(*request)
+// requestPool makes the records of one connection. A pool per connection, not one per
+// process: ids are counted per connection, so a record that moved between connections
+// could meet a late reply carrying the id of its new use.
+type requestPool struct{ pool sync.Pool }
+
+func (p *requestPool) init(c *serverConn) {
+	p.pool.New = func() any { return &request{done: make(chan struct{}, 1), conn: c} }
+}
+
+// acquire returns a record with two references: the caller's and the send loop's.
+func (p *requestPool) acquire(op wire.Op, attempts int, timeout, deadline int64) *request {
+	r := p.pool.Get().(*request)
+	r.frame = framePool.Get()
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
 	r.id, r.session, r.sent, r.firstSent, r.attemptEnd = 0, 0, 0, 0, 0
@@ -79,13 +94,15 @@ func acquireRequest(op wire.Op, attempts int, timeout, deadline int64) *request 
 	return r
 }
 
-// release drops one reference; the last one recycles the record.
+// release drops one reference; the last one recycles the record and its frame.
 func (r *request) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
 	r.key = ""
-	requestPool.Put(r)
+	framePool.Put(r.frame)
+	r.frame = nil
+	r.conn.requests.pool.Put(r)
 }
 
 // complete hands res to the caller if the request is still waiting as from. It reports
@@ -113,35 +130,24 @@ func (r *request) cancel() bool {
 	}
 }
 
-// Encoders: the frame is written with request id 0; the send loop patches in the id.
-
-func (r *request) encodeLock(key string, ttlMs uint32) {
-	r.key = key
-	r.frame.B = wire.AppendLock(r.frame.B[:0], 0, ttlMs, key)
-}
-
-func (r *request) encodeUpdate(lockID uint64, key string, ttlMs uint32) {
-	r.frame.B = wire.AppendUpdate(r.frame.B[:0], 0, lockID, ttlMs, key)
-}
-
-func (r *request) encodeUnlock(lockID uint64, key string) {
-	r.frame.B = wire.AppendUnlock(r.frame.B[:0], 0, lockID, key)
-}
-
-func (r *request) encodeEmpty(op wire.Op) {
-	r.frame.B = wire.AppendEmpty(r.frame.B[:0], op, 0)
-}
-
-// replyResult turns a decoded reply frame into a result.
-func replyResult(f *wire.Frame, session uint64) result {
-	res := result{op: f.Op, id: f.ID, session: session}
-	switch f.Op {
-	case wire.OpOK:
-		res.fence = f.Fence
-	case wire.OpError:
-		res.code = f.Code
-	case wire.OpRedirect:
-		res.addr = string(f.Addr) // rare: a follower's answer
-	}
+// finish takes the result and drops the caller's reference. Only the caller calls it,
+// once it has the result (from done, or by a cancel it won).
+func (r *request) finish() result {
+	res := r.res
+	r.release()
 	return res
+}
+
+// failLocal completes r with a local outcome unless someone else already did; err nil
+// means "session lost", which the caller treats as DISCONNECTED.
+func (r *request) failLocal(err error) bool {
+	from := r.state.Load()
+	if from == stateDone || from == stateCancelled {
+		return false
+	}
+	res := result{err: err}
+	if err == nil {
+		res = result{op: wire.OpDisconnected, session: r.session}
+	}
+	return r.complete(from, res)
 }

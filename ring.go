@@ -1,23 +1,30 @@
+// Stage: the ring. Callers push their requests into it; the send loop drains it.
 package netmutex
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
 
 // ring is a bounded lock-free multi-producer, single-consumer queue of requests
 // (Vyukov's bounded queue): any caller pushes, only the send loop drains.
 type ring struct {
-	_     [64]byte
+	_     cpu.CacheLinePad
 	head  atomic.Uint64 // next position to push; producers race on it
-	_     [56]byte
+	_     cpu.CacheLinePad
 	tail  uint64 // next position to pop; the send loop's alone
-	_     [56]byte
+	_     cpu.CacheLinePad
 	mask  uint64
 	slots []ringSlot
 }
 
+// ringSlot fills a cache line, so producers on neighbouring slots do not collide.
 type ringSlot struct {
 	seq atomic.Uint64 // pos when free for push at pos, pos+1 when filled for pop at pos
 	req *request
-	_   [48]byte // a slot per cache line: producers on neighbouring slots do not collide
+	_   [unsafe.Sizeof(cpu.CacheLinePad{}) - 16]byte
 }
 
 // newRing makes a ring of size slots; size must be a power of two.

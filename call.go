@@ -1,0 +1,178 @@
+// Stage: the shared implementation of the public calls. Both forms of each call (the
+// original's retries and timeout, and the context's) come here with a pacing; the
+// arguments are checked before anything is sent, one exchange runs, and its result
+// becomes the Lock's state and the caller's error.
+package netmutex
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// pacing is how one call retries: attempts of timeout ns each, an absolute deadline
+// (nanotime, 0 = none) and a context for cancellation (nil = none).
+type pacing struct {
+	attempts int
+	timeout  int64
+	deadline int64
+	ctx      context.Context
+}
+
+func contextPacing(ctx context.Context, retries int, timeout time.Duration) pacing {
+	if retries <= 0 {
+		retries = DefaultRetries
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	pc := pacing{attempts: retries, timeout: int64(timeout)}
+	if ctx.Done() != nil {
+		pc.ctx = ctx
+	}
+	if d, ok := ctx.Deadline(); ok {
+		pc.deadline = nanotime() + int64(time.Until(d))
+		// Spend what the context allows, not less: attempts end at the deadline.
+		pc.attempts = math.MaxInt32
+	}
+	return pc
+}
+
+func (nm *NetMutex) lock(pc *pacing, l *Lock, key string, ttl time.Duration) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	if l == nil {
+		return ErrNilLock
+	}
+	if key == "" {
+		return ErrEmptyKey
+	}
+	if len(key) > MaxKeySize {
+		return ErrLongKey
+	}
+	ttlMs, err := nm.ttlMillis(ttl)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.id != 0 && !nm.lost(l) {
+		return ErrLockInUse
+	}
+	res, c := nm.exchange(pc, &params{op: wire.OpLock, key: key, ttlMs: ttlMs})
+	if res.err == nil && res.op == wire.OpOK {
+		l.set(key, res.id, res.fence, res.session, c)
+		return nil
+	}
+	return resultErr(res)
+}
+
+func (nm *NetMutex) update(pc *pacing, l *Lock, ttl time.Duration) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	if l == nil {
+		return ErrNilLock
+	}
+	ttlMs, err := nm.ttlMillis(ttl)
+	if err != nil {
+		return err
+	}
+	return nm.onHeld(pc, l, wire.OpUpdate, ttlMs)
+}
+
+func (nm *NetMutex) unlock(pc *pacing, l *Lock) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	if l == nil {
+		return ErrNilLock
+	}
+	return nm.onHeld(pc, l, wire.OpUnlock, 0)
+}
+
+// onHeld sends an UPDATE or UNLOCK of the lock l holds. A lock the server no longer
+// knows, or whose holder is isolated, leaves l empty; so does a successful UNLOCK.
+func (nm *NetMutex) onHeld(pc *pacing, l *Lock, op wire.Op, ttlMs uint32) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.id == 0 {
+		return ErrNotLocked
+	}
+	if nm.lost(l) {
+		l.reset()
+		return ErrLockLost
+	}
+	res, _ := nm.exchange(pc, &params{op: op, key: l.key, lockID: l.id, ttlMs: ttlMs})
+	if res.err == nil && res.op == wire.OpOK {
+		if op == wire.OpUnlock {
+			l.reset()
+		}
+		return nil
+	}
+	err := resultErr(res)
+	if err == ErrLockLost || err == ErrIsolated {
+		l.reset()
+	}
+	return err
+}
+
+func (nm *NetMutex) unlockAll(pc *pacing) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	res, _ := nm.exchange(pc, &params{op: wire.OpUnlockAll})
+	if res.err == nil && res.op == wire.OpPong { // UNLOCKALL's empty acknowledgement
+		return nil
+	}
+	return resultErr(res)
+}
+
+func (nm *NetMutex) close(pc *pacing) error {
+	if nm.closed.Swap(true) {
+		return ErrDisconnected
+	}
+	nm.switchMu.Lock()
+	defer nm.switchMu.Unlock()
+	c := nm.conn.Load()
+	var err error
+	if c.session.Load() != 0 && !c.isolated.Load() {
+		c.leaving.Store(true) // DISCONNECTED is now the answer we want, not a reason to reconnect
+		r := c.requests.acquire(wire.OpDisconnect, pc.attempts, pc.timeout, pc.deadline)
+		(&params{op: wire.OpDisconnect}).encode(r)
+		res := c.roundTrip(r, pc.ctx)
+		if res.err != nil {
+			err = res.err
+		}
+	}
+	c.close()
+	return err
+}
+
+// lost reports whether l's session is gone: the server restarted or forgot it, or the
+// client moved to another server.
+func (nm *NetMutex) lost(l *Lock) bool {
+	c := nm.conn.Load()
+	return l.conn != c || c.session.Load() != l.session
+}
+
+// ttlMillis converts ttl for the wire, rounding up: the server's lease must not end
+// before the one the caller asked for.
+func (nm *NetMutex) ttlMillis(ttl time.Duration) (uint32, error) {
+	if ttl <= 0 {
+		return 0, ErrWrongTTL
+	}
+	ms := (ttl + time.Millisecond - 1) / time.Millisecond
+	if ms > math.MaxUint32 {
+		return 0, ErrWrongTTL
+	}
+	if c := nm.conn.Load(); c != nil {
+		if si := c.server.Load(); si != nil && si.maxTTL > 0 && ms*time.Millisecond > si.maxTTL {
+			return 0, ErrTTLTooLong
+		}
+	}
+	return uint32(ms), nil
+}

@@ -1,0 +1,146 @@
+// Stage: choosing a server. Connecting to the first of several addresses that answers,
+// following a REDIRECT, re-sending on a new session when the server forgot ours, and
+// failing over to another server of the cluster when one stops answering.
+package netmutex
+
+import (
+	"time"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// maxHops bounds how often one call follows a redirect or re-sends on a new session.
+const maxHops = 4
+
+// exchange runs one operation to its result. A LOCK or UNLOCKALL answered with
+// DISCONNECTED (the server forgot the session) is sent again on the new session; a
+// REDIRECT is followed; a server that stopped answering is left for another.
+func (nm *NetMutex) exchange(pc *pacing, p *params) (result, *serverConn) {
+	for hop := 0; ; hop++ {
+		c := nm.conn.Load()
+		if c.isolated.Load() {
+			return result{op: wire.OpIsolated}, c
+		}
+		r := c.requests.acquire(p.op, pc.attempts, pc.timeout, pc.deadline)
+		p.encode(r)
+		res := c.roundTrip(r, pc.ctx)
+		if hop < maxHops && !nm.closed.Load() {
+			switch {
+			case res.op == wire.OpRedirect:
+				if nm.switchTo(c, []string{res.addr}, pc) {
+					continue
+				}
+			case res.op == wire.OpDisconnected && (p.op == wire.OpLock || p.op == wire.OpUnlockAll):
+				continue
+			case res.err == ErrTooMuchRetries:
+				nm.failover(c, pc)
+			}
+		}
+		return res, c
+	}
+}
+
+// connect dials every address at once and keeps the first that answers with a session,
+// following redirects.
+func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
+	notify := make(chan struct{}, 1)
+	var conns []*serverConn
+	dialed := map[string]bool{}
+	dial := func(a string) {
+		if dialed[a] || len(dialed) >= wire.MaxServers {
+			return
+		}
+		dialed[a] = true
+		if c, err := dialServer(a, nm.info, time.Duration(pc.timeout), notify, nm.unbatched); err == nil {
+			conns = append(conns, c)
+		}
+	}
+	for _, a := range addrs {
+		dial(a)
+	}
+	wait := time.Duration(pc.attempts) * time.Duration(pc.timeout)
+	if pc.deadline != 0 {
+		wait = min(wait, time.Duration(pc.deadline-nanotime()))
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var done <-chan struct{}
+	if pc.ctx != nil {
+		done = pc.ctx.Done()
+	}
+	var winner *serverConn
+	for winner == nil && len(conns) > 0 {
+		for i := 0; i < len(conns) && winner == nil; i++ {
+			if conns[i].session.Load() != 0 {
+				winner = conns[i]
+			} else if p := conns[i].redirect.Swap(nil); p != nil {
+				dial(*p)
+			}
+		}
+		if winner != nil {
+			break
+		}
+		select {
+		case <-notify:
+		case <-timer.C:
+			conns = closeAll(conns, nil)
+		case <-done:
+			conns = closeAll(conns, nil)
+		}
+	}
+	closeAll(conns, winner)
+	if winner == nil {
+		if pc.ctx != nil && pc.ctx.Err() != nil {
+			return nil, pc.ctx.Err()
+		}
+		return nil, ErrNoServers
+	}
+	return winner, nil
+}
+
+func closeAll(conns []*serverConn, keep *serverConn) []*serverConn {
+	for _, c := range conns {
+		if c != keep {
+			c.close()
+		}
+	}
+	return nil
+}
+
+// switchTo moves to the first of addrs that answers, unless another call already moved
+// away from old. It reports whether the NetMutex is now on a server other than old.
+func (nm *NetMutex) switchTo(old *serverConn, addrs []string, pc *pacing) bool {
+	nm.switchMu.Lock()
+	defer nm.switchMu.Unlock()
+	if nm.closed.Load() {
+		return false
+	}
+	if nm.conn.Load() != old {
+		return true
+	}
+	sub := *pc
+	sub.attempts = min(pc.attempts, 3)
+	c, err := nm.connect(&sub, addrs)
+	if err != nil {
+		return false
+	}
+	nm.conn.Store(c)
+	nm.servers = c.clusterAddrs(nm.servers)
+	old.close()
+	return true
+}
+
+// failover leaves a server that stopped answering for another one of the cluster.
+func (nm *NetMutex) failover(old *serverConn, pc *pacing) {
+	nm.switchMu.Lock()
+	var others []string
+	for _, a := range nm.servers {
+		if a != old.addr {
+			others = append(others, a)
+		}
+	}
+	nm.switchMu.Unlock()
+	if len(others) > 0 {
+		nm.switchTo(old, others, pc)
+	}
+}

@@ -1,0 +1,78 @@
+// Stage: the client's side of the wire. An operation is encoded into its request's
+// pooled buffer (with request id 0: the send loop patches the id in), and a reply frame
+// is turned into a result, and a result into the caller's error.
+package netmutex
+
+import (
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// params is one operation's content.
+type params struct {
+	op     wire.Op
+	key    string
+	lockID uint64
+	ttlMs  uint32
+}
+
+// encode writes p's frame into r's buffer.
+func (p *params) encode(r *request) {
+	b := r.frame.B[:0]
+	switch p.op {
+	case wire.OpLock:
+		r.key = p.key // for the clean-up UNLOCK if the caller gives up on it
+		b = wire.AppendLock(b, 0, p.ttlMs, p.key)
+	case wire.OpUpdate:
+		b = wire.AppendUpdate(b, 0, p.lockID, p.ttlMs, p.key)
+	case wire.OpUnlock:
+		b = wire.AppendUnlock(b, 0, p.lockID, p.key)
+	default:
+		b = wire.AppendEmpty(b, p.op, 0)
+	}
+	r.frame.B = b
+}
+
+// replyResult turns a decoded reply frame into a result.
+func replyResult(f *wire.Frame, session uint64) result {
+	res := result{op: f.Op, id: f.ID, session: session}
+	switch f.Op {
+	case wire.OpOK:
+		res.fence = f.Fence
+	case wire.OpError:
+		res.code = f.Code
+	case wire.OpRedirect:
+		res.addr = string(f.Addr) // rare: a follower's answer
+	}
+	return res
+}
+
+// resultErr maps a result other than success to its error.
+func resultErr(res result) error {
+	if res.err != nil {
+		return res.err
+	}
+	switch res.op {
+	case wire.OpLocked:
+		return ErrLocked
+	case wire.OpIsolated:
+		return ErrIsolated
+	case wire.OpDisconnected:
+		return ErrLockLost
+	case wire.OpRedirect:
+		return ErrNoServers
+	case wire.OpError:
+		switch res.code {
+		case wire.CodeBadTTL:
+			return ErrWrongTTL
+		case wire.CodeTTLTooLong:
+			return ErrTTLTooLong
+		case wire.CodeLockDelay:
+			return ErrLockDelay
+		case wire.CodeNotHeld:
+			return ErrLockLost
+		case wire.CodeBadIsolationInfo:
+			return ErrLongIsolationInfo
+		}
+	}
+	return ErrRefused
+}

@@ -1,0 +1,310 @@
+// Stage: one server connection. Its socket (behind the batchConn seam), its two loops,
+// the CONNECT handshake that gives it a session, the caller's entry point roundTrip,
+// and close.
+package netmutex
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/wire"
+	"golang.org/x/sys/cpu"
+)
+
+// batchConn is the socket the loops use: batchio's batched UDP socket, or an in-memory
+// one in unit tests (as quic-go's newConn takes a batchConn). Close unblocks a
+// ReadBatch in progress with an error.
+type batchConn interface {
+	batchio.Conn
+	Close() error
+}
+
+// udpConn is a connected UDP socket behind batchio.
+type udpConn struct {
+	batchio.Conn
+	sock *net.UDPConn
+}
+
+func (u udpConn) Close() error { return u.sock.Close() }
+
+var _ batchConn = udpConn{}
+
+const (
+	// ringSize equals the in-flight table, so a push fails only when that many callers
+	// are already waiting on one connection.
+	ringSize = inflightSize
+	// connRetryMin is the first wait before a CONNECT is sent again: a server that is
+	// just starting is found within it, and a lost CONNECT costs no more.
+	connRetryMin = int64(50 * time.Millisecond)
+	// fullRingYields is how often a caller facing a full ring yields before it sleeps
+	// fullRingPause between tries: the send loop drains thousands per millisecond, so a
+	// full ring is a burst that clears quickly, and sleeping frees the core it needs.
+	fullRingYields = 16
+	fullRingPause  = 50 * time.Microsecond
+)
+
+// serverInfo is what a CONNECTED reply told about the server.
+type serverInfo struct {
+	maxTTL           time.Duration
+	sessionTimeout   time.Duration
+	retransmitWindow time.Duration
+	servers          []wire.Server
+}
+
+// serverConn is one UDP socket to one server with its two loops: sendLoop drains the
+// ring into datagrams, recvLoop hands replies to their waiters.
+type serverConn struct {
+	addr     string
+	bc       batchConn
+	ring     *ring
+	table    inflight
+	requests requestPool
+	info     string // IsolationInfo sent with CONNECT
+
+	session   atomic.Uint64 // 0 while there is none: the sender then connects
+	isolated  atomic.Bool
+	leaving   atomic.Bool // a DISCONNECT is under way: do not connect again
+	server    atomic.Pointer[serverInfo]
+	redirect  atomic.Pointer[string] // set when a CONNECT was answered with REDIRECT
+	connected chan struct{}          // buffered 1: signalled on CONNECTED or REDIRECT
+	connNonce atomic.Uint64
+	connWait  atomic.Int64 // ns between CONNECT attempts, at most
+
+	sleeping atomic.Bool
+	wake     chan struct{}
+	closing  atomic.Bool
+	stopped  atomic.Bool
+	busy     atomic.Bool
+	wg       sync.WaitGroup
+
+	stats connStats
+
+	// Owned by the send loop.
+	pk          packer
+	list        []*request // every request the sender holds a reference to
+	nextID      uint64
+	floor       uint64
+	lastScan    int64
+	lastSend    int64
+	connSent    int64 // when the last CONNECT left, 0 = none in flight
+	connBackoff int64 // wait before the next CONNECT
+	cleanups    []cleanup
+
+	// Owned by the receive loop.
+	in []batchio.Message
+}
+
+// connStats are counters for the benchmark and tests. The send loop's and the receive
+// loop's are padded onto cache lines of their own, so the two loops do not bounce one
+// line between cores.
+type connStats struct {
+	_                                               cpu.CacheLinePad
+	framesOut, datagramsOut, sendCalls, retransmits atomic.Uint64
+	_                                               cpu.CacheLinePad
+	framesIn, datagramsIn, recvCalls, badIn, busy   atomic.Uint64
+	_                                               cpu.CacheLinePad
+}
+
+// dialServer opens a socket to addr and starts its loops, which connect at once.
+// notify is signalled when a CONNECT is answered.
+func dialServer(addr, info string, connectWait time.Duration, notify chan struct{}, unbatched bool) (*serverConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	sock, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		return nil, err
+	}
+	batchio.SetBuffers(sock)
+	bc, err := batchio.New(sock)
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	c := newServerConn(addr, udpConn{bc, sock}, info, connectWait, notify, unbatched)
+	c.start()
+	return c, nil
+}
+
+// newServerConn makes a connection over bc without starting its loops.
+func newServerConn(addr string, bc batchConn, info string, connectWait time.Duration, notify chan struct{}, unbatched bool) *serverConn {
+	c := &serverConn{
+		addr:      addr,
+		bc:        bc,
+		ring:      newRing(ringSize),
+		info:      info,
+		connected: notify,
+		wake:      make(chan struct{}, 1),
+		list:      make([]*request, 0, inflightSize),
+		nextID:    1,
+		floor:     1,
+		in:        make([]batchio.Message, batchio.MaxBatch),
+	}
+	c.requests.init(c)
+	c.pk.init(bc, &c.stats, unbatched)
+	for i := range c.in {
+		// Room for a datagram larger than we ever expect, so an oversized one is seen
+		// whole and rejected by its length check rather than truncated.
+		c.in[i].Buf = make([]byte, 2*wire.MaxDatagram)
+	}
+	c.connWait.Store(int64(connectWait))
+	return c
+}
+
+func (c *serverConn) start() {
+	c.wg.Add(2)
+	go c.sendLoop()
+	go c.recvLoop()
+}
+
+// close stops both loops and closes the socket; waiting requests get ErrDisconnected.
+func (c *serverConn) close() {
+	if c.closing.Swap(true) {
+		c.wg.Wait()
+		return
+	}
+	c.wakeSender()
+	c.bc.Close()
+	c.wg.Wait()
+}
+
+func (c *serverConn) wakeSender() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// roundTrip sends r and waits for its result; ctx, if not nil, can cancel the wait.
+func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
+	if err := c.push(r, ctx); err != nil {
+		r.res = result{err: err}
+		r.release() // the send loop's reference: it never saw r
+		return r.finish()
+	}
+	if c.sleeping.Load() && c.sleeping.CompareAndSwap(true, false) {
+		c.wakeSender()
+	}
+	if c.stopped.Load() && r.cancel() {
+		// The sender may have gone before it saw r; nobody else will answer.
+		r.res = result{err: ErrDisconnected}
+		return r.finish()
+	}
+	if ctx == nil {
+		<-r.done
+		return r.finish()
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		if r.cancel() {
+			r.res = result{err: ctx.Err()}
+			return r.finish()
+		}
+		<-r.done
+	}
+	return r.finish()
+}
+
+// push puts r in the ring. A full ring means ringSize callers already wait on this
+// connection: the caller waits for room, never dropping r, until its context ends, its
+// deadline passes, or the time its attempts would have taken runs out.
+func (c *serverConn) push(r *request, ctx context.Context) error {
+	var giveUp int64
+	for tries := 0; !c.ring.push(r); tries++ {
+		if c.stopped.Load() || c.closing.Load() {
+			return ErrDisconnected
+		}
+		if ctx != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		now := nanotime()
+		if r.deadline != 0 && now >= r.deadline {
+			return errDeadline
+		}
+		if giveUp == 0 {
+			giveUp = now + int64(r.attempts)*r.timeout
+		} else if now >= giveUp {
+			return ErrTooMuchRetries
+		}
+		if tries < fullRingYields {
+			runtime.Gosched()
+		} else {
+			time.Sleep(fullRingPause)
+		}
+	}
+	return nil
+}
+
+// The CONNECT handshake.
+
+// maybeConnect sends a CONNECT when none is in flight or the last one went unanswered.
+// Retransmissions start at connRetryMin and double up to the caller's timeout: a
+// server that is just starting is found at once, a dead one is not flooded. Only the
+// send loop calls it.
+func (c *serverConn) maybeConnect(now int64) {
+	if c.connSent != 0 && now-c.connSent < c.connBackoff {
+		return
+	}
+	if c.connSent == 0 {
+		c.connNonce.Store(rand.Uint64() | 1) // a new nonce per session wanted
+		c.connBackoff = connRetryMin
+	} else {
+		c.connBackoff = min(2*c.connBackoff, c.connWait.Load())
+	}
+	c.connSent = now
+	buf := wire.BeginDatagram(c.pk.ownDatagram(), wire.Header{})
+	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info)
+	if pad := wire.MinConnectDatagram - (len(buf) + wire.TrailerSize); pad > 0 {
+		buf = wire.AppendPad(buf, max(pad, wire.FrameHeaderSize))
+	}
+	c.pk.addDatagram(wire.FinishDatagram(buf), 1)
+}
+
+// handleConnectReply takes a CONNECTED or a REDIRECT answering our CONNECT. Only the
+// receive loop calls it.
+func (c *serverConn) handleConnectReply(f *wire.Frame) {
+	if f.ID != c.connNonce.Load() || c.session.Load() != 0 {
+		return // a duplicate, or the reply to an earlier attempt
+	}
+	if f.Op == wire.OpRedirect {
+		addr := string(f.Addr)
+		c.redirect.Store(&addr)
+	} else {
+		con := f.Connected()
+		c.server.Store(&serverInfo{
+			maxTTL:           time.Duration(con.MaxTTLMs) * time.Millisecond,
+			sessionTimeout:   time.Duration(con.SessionTimeoutMs) * time.Millisecond,
+			retransmitWindow: time.Duration(con.RetransmitWindowMs) * time.Millisecond,
+			servers:          con.Servers,
+		})
+		c.session.Store(con.Session)
+	}
+	select {
+	case c.connected <- struct{}{}:
+	default:
+	}
+	if c.sleeping.CompareAndSwap(true, false) {
+		c.wakeSender()
+	}
+}
+
+// clusterAddrs returns the cluster's addresses as the server told them, or fallback.
+func (c *serverConn) clusterAddrs(fallback []string) []string {
+	si := c.server.Load()
+	if si == nil || len(si.servers) == 0 {
+		return fallback
+	}
+	addrs := make([]string, 0, len(si.servers))
+	for _, s := range si.servers {
+		addrs = append(addrs, s.Addr)
+	}
+	return addrs
+}

@@ -1,0 +1,172 @@
+// Stage: retransmission. One deadline scan per connection, run by the send loop,
+// instead of a timer per request: it resends what went unanswered (same id), gives up on
+// what ran out of attempts or past its deadline, owes a clean-up UNLOCK for a LOCK given
+// up on after it left, and keeps the session alive with TOUCH.
+package netmutex
+
+import (
+	"runtime"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// scanInterval is how often the send loop walks its requests for retransmission
+// deadlines: one walk per connection instead of a timer per request. It bounds how late
+// a retransmission can be; a millisecond is far below any sensible attempt timeout.
+const scanInterval = int64(time.Millisecond)
+
+// cleanup is an UNLOCK owed for a LOCK given up on after it was sent: it may have been
+// granted, and an orphaned lock would expire and isolate the session.
+type cleanup struct {
+	lockID uint64
+	key    string
+}
+
+// scan walks every held request once: drops finished ones, sends parked ones once a
+// session exists, retransmits or fails those whose attempt ran out, and computes the
+// ack floor.
+func (c *serverConn) scan(now int64, session uint64) {
+	c.lastScan = now
+	floor := c.nextID
+	kept := c.list[:0]
+	for _, r := range c.list {
+		st := r.state.Load()
+		switch {
+		case st == stateDone || st == stateCancelled:
+			if st == stateCancelled && r.op == wire.OpLock && r.id != 0 {
+				c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key})
+			}
+			c.drop(r)
+			continue
+		case r.deadline != 0 && now >= r.deadline:
+			c.giveUp(r, errDeadline)
+			c.drop(r)
+			continue
+		case r.id != 0 && session != 0 && session != r.session:
+			r.failLocal(nil) // its session is gone: the caller decides
+			c.drop(r)
+			continue
+		case now >= r.attemptEnd:
+			if r.id == 0 {
+				r.sent++ // an attempt spent waiting for a session
+			}
+			if r.sent >= r.attempts {
+				c.giveUp(r, ErrTooMuchRetries)
+				c.drop(r)
+				continue
+			}
+			if r.id != 0 && session != 0 && c.pastWindow(r, now) {
+				// The server keeps what it needs to recognise a copy for a bounded
+				// time only; a later retransmission could be taken for a new request.
+				c.giveUp(r, ErrTooMuchRetries)
+				c.drop(r)
+				continue
+			}
+			if r.id != 0 && session != 0 {
+				c.send(r, now, session)
+			} else {
+				if r.id != 0 {
+					r.sent++ // an attempt spent waiting for the session to return
+				}
+				r.attemptEnd = now + r.timeout
+			}
+		case r.id == 0 && session != 0:
+			c.send(r, now, session)
+		}
+		if r.id != 0 && r.id < floor {
+			floor = r.id
+		}
+		kept = append(kept, r)
+	}
+	clear(c.list[len(kept):])
+	c.list = kept
+	c.floor = max(c.floor, floor)
+}
+
+// redirectParked answers the requests waiting for a session with the REDIRECT that
+// the server gave instead of one: the caller moves to the server it names.
+func (c *serverConn) redirectParked() {
+	p := c.redirect.Load()
+	for _, r := range c.list {
+		if r.id == 0 {
+			r.complete(stateQueued, result{op: wire.OpRedirect, addr: *p})
+		}
+	}
+}
+
+// pastWindow reports whether r was first sent longer ago than the server's retransmit
+// window, after which the protocol forbids sending it again.
+func (c *serverConn) pastWindow(r *request, now int64) bool {
+	si := c.server.Load()
+	return si != nil && si.retransmitWindow > 0 && now-r.firstSent >= int64(si.retransmitWindow)
+}
+
+// giveUp fails r; a LOCK that may have been granted gets a clean-up UNLOCK.
+func (c *serverConn) giveUp(r *request, err error) {
+	if r.failLocal(err) && r.op == wire.OpLock && r.id != 0 {
+		c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key})
+	}
+}
+
+// drop gives up the sender's hold on r.
+func (c *serverConn) drop(r *request) {
+	if r.id != 0 {
+		c.table.release(r.id, r)
+	}
+	r.release()
+}
+
+// sendCleanups packs the UNLOCKs owed. Each is sent once: if it is lost, the lock
+// expires, which isolates the session as any lost lock would.
+func (c *serverConn) sendCleanups(session uint64) {
+	if session == 0 {
+		c.cleanups = c.cleanups[:0] // the session, and its locks, are gone anyway
+		return
+	}
+	for _, u := range c.cleanups {
+		b := c.pk.reserve(session, c.floor, wire.UnlockSize(len(u.key)))
+		*b = wire.AppendUnlock(*b, c.takeID(), u.lockID, u.key)
+	}
+	clear(c.cleanups)
+	c.cleanups = c.cleanups[:0]
+}
+
+// idleWait is how long the sender may sleep with nothing to send.
+func (c *serverConn) idleWait(now int64) time.Duration {
+	if len(c.list) > 0 {
+		return time.Duration(scanInterval)
+	}
+	if c.session.Load() == 0 {
+		return time.Duration(max(c.connBackoff, connRetryMin))
+	}
+	if si := c.server.Load(); si != nil {
+		return max(time.Duration(c.lastSend+int64(si.sessionTimeout/3)-now), time.Millisecond)
+	}
+	return time.Second
+}
+
+// touchDue reports whether the session needs a TOUCH: nothing has left for a third of
+// the server's session timeout, so two more chances remain if this one is lost.
+func (c *serverConn) touchDue(now int64) bool {
+	si := c.server.Load()
+	return si != nil && now-c.lastSend >= int64(si.sessionTimeout/3)
+}
+
+// shutdown answers every request the sender holds or could still receive.
+func (c *serverConn) shutdown() {
+	c.stopped.Store(true)
+	for _, r := range c.list {
+		r.failLocal(ErrDisconnected)
+		c.drop(r)
+	}
+	c.list = c.list[:0]
+	for c.ring.pending() {
+		if r := c.ring.pop(); r != nil {
+			r.failLocal(ErrDisconnected)
+			r.release()
+		} else {
+			runtime.Gosched() // a producer is between claiming and filling its slot
+		}
+	}
+}
