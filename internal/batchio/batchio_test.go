@@ -1,43 +1,37 @@
 package batchio
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestRoundTrip sends a batch from a connected socket to an unconnected one and echoes
 // it back, checking payloads and the sender address the kernel reported.
 func TestRoundTrip(t *testing.T) {
 	srvSock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer srvSock.Close()
 	cliSock, err := net.DialUDP("udp", nil, srvSock.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer cliSock.Close()
 	srv, err := New(srvSock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cli, err := New(cliSock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	const count = 10
 	out := make([]Message, count)
 	for i := range out {
 		out[i].Buf = []byte(fmt.Sprintf("datagram %d", i))
 	}
-	if n, err := cli.WriteBatch(out); err != nil || n != count {
-		t.Fatalf("WriteBatch = %d, %v", n, err)
-	}
+	n, err := cli.WriteBatch(out)
+	require.NoError(t, err, "WriteBatch")
+	require.Equal(t, count, n, "WriteBatch sent")
 
 	in := make([]Message, count)
 	for i := range in {
@@ -47,16 +41,10 @@ func TestRoundTrip(t *testing.T) {
 	got := 0
 	for got < count {
 		n, err := srv.ReadBatch(in[got:])
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		for i := got; i < got+n; i++ {
-			if want := fmt.Sprintf("datagram %d", i); string(in[i].Buf[:in[i].N]) != want {
-				t.Fatalf("message %d = %q, want %q", i, in[i].Buf[:in[i].N], want)
-			}
-			if in[i].Addr.String() != cliSock.LocalAddr().String() {
-				t.Fatalf("sender %v, want %v", in[i].Addr, cliSock.LocalAddr())
-			}
+			require.Equal(t, fmt.Sprintf("datagram %d", i), string(in[i].Buf[:in[i].N]), "message %d", i)
+			require.Equal(t, cliSock.LocalAddr().String(), in[i].Addr.String(), "sender of message %d", i)
 		}
 		got += n
 	}
@@ -65,9 +53,9 @@ func TestRoundTrip(t *testing.T) {
 	for i := range in {
 		in[i].Buf = in[i].Buf[:in[i].N]
 	}
-	if n, err := srv.WriteBatch(in); err != nil || n != count {
-		t.Fatalf("echo WriteBatch = %d, %v", n, err)
-	}
+	n, err = srv.WriteBatch(in)
+	require.NoError(t, err, "echo WriteBatch")
+	require.Equal(t, count, n, "echo WriteBatch sent")
 	back := make([]Message, count)
 	for i := range back {
 		back[i].Buf = make([]byte, 1500)
@@ -75,32 +63,23 @@ func TestRoundTrip(t *testing.T) {
 	cliSock.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for got = 0; got < count; {
 		n, err := cli.ReadBatch(back[got:])
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got += n
 	}
 	for i := range back {
-		if !bytes.Equal(back[i].Buf[:back[i].N], out[i].Buf) {
-			t.Fatalf("echo %d = %q", i, back[i].Buf[:back[i].N])
-		}
+		assert.Equal(t, out[i].Buf, back[i].Buf[:back[i].N], "echo %d", i)
 	}
 }
 
 // TestReadDeadline checks that a blocked ReadBatch returns at the socket's deadline.
 func TestReadDeadline(t *testing.T) {
 	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer sock.Close()
 	c, err := New(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sock.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	ms := []Message{{Buf: make([]byte, 100)}}
-	if _, err := c.ReadBatch(ms); err == nil {
-		t.Fatal("ReadBatch returned without data and without error")
-	}
+	_, err = c.ReadBatch(ms)
+	assert.Error(t, err, "ReadBatch returned without data and without error")
 }
