@@ -41,16 +41,28 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Defaults.
+// Defaults, each filled in by New for a zero field of Config (withDefaults is the one
+// place that does it).
 const (
+	// DefaultListenAddr is loopback: without keys the server must not be reachable from
+	// other hosts. The port is the one the client's examples assume.
 	DefaultListenAddr = "127.0.0.1:15663"
 	// DefaultMaxTTL is a minute: the usual client locks with ttl = 1 minute against a
 	// server started with no flags.
-	DefaultMaxTTL           = time.Minute
-	DefaultSessionTimeout   = 15 * time.Second
+	DefaultMaxTTL = time.Minute
+	// DefaultSessionTimeout is 15s: a client with nothing to send TOUCHes every third of
+	// the timeout (5s), so two lost TOUCHes in a row do not close its session, and a dead
+	// client's session is closed (its locks isolated) within 15s.
+	DefaultSessionTimeout = 15 * time.Second
+	// DefaultRetransmitWindow is a minute, as long as DefaultMaxTTL: a request older
+	// than the longest lock it could ask for is of no use to its caller any more.
 	DefaultRetransmitWindow = 60 * time.Second
-	DefaultIsolateTimeout   = 10 * time.Second
-	DefaultServerID         = 1
+	// DefaultIsolateTimeout is 10s: room for a command that reaches another host (ssh,
+	// a cloud API) to finish, while an isolated session's keys stay unavailable no
+	// longer than that if it hangs.
+	DefaultIsolateTimeout = 10 * time.Second
+	// DefaultServerID is 1: the one server of a single-node deployment.
+	DefaultServerID = 1
 )
 
 // Configuration errors, returned by Validate and New.
@@ -66,22 +78,39 @@ var (
 )
 
 // DefaultConfig returns a configuration with every default filled in but DataDir.
-func DefaultConfig() Config {
-	return Config{
-		ListenAddr:       DefaultListenAddr,
-		MaxTTL:           DefaultMaxTTL,
-		SessionTimeout:   DefaultSessionTimeout,
-		RetransmitWindow: DefaultRetransmitWindow,
-		IsolateTimeout:   DefaultIsolateTimeout,
-		ServerID:         DefaultServerID,
+func DefaultConfig() Config { return Config{}.withDefaults() }
+
+// withDefaults returns c with every zero field that has a default set to it. It is the
+// one place defaults are applied: DefaultConfig is withDefaults of the zero Config, and
+// New applies it before Validate, so a Config built field by field works too.
+func (c Config) withDefaults() Config {
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
 	}
+	if c.MaxTTL == 0 {
+		c.MaxTTL = DefaultMaxTTL
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = DefaultSessionTimeout
+	}
+	if c.RetransmitWindow == 0 {
+		c.RetransmitWindow = DefaultRetransmitWindow
+	}
+	if c.IsolateTimeout == 0 {
+		c.IsolateTimeout = DefaultIsolateTimeout
+	}
+	if c.ServerID == 0 {
+		c.ServerID = DefaultServerID
+	}
+	return c
 }
 
 func validMs(d time.Duration) bool {
 	return d >= time.Millisecond && d/time.Millisecond <= math.MaxUint32
 }
 
-// Validate checks c and returns the first problem found.
+// Validate checks c as it is, defaults not applied (New applies them first), and returns
+// the first problem found.
 func (c *Config) Validate() error {
 	if c.ListenAddr == "" {
 		return ErrNoListenAddr

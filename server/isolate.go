@@ -14,10 +14,12 @@ import (
 )
 
 // isolateWaitDelay bounds how long a killed isolation command may keep its output pipes
-// open through children it left behind.
+// open through children it left behind. A second: a child that has not exited that long
+// after the kill will not, and the run must end so that the keys can be released.
 const isolateWaitDelay = time.Second
 
-// maxIsolateOutput bounds how much of a command's output is logged.
+// maxIsolateOutput bounds how much of a command's output is logged. 1 KB holds an error
+// message or a short report; a command that prints without end cannot flood the log.
 const maxIsolateOutput = 1024
 
 // startIsolation runs the isolation command for iso in its own goroutine; its end is

@@ -92,8 +92,9 @@ type Server struct {
 	reserved  chan reservation // its outcome; buffered 1
 }
 
-// New opens the data directory, binds the socket and starts serving. Zero durations and
-// an empty ListenAddr in cfg take their defaults.
+// New opens the data directory, binds the socket and starts serving. A zero field of cfg
+// that has a Default constant (ListenAddr, MaxTTL, SessionTimeout, RetransmitWindow,
+// IsolateTimeout, ServerID) takes that default; then cfg must pass Validate.
 func New(cfg Config) (*Server, error) {
 	s, err := newServer(cfg)
 	if err != nil {
@@ -106,7 +107,7 @@ func New(cfg Config) (*Server, error) {
 // newServer does all of New but start the loop.
 func newServer(cfg Config) (*Server, error) {
 	cfg.Servers = slices.Clone(cfg.Servers) // the caller may reuse its slice
-	fillDefaults(&cfg)
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -192,28 +193,6 @@ func lockDelayFor(on bool, d time.Duration) time.Duration {
 		return d
 	}
 	return 0
-}
-
-func fillDefaults(c *Config) {
-	d := DefaultConfig()
-	if c.ListenAddr == "" {
-		c.ListenAddr = d.ListenAddr
-	}
-	if c.MaxTTL == 0 {
-		c.MaxTTL = d.MaxTTL
-	}
-	if c.SessionTimeout == 0 {
-		c.SessionTimeout = d.SessionTimeout
-	}
-	if c.RetransmitWindow == 0 {
-		c.RetransmitWindow = d.RetransmitWindow
-	}
-	if c.IsolateTimeout == 0 {
-		c.IsolateTimeout = d.IsolateTimeout
-	}
-	if c.ServerID == 0 {
-		c.ServerID = d.ServerID
-	}
 }
 
 // Addr is the address the server is bound to.
