@@ -150,6 +150,7 @@ type packer struct {
 	open    bool   // bufs[len(out)] holds a datagram being filled
 	session uint64 // the open datagram's session
 	frames  uint64 // frames packed since the last write, published per system call
+	wrote   bool   // a write happened since the last flush
 }
 
 func (p *packer) init(w batchWriter, stats *connStats, unbatched bool) {
@@ -213,14 +214,14 @@ func (p *packer) closeDatagram() {
 	}
 }
 
-// flush writes out what the batch holds and reports whether anything left.
+// flush writes out what the batch holds and reports whether anything left since the
+// last flush, including batches written early because they were full.
 func (p *packer) flush() bool {
 	p.closeDatagram()
-	if len(p.out) == 0 {
-		return false
-	}
 	p.write()
-	return true
+	wrote := p.wrote
+	p.wrote = false
+	return wrote
 }
 
 func (p *packer) write() {
@@ -235,4 +236,5 @@ func (p *packer) write() {
 	p.stats.framesOut.Add(p.frames)
 	p.frames = 0
 	p.out = p.out[:0]
+	p.wrote = true
 }
