@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/server"
+	"github.com/stretchr/testify/require"
 )
 
 // Pacing used by tests: loopback answers in microseconds, so a short attempt keeps
@@ -28,9 +29,7 @@ func startServer(t testing.TB, tweak func(*server.Config)) *server.Server {
 		tweak(&cfg)
 	}
 	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { srv.Close() })
 	return srv
 }
@@ -39,9 +38,7 @@ func startServer(t testing.TB, tweak func(*server.Config)) *server.Server {
 func openClient(t testing.TB, srv *server.Server, opts *Options) *NetMutex {
 	t.Helper()
 	nm, err := Open(testRetries, testTimeout, []string{srv.Addr().String()}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { nm.Close(1, testTimeout) })
 	return nm
 }

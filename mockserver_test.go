@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/internal/wire"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClientDropsBadReplies uses a scripted server for a corner the real one never
@@ -13,9 +15,7 @@ import (
 // the valid reply that follows, with its BUSY flag.
 func TestClientDropsBadReplies(t *testing.T) {
 	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer sock.Close()
 	const session = 7 << 32
 	done := make(chan struct{})
@@ -29,8 +29,7 @@ func TestClientDropsBadReplies(t *testing.T) {
 				return
 			}
 			d, err := wire.Parse(buf[:n], false)
-			if err != nil {
-				t.Errorf("client sent a bad datagram: %v", err)
+			if !assert.NoError(t, err, "client sent a bad datagram") { // not require: this is not the test's goroutine
 				return
 			}
 			var f wire.Frame
@@ -58,23 +57,14 @@ func TestClientDropsBadReplies(t *testing.T) {
 		}
 	}()
 	nm, err := Open(testRetries, testTimeout, []string{sock.LocalAddr().String()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatalf("Lock: %v", err)
-	}
-	if l.FenceID() != 99 {
-		t.Fatalf("fence %d, want 99 from the valid reply", l.FenceID())
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second), "Lock")
+	assert.Equal(t, uint64(99), l.FenceID(), "fence, want 99 from the valid reply")
 	st := nm.Stats()
-	if st.BadDatagrams != 3 || st.Busy != 1 {
-		t.Fatalf("stats %+v: want 3 bad datagrams and 1 busy", st)
-	}
-	if err := nm.Close(testRetries, testTimeout); err != nil {
-		t.Fatal(err)
-	}
+	assert.Equal(t, uint64(3), st.BadDatagrams, "bad datagrams in %+v", st)
+	assert.Equal(t, uint64(1), st.Busy, "busy replies in %+v", st)
+	require.NoError(t, nm.Close(testRetries, testTimeout))
 	sock.Close()
 	<-done
 }

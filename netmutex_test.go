@@ -2,7 +2,6 @@ package netmutex
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/netmutex/netmutex/internal/wire"
 	"github.com/netmutex/netmutex/server"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
 
@@ -26,38 +27,20 @@ func TestLockUpdateUnlock(t *testing.T) {
 	nm := openClient(t, srv, nil)
 
 	var l Lock
-	if l.Key() != "" || l.FenceID() != 0 {
-		t.Fatal("zero Lock is not empty")
-	}
-	if err := nm.Lock(testRetries, testTimeout, &l, "job:1", time.Second); err != nil {
-		t.Fatalf("Lock: %v", err)
-	}
-	if l.Key() != "job:1" || l.FenceID() == 0 {
-		t.Fatalf("after Lock: key %q fence %d", l.Key(), l.FenceID())
-	}
+	require.Empty(t, l.Key(), "zero Lock holds a key")
+	require.Zero(t, l.FenceID(), "zero Lock has a fence")
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "job:1", time.Second), "Lock")
+	require.Equal(t, "job:1", l.Key(), "key after Lock")
+	require.NotZero(t, l.FenceID(), "fence after Lock")
 	fence := l.FenceID()
-	if err := nm.Update(testRetries, testTimeout, &l, 2*time.Second); err != nil {
-		t.Fatalf("Update: %v", err)
-	}
-	if l.FenceID() != fence {
-		t.Fatalf("Update changed the fence: %d -> %d", fence, l.FenceID())
-	}
-	if err := nm.Unlock(testRetries, testTimeout, &l); err != nil {
-		t.Fatalf("Unlock: %v", err)
-	}
-	if l.Key() != "" {
-		t.Fatal("Unlock left the Lock holding a key")
-	}
+	require.NoError(t, nm.Update(testRetries, testTimeout, &l, 2*time.Second), "Update")
+	require.Equal(t, fence, l.FenceID(), "Update changed the fence")
+	require.NoError(t, nm.Unlock(testRetries, testTimeout, &l), "Unlock")
+	require.Empty(t, l.Key(), "Unlock left the Lock holding a key")
 	// A Lock is reusable after Unlock, and the new grant has a greater fence.
-	if err := nm.Lock(testRetries, testTimeout, &l, "job:1", time.Second); err != nil {
-		t.Fatalf("Lock again: %v", err)
-	}
-	if l.FenceID() <= fence {
-		t.Fatalf("fence did not grow: %d then %d", fence, l.FenceID())
-	}
-	if err := nm.Unlock(testRetries, testTimeout, &l); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "job:1", time.Second), "Lock again")
+	require.Greater(t, l.FenceID(), fence, "fence did not grow")
+	require.NoError(t, nm.Unlock(testRetries, testTimeout, &l))
 }
 
 func TestArgumentErrors(t *testing.T) {
@@ -66,9 +49,7 @@ func TestArgumentErrors(t *testing.T) {
 	long := strings.Repeat("k", MaxKeySize+1)
 
 	var held Lock
-	if err := nm.Lock(testRetries, testTimeout, &held, "held", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &held, "held", time.Second))
 	before := nm.Stats().FramesOut
 	var l Lock
 	cases := []struct {
@@ -92,45 +73,32 @@ func TestArgumentErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := tc.call(); err != tc.err {
-				t.Fatalf("got %v, want %v", err, tc.err)
-			}
+			require.ErrorIs(t, tc.call(), tc.err)
 		})
 	}
-	if after := nm.Stats().FramesOut; after != before {
-		t.Fatalf("bad arguments sent %d frames", after-before)
-	}
+	require.Equal(t, before, nm.Stats().FramesOut, "frames sent by bad arguments")
 	// The held lock is untouched by all of that.
-	if err := nm.Update(testRetries, testTimeout, &held, time.Second); err != nil {
-		t.Fatalf("held lock after bad calls: %v", err)
-	}
+	require.NoError(t, nm.Update(testRetries, testTimeout, &held, time.Second), "held lock after bad calls")
 }
 
 func TestOpenErrors(t *testing.T) {
-	if _, err := Open(1, testTimeout, nil, nil); err != ErrNoServers {
-		t.Fatalf("no addresses: %v", err)
-	}
+	_, err := Open(1, testTimeout, nil, nil)
+	require.ErrorIs(t, err, ErrNoServers, "no addresses")
 	long := &Options{IsolationInfo: strings.Repeat("i", MaxIsolationInfo+1)}
-	if _, err := Open(1, testTimeout, []string{"127.0.0.1:1"}, long); err != ErrLongIsolationInfo {
-		t.Fatalf("long isolation info: %v", err)
-	}
+	_, err = Open(1, testTimeout, []string{"127.0.0.1:1"}, long)
+	require.ErrorIs(t, err, ErrLongIsolationInfo, "long isolation info")
 	dead := deadAddr(t)
 	start := time.Now()
-	if _, err := Open(2, 50*time.Millisecond, []string{dead}, nil); err != ErrNoServers {
-		t.Fatalf("dead server: %v", err)
-	}
-	if time.Since(start) < 100*time.Millisecond {
-		t.Fatal("Open gave up before its attempts were spent")
-	}
+	_, err = Open(2, 50*time.Millisecond, []string{dead}, nil)
+	require.ErrorIs(t, err, ErrNoServers, "dead server")
+	require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "Open gave up before its attempts were spent")
 }
 
 // deadAddr returns a loopback UDP address where nothing answers.
 func deadAddr(t *testing.T) string {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	addr := c.LocalAddr().String()
 	c.Close()
 	return addr
@@ -139,14 +107,10 @@ func deadAddr(t *testing.T) string {
 func TestOpenDeadThenLive(t *testing.T) {
 	srv := startServer(t, nil)
 	nm, err := Open(testRetries, 100*time.Millisecond, []string{deadAddr(t), srv.Addr().String()}, nil)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	require.NoError(t, err, "Open")
 	defer nm.Close(1, testTimeout)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
 }
 
 func TestOpenFollowsRedirect(t *testing.T) {
@@ -156,17 +120,11 @@ func TestOpenFollowsRedirect(t *testing.T) {
 		c.Redirect = &wire.Server{ID: 1, Addr: leader.Addr().String()}
 	})
 	nm, err := Open(testRetries, testTimeout, []string{follower.Addr().String()}, nil)
-	if err != nil {
-		t.Fatalf("Open through a follower: %v", err)
-	}
+	require.NoError(t, err, "Open through a follower")
 	defer nm.Close(1, testTimeout)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if leader.Stats().Grants != 1 {
-		t.Fatalf("leader granted %d locks, want 1", leader.Stats().Grants)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
+	require.Equal(t, uint64(1), leader.Stats().Grants, "locks granted by the leader")
 }
 
 func TestContention(t *testing.T) {
@@ -200,32 +158,26 @@ func TestContention(t *testing.T) {
 					refusals.Add(1)
 					continue
 				}
-				if err != nil {
-					t.Error(err)
+				// assert, not require: this is not the test's goroutine.
+				if !assert.NoError(t, err) {
 					return
 				}
-				if holders.Add(1) != 1 {
-					t.Error("two holders at once")
-				}
+				assert.Equal(t, int64(1), holders.Add(1), "two holders at once")
 				mu.Lock()
-				if l.FenceID() <= lastFence {
-					t.Errorf("fence %d after %d", l.FenceID(), lastFence)
-				}
+				assert.Greater(t, l.FenceID(), lastFence, "fence after the previous grant's")
 				lastFence = l.FenceID()
 				mu.Unlock()
 				grants.Add(1)
 				holders.Add(-1)
-				if err := nm.Unlock(testRetries, testTimeout, &l); err != nil {
-					t.Error(err)
+				if !assert.NoError(t, nm.Unlock(testRetries, testTimeout, &l)) {
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if grants.Load() == 0 || refusals.Load() == 0 {
-		t.Fatalf("no contention seen: %d grants, %d refusals", grants.Load(), refusals.Load())
-	}
+	require.NotZero(t, grants.Load(), "no contention seen: no grants (%d refusals)", refusals.Load())
+	require.NotZero(t, refusals.Load(), "no contention seen: no refusals (%d grants)", grants.Load())
 	t.Logf("%d grants, %d refusals", grants.Load(), refusals.Load())
 }
 
@@ -239,21 +191,15 @@ func TestExpiryIsolates(t *testing.T) {
 	other := openClient(t, srv, nil)
 
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "short", 100*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "short", 100*time.Millisecond))
 	// The key is unavailable to others until the isolation command has run.
 	waitFor(t, 5*time.Second, func() bool {
 		b, err := os.ReadFile(out)
 		return err == nil && string(b) == info
 	})
-	if err := nm.Update(testRetries, testTimeout, &l, time.Second); err != ErrIsolated {
-		t.Fatalf("Update after expiry: %v, want ErrIsolated", err)
-	}
+	require.ErrorIs(t, nm.Update(testRetries, testTimeout, &l, time.Second), ErrIsolated, "Update after expiry")
 	var l2 Lock
-	if err := nm.Lock(testRetries, testTimeout, &l2, "fresh", time.Second); err != ErrIsolated {
-		t.Fatalf("Lock after isolation: %v, want ErrIsolated", err)
-	}
+	require.ErrorIs(t, nm.Lock(testRetries, testTimeout, &l2, "fresh", time.Second), ErrIsolated, "Lock after isolation")
 	var lo Lock
 	waitFor(t, 5*time.Second, func() bool {
 		return other.Lock(testRetries, testTimeout, &lo, "short", time.Second) == nil
@@ -263,10 +209,10 @@ func TestExpiryIsolates(t *testing.T) {
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
 	end := time.Now().Add(d)
+	// Not require.Eventually: it runs cond on another goroutine and gives up on it
+	// at the deadline, leaving it running against a client the test is closing.
 	for !cond() {
-		if time.Now().After(end) {
-			t.Fatal("condition not met in time")
-		}
+		require.False(t, time.Now().After(end), "condition not met in time")
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -276,15 +222,9 @@ func TestUnlockAll(t *testing.T) {
 	holder := openClient(t, srv, nil)
 	admin := openClient(t, srv, nil)
 	var l Lock
-	if err := holder.Lock(testRetries, testTimeout, &l, "k", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.UnlockAll(testRetries, testTimeout); err != nil {
-		t.Fatal(err)
-	}
-	if err := holder.Update(testRetries, testTimeout, &l, time.Minute); err != ErrIsolated {
-		t.Fatalf("holder after UnlockAll: %v, want ErrIsolated", err)
-	}
+	require.NoError(t, holder.Lock(testRetries, testTimeout, &l, "k", time.Minute))
+	require.NoError(t, admin.UnlockAll(testRetries, testTimeout))
+	require.ErrorIs(t, holder.Update(testRetries, testTimeout, &l, time.Minute), ErrIsolated, "holder after UnlockAll")
 	var l2 Lock
 	waitFor(t, 5*time.Second, func() bool {
 		return admin.Lock(testRetries, testTimeout, &l2, "k", time.Second) == nil
@@ -294,16 +234,10 @@ func TestUnlockAll(t *testing.T) {
 func TestCloseThenErrDisconnected(t *testing.T) {
 	srv := startServer(t, nil)
 	nm, err := Open(testRetries, testTimeout, []string{srv.Addr().String()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := nm.Close(testRetries, testTimeout); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Minute))
+	require.NoError(t, nm.Close(testRetries, testTimeout), "Close")
 	ctx := context.Background()
 	for name, err := range map[string]error{
 		"Lock":      nm.Lock(1, testTimeout, &Lock{}, "k2", time.Second),
@@ -314,51 +248,31 @@ func TestCloseThenErrDisconnected(t *testing.T) {
 		"LockCtx":   nm.LockContext(ctx, &Lock{}, "k2", time.Second),
 		"CloseCtx":  nm.CloseContext(ctx),
 	} {
-		if err != ErrDisconnected {
-			t.Errorf("%s after Close: %v", name, err)
-		}
+		assert.ErrorIs(t, err, ErrDisconnected, "%s after Close", name)
 	}
 	// Close ended the session, so its lock is free at once.
 	other := openClient(t, srv, nil)
 	var l2 Lock
-	if err := other.Lock(testRetries, testTimeout, &l2, "k", time.Second); err != nil {
-		t.Fatalf("key of a closed session: %v", err)
-	}
+	require.NoError(t, other.Lock(testRetries, testTimeout, &l2, "k", time.Second), "key of a closed session")
 }
 
 func TestContextForms(t *testing.T) {
 	srv := startServer(t, nil)
 	nm, err := OpenContext(context.Background(), []string{srv.Addr().String()}, &Options{Timeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var l Lock
-	if err := nm.LockContext(ctx, &l, "ctx", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.LockContext(ctx, &l, "ctx", time.Second))
 	var l2 Lock
-	if err := nm.LockContext(ctx, &l2, "ctx", time.Second); err != ErrLocked {
-		t.Fatalf("second LockContext: %v", err)
-	}
-	if err := nm.UpdateContext(ctx, &l, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := nm.UnlockContext(ctx, &l); err != nil {
-		t.Fatal(err)
-	}
-	if err := nm.UnlockAllContext(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.ErrorIs(t, nm.LockContext(ctx, &l2, "ctx", time.Second), ErrLocked, "second LockContext")
+	require.NoError(t, nm.UpdateContext(ctx, &l, time.Second))
+	require.NoError(t, nm.UnlockContext(ctx, &l))
+	require.NoError(t, nm.UnlockAllContext(ctx))
 	cancelled, cancelNow := context.WithCancel(context.Background())
 	cancelNow()
-	if err := nm.LockContext(cancelled, &l, "ctx", time.Second); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled context: %v", err)
-	}
-	if err := nm.CloseContext(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.ErrorIs(t, nm.LockContext(cancelled, &l, "ctx", time.Second), context.Canceled, "cancelled context")
+	require.NoError(t, nm.CloseContext(ctx))
 }
 
 // TestContextDeadlineUnanswered checks that a call to a server that stopped answering
@@ -371,23 +285,14 @@ func TestContextDeadlineUnanswered(t *testing.T) {
 	defer cancel()
 	var l Lock
 	start := time.Now()
-	if err := nm.LockContext(ctx, &l, "k", time.Second); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("LockContext to a dead server: %v", err)
-	}
-	if el := time.Since(start); el < 100*time.Millisecond {
-		t.Fatalf("gave up after %v, before the deadline", el)
-	}
+	require.ErrorIs(t, nm.LockContext(ctx, &l, "k", time.Second), context.DeadlineExceeded, "LockContext to a dead server")
+	require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "gave up before the deadline")
 	err := nm.Lock(3, 20*time.Millisecond, &l, "k", time.Second)
-	if err != ErrTooMuchRetries {
-		t.Fatalf("Lock to a dead server: %v", err)
-	}
+	require.ErrorIs(t, err, ErrTooMuchRetries, "Lock to a dead server")
 	var te interface{ Timeout() bool }
-	if !errors.As(err, &te) || !te.Timeout() {
-		t.Fatal("ErrTooMuchRetries does not report Timeout()")
-	}
-	if nm.Stats().Retransmits == 0 {
-		t.Fatal("no retransmission counted")
-	}
+	require.ErrorAs(t, err, &te, "ErrTooMuchRetries has no Timeout()")
+	require.True(t, te.Timeout(), "ErrTooMuchRetries does not report Timeout()")
+	require.NotZero(t, nm.Stats().Retransmits, "no retransmission counted")
 }
 
 // TestOpenBeforeServer: a client started before its server finds it soon after the
@@ -407,13 +312,9 @@ func TestOpenBeforeServer(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	startServer(t, func(c *server.Config) { c.ListenAddr = addr })
 	o := <-ch
-	if o.err != nil {
-		t.Fatalf("Open: %v", o.err)
-	}
+	require.NoError(t, o.err, "Open")
 	defer o.nm.Close(1, testTimeout)
-	if el := time.Since(start); el > 5*time.Second {
-		t.Fatalf("Open took %v after the server came up", el)
-	}
+	require.LessOrEqual(t, time.Since(start), 5*time.Second, "Open's time, the server up after 200ms")
 }
 
 // TestSessionKeptAlive: an idle client's session outlives the session timeout, because
@@ -422,16 +323,10 @@ func TestSessionKeptAlive(t *testing.T) {
 	srv := startServer(t, func(c *server.Config) { c.SessionTimeout = 300 * time.Millisecond })
 	nm := openClient(t, srv, nil)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", 10*time.Second))
 	time.Sleep(time.Second)
-	if err := nm.Update(testRetries, testTimeout, &l, 10*time.Second); err != nil {
-		t.Fatalf("Update after an idle second: %v", err)
-	}
-	if st := srv.Stats(); st.Isolations != 0 {
-		t.Fatalf("%d isolations", st.Isolations)
-	}
+	assert.NoError(t, nm.Update(testRetries, testTimeout, &l, 10*time.Second), "Update after an idle second")
+	assert.Zero(t, srv.Stats().Isolations, "isolations")
 }
 
 // TestFailover: when the server in use stops answering, the client moves to another
@@ -443,28 +338,16 @@ func TestFailover(t *testing.T) {
 		c.Servers = []wire.Server{{ID: 2, Addr: b.Addr().String()}, {ID: 1, Addr: c.ListenAddr}}
 	})
 	nm, err := Open(testRetries, testTimeout, []string{a.Addr().String()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer nm.Close(1, testTimeout)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
 	a.Abort()
-	if err := nm.Lock(2, 50*time.Millisecond, &Lock{}, "k2", time.Second); err != ErrTooMuchRetries {
-		t.Fatalf("Lock on a dead server: %v", err)
-	}
+	require.ErrorIs(t, nm.Lock(2, 50*time.Millisecond, &Lock{}, "k2", time.Second), ErrTooMuchRetries, "Lock on a dead server")
 	var l2 Lock
-	if err := nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second); err != nil {
-		t.Fatalf("Lock after failover: %v", err)
-	}
-	if b.Stats().Grants != 1 {
-		t.Fatalf("the other server granted %d locks, want 1", b.Stats().Grants)
-	}
-	if err := nm.Update(testRetries, testTimeout, &l, time.Second); err != ErrLockLost {
-		t.Fatalf("lock held on the dead server: %v, want ErrLockLost", err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second), "Lock after failover")
+	assert.Equal(t, uint64(1), b.Stats().Grants, "locks granted by the other server")
+	assert.ErrorIs(t, nm.Update(testRetries, testTimeout, &l, time.Second), ErrLockLost, "lock held on the dead server")
 }
 
 // TestCloseReleasesSockets: no socket outlives Close, also for the addresses Open tried
@@ -476,28 +359,18 @@ func TestCloseReleasesSockets(t *testing.T) {
 	srv := startServer(t, nil)
 	countFDs := func() int {
 		entries, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return len(entries)
 	}
 	before := countFDs()
 	for i := 0; i < 5; i++ {
 		nm, err := Open(testRetries, 100*time.Millisecond, []string{deadAddr(t), srv.Addr().String()}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		var l Lock
-		if err := nm.Lock(testRetries, testTimeout, &l, "fd", time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if err := nm.Close(testRetries, testTimeout); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "fd", time.Second))
+		require.NoError(t, nm.Close(testRetries, testTimeout))
 	}
-	if after := countFDs(); after != before {
-		t.Fatalf("%d file descriptors before, %d after", before, after)
-	}
+	require.Equal(t, before, countFDs(), "open file descriptors after 5 Open/Close")
 }
 
 // TestRetransmitWindow: a request is not sent again once the server's retransmit window
@@ -508,14 +381,10 @@ func TestRetransmitWindow(t *testing.T) {
 	srv.Abort()
 	start := time.Now()
 	var l Lock
-	if err := nm.Lock(1000, 20*time.Millisecond, &l, "k", time.Second); err != ErrTooMuchRetries {
-		t.Fatalf("Lock to a dead server: %v", err)
-	}
-	if el := time.Since(start); el < 150*time.Millisecond || el > 10*time.Second {
-		t.Fatalf("gave up after %v: want the 150ms window, not 1000 attempts of 20ms", el)
-	}
+	require.ErrorIs(t, nm.Lock(1000, 20*time.Millisecond, &l, "k", time.Second), ErrTooMuchRetries, "Lock to a dead server")
+	el := time.Since(start)
+	require.GreaterOrEqual(t, el, 150*time.Millisecond, "gave up before the 150ms window")
+	require.LessOrEqual(t, el, 10*time.Second, "gave up late: want the 150ms window, not 1000 attempts of 20ms")
 	t.Logf("elapsed %v, %d retransmits", time.Since(start), nm.Stats().Retransmits)
-	if n := nm.Stats().Retransmits; n > 20 {
-		t.Fatalf("%d retransmissions inside a 150ms window of 20ms attempts", n)
-	}
+	require.LessOrEqual(t, nm.Stats().Retransmits, uint64(20), "retransmissions inside a 150ms window of 20ms attempts")
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/netmutex/netmutex/internal/wire"
 	"github.com/netmutex/netmutex/server"
+	"github.com/stretchr/testify/require"
 )
 
 // restartable is a real server that can be stopped and started again on the same
@@ -33,9 +34,7 @@ func newRestartable(t *testing.T, maxTTL time.Duration) *restartable {
 
 func (r *restartable) start() {
 	srv, err := server.New(r.cfg)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	require.NoError(r.t, err)
 	r.srv = srv
 }
 
@@ -53,24 +52,14 @@ func TestCleanRestartWithoutLocks(t *testing.T) {
 	rs := newRestartable(t, 10*time.Second)
 	nm := openClient(t, rs.srv, nil)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
 	fence := l.FenceID()
-	if err := nm.Unlock(testRetries, testTimeout, &l); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Unlock(testRetries, testTimeout, &l))
 	rs.restart(true)
-	if rs.srv.LockDelay() {
-		t.Fatal("lock-delay after a clean stop with no lock held")
-	}
+	require.False(t, rs.srv.LockDelay(), "lock-delay after a clean stop with no lock held")
 	// The NetMutex outlives the restart: a new session, at once usable.
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatalf("Lock after restart: %v", err)
-	}
-	if l.FenceID() <= fence {
-		t.Fatalf("fence went from %d to %d across a restart", fence, l.FenceID())
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second), "Lock after restart")
+	require.Greater(t, l.FenceID(), fence, "fence across a restart")
 }
 
 func testRestartWithLock(t *testing.T, clean bool) {
@@ -78,36 +67,22 @@ func testRestartWithLock(t *testing.T, clean bool) {
 	rs := newRestartable(t, maxTTL)
 	nm := openClient(t, rs.srv, nil)
 	var held Lock
-	if err := nm.Lock(testRetries, testTimeout, &held, "held", maxTTL); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &held, "held", maxTTL))
 	fence := held.FenceID()
 	restarted := time.Now()
 	rs.restart(clean)
-	if !rs.srv.LockDelay() {
-		t.Fatal("no lock-delay although a lock was held")
-	}
+	require.True(t, rs.srv.LockDelay(), "no lock-delay although a lock was held")
 	// Nobody can take the key the old holder may still believe it has.
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "held", maxTTL); err != ErrLockDelay {
-		t.Fatalf("Lock during lock-delay: %v, want ErrLockDelay", err)
-	}
+	require.ErrorIs(t, nm.Lock(testRetries, testTimeout, &l, "held", maxTTL), ErrLockDelay, "Lock during lock-delay")
 	// The lock from before the restart is reported lost.
-	if err := nm.Update(testRetries, testTimeout, &held, maxTTL); err != ErrLockLost {
-		t.Fatalf("Update of a lock from before the restart: %v, want ErrLockLost", err)
-	}
-	if err := nm.Unlock(testRetries, testTimeout, &held); err != ErrNotLocked {
-		t.Fatalf("Unlock after the loss was reported: %v, want ErrNotLocked", err)
-	}
+	require.ErrorIs(t, nm.Update(testRetries, testTimeout, &held, maxTTL), ErrLockLost, "Update of a lock from before the restart")
+	require.ErrorIs(t, nm.Unlock(testRetries, testTimeout, &held), ErrNotLocked, "Unlock after the loss was reported")
 	waitFor(t, 5*time.Second, func() bool {
 		return nm.Lock(testRetries, testTimeout, &l, "held", maxTTL) == nil
 	})
-	if time.Since(restarted) < maxTTL {
-		t.Fatalf("granted %v after restart, inside the lock-delay of %v", time.Since(restarted), maxTTL)
-	}
-	if l.FenceID() <= fence {
-		t.Fatalf("fence went from %d to %d across a restart", fence, l.FenceID())
-	}
+	require.GreaterOrEqual(t, time.Since(restarted), maxTTL, "granted inside the lock-delay")
+	require.Greater(t, l.FenceID(), fence, "fence across a restart")
 }
 
 func TestUncleanRestartLockDelay(t *testing.T)  { testRestartWithLock(t, false) }
@@ -118,14 +93,10 @@ func TestUnlockAfterRestart(t *testing.T) {
 	rs := newRestartable(t, 200*time.Millisecond)
 	nm := openClient(t, rs.srv, nil)
 	var held Lock
-	if err := nm.Lock(testRetries, testTimeout, &held, "k", 200*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &held, "k", 200*time.Millisecond))
 	rs.restart(false)
 	// The UNLOCK itself meets the new server, which no longer knows the session.
-	if err := nm.Unlock(testRetries, testTimeout, &held); err != ErrLockLost {
-		t.Fatalf("Unlock of a lock from before the restart: %v, want ErrLockLost", err)
-	}
+	require.ErrorIs(t, nm.Unlock(testRetries, testTimeout, &held), ErrLockLost, "Unlock of a lock from before the restart")
 }
 
 // TestRedirectMidSession: a server that becomes a follower answers REDIRECT to the
@@ -135,19 +106,11 @@ func TestRedirectMidSession(t *testing.T) {
 	rs := newRestartable(t, 10*time.Second)
 	nm := openClient(t, rs.srv, nil)
 	var l Lock
-	if err := nm.Lock(testRetries, testTimeout, &l, "k", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
 	rs.cfg.Redirect = &wire.Server{ID: 9, Addr: leader.Addr().String()}
 	rs.restart(true)
 	var l2 Lock
-	if err := nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second); err != nil {
-		t.Fatalf("Lock through a redirect: %v", err)
-	}
-	if leader.Stats().Grants != 1 {
-		t.Fatalf("leader granted %d, want 1", leader.Stats().Grants)
-	}
-	if err := nm.Unlock(testRetries, testTimeout, &l); err != ErrLockLost {
-		t.Fatalf("lock held on the old server: %v, want ErrLockLost", err)
-	}
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second), "Lock through a redirect")
+	require.Equal(t, uint64(1), leader.Stats().Grants, "leader's grants")
+	require.ErrorIs(t, nm.Unlock(testRetries, testTimeout, &l), ErrLockLost, "lock held on the old server")
 }
