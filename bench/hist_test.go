@@ -3,6 +3,9 @@ package main
 import (
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestBucketsCoverEveryValue(t *testing.T) {
@@ -11,25 +14,19 @@ func TestBucketsCoverEveryValue(t *testing.T) {
 	prevHi := uint64(0)
 	for i := 0; i < histBuckets; i++ {
 		lo, hi := bucketRange(i)
-		if i > 0 && lo != prevHi+1 {
-			t.Fatalf("bucket %d starts at %d, previous ended at %d", i, lo, prevHi)
+		if i > 0 {
+			require.Equal(t, prevHi+1, lo, "bucket %d starts where the previous ended, plus one", i)
 		}
-		if i >= 2*histSub && hi-lo+1 > lo/histSub {
-			t.Fatalf("bucket %d [%d,%d] wider than 1/%d of its values", i, lo, hi, histSub)
+		if i >= 2*histSub {
+			require.LessOrEqual(t, hi-lo+1, lo/histSub, "bucket %d [%d,%d] wider than 1/%d of its values", i, lo, hi, histSub)
 		}
 		for _, v := range []uint64{lo, hi, lo + (hi-lo)/2} {
-			if got := bucketOf(v); got != i {
-				t.Fatalf("bucketOf(%d) = %d, want %d", v, got, i)
-			}
+			require.Equal(t, i, bucketOf(v), "bucketOf(%d)", v)
 		}
 		prevHi = hi
 	}
-	if prevHi != histMax {
-		t.Fatalf("last bucket ends at %d, want %d", prevHi, histMax)
-	}
-	if got := bucketOf(1 << 62); got != histBuckets-1 {
-		t.Fatalf("huge value in bucket %d, want the last", got)
-	}
+	assert.Equal(t, uint64(histMax), prevHi, "where the last bucket ends")
+	assert.Equal(t, histBuckets-1, bucketOf(1<<62), "a huge value goes to the last bucket")
 }
 
 func TestQuantilesOfKnownInputs(t *testing.T) {
@@ -48,29 +45,18 @@ func TestQuantilesOfKnownInputs(t *testing.T) {
 			{0.999, 9990 * time.Microsecond},
 			{1, 10000 * time.Microsecond},
 		} {
-			got := h.quantile(c.q)
-			if diff := got - c.want; diff < -c.want/histSub || diff > c.want/histSub {
-				t.Errorf("q%.3f = %v, want %v ±1/%d", c.q, got, c.want, histSub)
-			}
+			assert.InDelta(t, float64(c.want), float64(h.quantile(c.q)), float64(c.want/histSub), "q%.3f, want %v ±1/%d", c.q, c.want, histSub)
 		}
-		if h.mean() != 5000500*time.Nanosecond {
-			t.Errorf("mean = %v, want 5.0005ms", h.mean())
-		}
+		assert.Equal(t, 5000500*time.Nanosecond, h.mean(), "mean")
 	})
 	t.Run("small values are exact", func(t *testing.T) {
 		var h hist
 		for _, v := range []time.Duration{3, 7, 7, 100} {
 			h.record(v)
 		}
-		if got := h.quantile(0.5); got != 7 {
-			t.Errorf("p50 = %v, want 7ns", got)
-		}
-		if got := h.quantile(0.25); got != 3 {
-			t.Errorf("p25 = %v, want 3ns", got)
-		}
-		if got := h.quantile(0.999); got != 100 {
-			t.Errorf("p99.9 = %v, want 100ns", got)
-		}
+		assert.Equal(t, 7*time.Nanosecond, h.quantile(0.5), "p50")
+		assert.Equal(t, 3*time.Nanosecond, h.quantile(0.25), "p25")
+		assert.Equal(t, 100*time.Nanosecond, h.quantile(0.999), "p99.9")
 	})
 	t.Run("tail of a skewed distribution", func(t *testing.T) {
 		// 990 fast values, 9 slow, 1 very slow: p99 is still fast, p99.9 is slow.
@@ -82,18 +68,10 @@ func TestQuantilesOfKnownInputs(t *testing.T) {
 			h.record(5 * time.Millisecond)
 		}
 		h.record(time.Second)
-		near := func(got, want time.Duration) bool {
-			return got >= want-want/histSub && got <= want+want/histSub
-		}
-		if got := h.quantile(0.99); !near(got, 20*time.Microsecond) {
-			t.Errorf("p99 = %v, want 20µs", got)
-		}
-		if got := h.quantile(0.995); !near(got, 5*time.Millisecond) {
-			t.Errorf("p99.5 = %v, want 5ms", got)
-		}
-		if got := h.quantile(1); got != time.Second {
-			t.Errorf("max = %v, want 1s", got)
-		}
+		fast, slow := 20*time.Microsecond, 5*time.Millisecond
+		assert.InDelta(t, float64(fast), float64(h.quantile(0.99)), float64(fast/histSub), "p99")
+		assert.InDelta(t, float64(slow), float64(h.quantile(0.995)), float64(slow/histSub), "p99.5")
+		assert.Equal(t, time.Second, h.quantile(1), "max")
 	})
 	t.Run("merge equals one histogram", func(t *testing.T) {
 		var a, b, all hist
@@ -107,21 +85,17 @@ func TestQuantilesOfKnownInputs(t *testing.T) {
 			}
 		}
 		a.merge(&b)
-		if a != all {
-			t.Fatal("merged histogram differs from the one recorded whole")
-		}
+		// == rather than assert.Equal, whose report would print all histBuckets counts twice.
+		assert.True(t, a == all, "merged histogram differs from the one recorded whole")
 	})
 	t.Run("empty", func(t *testing.T) {
 		var h hist
-		if h.quantile(0.5) != 0 || h.mean() != 0 {
-			t.Fatal("empty histogram reports a value")
-		}
+		assert.Zero(t, h.quantile(0.5), "empty histogram's median")
+		assert.Zero(t, h.mean(), "empty histogram's mean")
 	})
 }
 
 func TestRecordDoesNotAllocate(t *testing.T) {
 	var h hist
-	if n := testing.AllocsPerRun(1000, func() { h.record(1234567) }); n != 0 {
-		t.Fatalf("record allocates %v per call", n)
-	}
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { h.record(1234567) }), "allocations per record")
 }

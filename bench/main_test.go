@@ -3,9 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"regexp"
-	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // The smoke tests run the real workload against an embedded server for about a second
@@ -13,43 +14,34 @@ import (
 
 func TestSmokeJSON(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if err := mainErr([]string{"-c", "8", "-d", "1s", "-warmup", "100ms", "-json"}, &out, &errOut); err != nil {
-		t.Fatalf("bench: %v\n%s", err, errOut.String())
-	}
+	err := mainErr([]string{"-c", "8", "-d", "1s", "-warmup", "100ms", "-json"}, &out, &errOut)
+	require.NoError(t, err, "bench; stderr:\n%s", errOut.String())
 	var rep report
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
-	}
-	if len(rep.Results) != 1 {
-		t.Fatalf("%d results, want 1", len(rep.Results))
-	}
+	require.NoError(t, json.Unmarshal(out.Bytes(), &rep), "stdout is not JSON:\n%s", out.String())
+	require.Len(t, rep.Results, 1)
 	r := rep.Results[0]
-	if r.System != "netmutex" || r.Goroutines != 8 || r.Keys != 8 {
-		t.Errorf("result describes %s, %d goroutines, %d keys; want netmutex, 8, 8", r.System, r.Goroutines, r.Keys)
+	assert.Equal(t, "netmutex", r.System)
+	assert.Equal(t, 8, r.Goroutines)
+	assert.Equal(t, 8, r.Keys)
+	assert.NotZero(t, r.Pairs, "pairs")
+	// Two operations a pair; the counters are read one goroutine after another.
+	assert.GreaterOrEqual(t, r.Ops+8, 2*r.Pairs, "ops+8 against twice the %d pairs", r.Pairs)
+	assert.Greater(t, r.PairsPerSec, 0.0, "pairs/s")
+	assert.Zero(t, r.Errors, "errors (first: %s)", r.FirstErr)
+	assert.Zero(t, r.Refusals, "refusals with a key per goroutine")
+	// Written out rather than with IsNonDecreasing, whose float comparison lets NaN through.
+	assert.True(t, r.Pair.P50 > 0 && r.Pair.P50 <= r.Pair.P90 && r.Pair.P90 <= r.Pair.P99 && r.Pair.P99 <= r.Pair.P999 && r.Pair.P999 <= r.Pair.Max,
+		"latency percentiles out of order: %+v", r.Pair)
+	assert.False(t, r.AllocsPerOp < 0, "allocs/op %v", r.AllocsPerOp)
+	assert.Greater(t, r.CPUPerMop, 0.0, "CPU s/Mop")
+	if tr := r.Transport; assert.NotNil(t, tr, "transport figures missing") {
+		assert.True(t, tr.HasServer, "transport figures without the server's: %+v", tr)
+		assert.GreaterOrEqual(t, tr.ClientFramesPerDatagramOut, 1.0, "client frames/datagram out")
+		assert.GreaterOrEqual(t, tr.ServerDatagramsPerRecvCall, 1.0, "server datagrams/recv call")
 	}
-	if r.Pairs == 0 || r.Ops+8 < 2*r.Pairs || // counters are read one goroutine after another
-		r.PairsPerSec <= 0 {
-		t.Errorf("pairs %d, ops %d, pairs/s %v: want some pairs, two operations each", r.Pairs, r.Ops, r.PairsPerSec)
-	}
-	if r.Errors != 0 || r.Refusals != 0 {
-		t.Errorf("%d errors (first: %s), %d refusals with a key per goroutine", r.Errors, r.FirstErr, r.Refusals)
-	}
-	if !(r.Pair.P50 > 0 && r.Pair.P50 <= r.Pair.P90 && r.Pair.P90 <= r.Pair.P99 && r.Pair.P99 <= r.Pair.P999 && r.Pair.P999 <= r.Pair.Max) {
-		t.Errorf("latency percentiles out of order: %+v", r.Pair)
-	}
-	if r.AllocsPerOp < 0 || r.CPUPerMop <= 0 {
-		t.Errorf("allocs/op %v, CPU s/Mop %v", r.AllocsPerOp, r.CPUPerMop)
-	}
-	tr := r.Transport
-	if tr == nil || !tr.HasServer || tr.ClientFramesPerDatagramOut < 1 || tr.ServerDatagramsPerRecvCall < 1 {
-		t.Errorf("transport figures missing: %+v", tr)
-	}
-	if rep.Machine.NumCPU < 1 || rep.Machine.Go == "" {
-		t.Errorf("machine not described: %+v", rep.Machine)
-	}
-	if !strings.Contains(errOut.String(), "machine: nproc") {
-		t.Errorf("no machine line on stderr:\n%s", errOut.String())
-	}
+	assert.GreaterOrEqual(t, rep.Machine.NumCPU, 1, "machine not described: %+v", rep.Machine)
+	assert.NotEmpty(t, rep.Machine.Go, "machine not described: %+v", rep.Machine)
+	assert.Contains(t, errOut.String(), "machine: nproc", "no machine line on stderr")
 }
 
 func TestSmokeTable(t *testing.T) {
@@ -66,17 +58,12 @@ func TestSmokeTable(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			args := append(c.args, "-d", "300ms", "-warmup", "50ms")
-			if err := mainErr(args, &out, &errOut); err != nil {
-				t.Fatalf("bench: %v\n%s", err, errOut.String())
-			}
+			err := mainErr(args, &out, &errOut)
+			require.NoError(t, err, "bench; stderr:\n%s", errOut.String())
 			for _, w := range c.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("no %q in the table:\n%s", w, out.String())
-				}
+				assert.Contains(t, out.String(), w, "a row of the table")
 			}
-			if !regexp.MustCompile(`(?m)^  errors +0$`).MatchString(out.String()) {
-				t.Errorf("errors reported:\n%s", out.String())
-			}
+			assert.Regexp(t, `(?m)^  errors +0$`, out.String(), "errors reported")
 		})
 	}
 }
@@ -84,8 +71,6 @@ func TestSmokeTable(t *testing.T) {
 func TestBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"-c", "0"}, {"-d", "0"}, {"-conns", "0"}, {"extra"}} {
 		var out, errOut bytes.Buffer
-		if err := mainErr(args, &out, &errOut); err == nil {
-			t.Errorf("%q accepted", args)
-		}
+		assert.Error(t, mainErr(args, &out, &errOut), "%q accepted", args)
 	}
 }

@@ -6,23 +6,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestParseVs(t *testing.T) {
 	got, err := parseVs("redis, etcd,rueidis")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{"redis-rueidis", "redis-goredis", "etcd"}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("parseVs = %q, want %q", got, want)
-	}
-	if _, err := parseVs("redis,zookeeper"); err == nil {
-		t.Fatal("unknown system accepted")
-	}
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis-rueidis", "redis-goredis", "etcd"}, got)
+	_, err = parseVs("redis,zookeeper")
+	assert.Error(t, err, "unknown system accepted")
 }
 
 // TestCompare runs the whole comparison for real, briefly: netmutex, each Redis client
@@ -44,14 +41,10 @@ func TestCompare(t *testing.T) {
 	start := time.Now()
 	err := mainErr([]string{"-vs", "redis,etcd", "-c", "4", "-d", "200ms", "-warmup", "50ms",
 		"-sweep-d", "100ms", "-plot", png, "-install-redis=false", "-json"}, &out, &errOut)
-	if err != nil {
-		t.Fatalf("bench: %v\n%s", err, errOut.String())
-	}
+	require.NoError(t, err, "bench; stderr:\n%s", errOut.String())
 	t.Logf("comparison took %v", time.Since(start).Round(time.Millisecond))
 	var rep report
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
-	}
+	require.NoError(t, json.Unmarshal(out.Bytes(), &rep), "stdout is not JSON:\n%s", out.String())
 	ran := map[string]*result{}
 	for _, r := range rep.Results {
 		ran[r.System] = r
@@ -64,13 +57,10 @@ func TestCompare(t *testing.T) {
 		r := ran[name]
 		switch {
 		case r != nil:
-			if r.Pairs == 0 || r.Errors != 0 {
-				t.Errorf("%s: %d pairs, %d errors (first: %s)", name, r.Pairs, r.Errors, r.FirstErr)
-			}
+			assert.NotZero(t, r.Pairs, "%s: pairs", name)
+			assert.Zero(t, r.Errors, "%s: errors (first: %s)", name, r.FirstErr)
 		case strings.HasPrefix(name, "redis") && redisErr != nil:
-			if !strings.Contains(skipped[name], "redis-server not found") {
-				t.Errorf("%s neither ran nor was skipped for the missing redis-server: %q", name, skipped[name])
-			}
+			assert.Contains(t, skipped[name], "redis-server not found", "%s neither ran nor was skipped for the missing redis-server", name)
 		default:
 			t.Errorf("%s did not run: %s", name, skipped[name])
 		}
@@ -78,11 +68,9 @@ func TestCompare(t *testing.T) {
 	if redisErr != nil {
 		t.Logf("redis-server not installed: the Redis clients were skipped (bench/install-redis.sh installs it)")
 	}
-	if want := len(rep.Results) * len(sweepGoroutines); len(rep.Sweep) != want {
-		t.Errorf("%d sweep points, want %d", len(rep.Sweep), want)
-	}
-	if fi, err := os.Stat(png); err != nil || fi.Size() < 10000 {
-		t.Errorf("chart not written: %v", err)
+	assert.Len(t, rep.Sweep, len(rep.Results)*len(sweepGoroutines), "sweep points: one per system and goroutine count")
+	if fi, err := os.Stat(png); assert.NoError(t, err, "chart not written") {
+		assert.GreaterOrEqual(t, fi.Size(), int64(10000), "chart size")
 	}
 }
 
@@ -99,14 +87,10 @@ func TestPlotFormats(t *testing.T) {
 	}
 	for _, ext := range []string{".png", ".svg"} {
 		f := filepath.Join(t.TempDir(), "chart"+ext)
-		if err := writePlot(f, rep); err != nil {
-			t.Fatalf("%s: %v", ext, err)
-		}
-		if fi, err := os.Stat(f); err != nil || fi.Size() < 1000 {
-			t.Fatalf("%s chart not written: %v", ext, err)
-		}
+		require.NoError(t, writePlot(f, rep), ext)
+		fi, err := os.Stat(f)
+		require.NoError(t, err, "%s chart not written", ext)
+		require.GreaterOrEqual(t, fi.Size(), int64(1000), "%s chart size", ext)
 	}
-	if err := writePlot(filepath.Join(t.TempDir(), "x.png"), &report{}); err == nil {
-		t.Fatal("a chart without sweep results was written")
-	}
+	assert.Error(t, writePlot(filepath.Join(t.TempDir(), "x.png"), &report{}), "a chart without sweep results was written")
 }
