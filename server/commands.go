@@ -6,7 +6,9 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// parse checks datagram i whole, then turns its frames into commands.
+// parse checks datagram i of s.in whole, then turns its frames into commands. The
+// sender's address is copied into s.addrs, and each command's Tag is its index there:
+// the replies are addressed from s.addrs, never from s.in, which the next read reuses.
 func (s *Server) parse(i int) {
 	msg := &s.in[i]
 	if msg.N > wire.MaxDatagram {
@@ -19,9 +21,11 @@ func (s *Server) parse(i int) {
 		return
 	}
 	before := len(s.cmds)
+	tag := int32(len(s.addrs))
+	s.addrs = append(s.addrs, msg.Addr)
 	var f wire.Frame
 	for d.Next(&f) {
-		c := Command{Tag: int32(i), Session: d.Session, Floor: d.Floor, ID: f.ID}
+		c := Command{Tag: tag, Session: d.Session, Floor: d.Floor, ID: f.ID}
 		switch f.Op {
 		case wire.OpPad:
 			continue
@@ -45,6 +49,9 @@ func (s *Server) parse(i int) {
 			continue // Parse admits only the request opcodes above
 		}
 		s.cmds = append(s.cmds, c)
+	}
+	if len(s.cmds) == before {
+		s.addrs = s.addrs[:tag] // only PAD: nothing will be answered
 	}
 	s.stats.requests.Add(uint64(len(s.cmds) - before))
 }

@@ -31,7 +31,7 @@ const (
 // machine copies what it keeps.
 type Command struct {
 	Kind    Kind
-	Tag     int32  // opaque to the machine, copied into the Result (the loop's datagram index)
+	Tag     int32  // opaque to the machine, copied into the Result (the loop: the index of the sender's address in its batch)
 	Session uint64 // the datagram header's session; for KindIsolationDone the isolated session
 	Floor   uint64 // the datagram header's ack floor
 	ID      uint64 // request id; the nonce for KindConnect

@@ -12,11 +12,16 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// builder is the reply datagram being filled for one (address, session).
-type builder struct {
+// replyKey names the reply datagrams of one batch that go to one address for one session.
+type replyKey struct {
 	addr    netip.AddrPort
 	session uint64
-	msg     int // index in Server.out
+}
+
+// builder is the reply datagram being filled for one replyKey.
+type builder struct {
+	replyKey
+	msg int // index in Server.out
 }
 
 // replySize is the size of the frame that encodes r.
@@ -53,10 +58,15 @@ func (s *Server) appendReply(b []byte, r *Result) []byte {
 
 // encode packs s.results into reply datagrams in s.out: all replies for one (address,
 // session) of the batch share datagrams, each reply goes to the address its request came
-// from, and busy sets FlagBusy on all of them.
+// from (s.addrs[Tag]), and busy sets FlagBusy on all of them.
+//
+// Finding the builder of a result is O(1): the one of the previous result (replies to
+// one datagram come in a row), else s.byKey, a map cleared per batch, which keeps its
+// buckets and so allocates nothing once it has grown to the batches it sees.
 func (s *Server) encode(busy bool) {
 	s.out = s.out[:0]
 	s.builders = s.builders[:0]
+	clear(s.byKey)
 	var flags uint8
 	if busy {
 		flags = wire.FlagBusy
@@ -64,28 +74,22 @@ func (s *Server) encode(busy bool) {
 	last := -1
 	for i := range s.results {
 		r := &s.results[i]
-		addr := s.in[r.Tag].Addr
-		bi := -1
-		if last >= 0 && s.builders[last].addr == addr && s.builders[last].session == r.Session {
-			bi = last
-		} else {
-			for j := range s.builders {
-				if s.builders[j].addr == addr && s.builders[j].session == r.Session {
-					bi = j
-					break
-				}
+		k := replyKey{s.addrs[r.Tag], r.Session}
+		bi := last
+		if bi < 0 || s.builders[bi].replyKey != k {
+			var ok bool
+			if bi, ok = s.byKey[k]; !ok {
+				bi = len(s.builders)
+				s.builders = append(s.builders, builder{k, s.newDatagram(k, flags)})
+				s.byKey[k] = bi
 			}
-		}
-		if bi < 0 {
-			s.builders = append(s.builders, builder{addr: addr, session: r.Session, msg: s.newDatagram(addr, r.Session, flags)})
-			bi = len(s.builders) - 1
 		}
 		last = bi
 		b := &s.builders[bi]
 		m := &s.out[b.msg]
 		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > wire.MaxDatagram {
 			m.Buf = wire.FinishDatagram(m.Buf)
-			b.msg = s.newDatagram(addr, r.Session, flags)
+			b.msg = s.newDatagram(k, flags)
 			m = &s.out[b.msg]
 		}
 		m.Buf = s.appendReply(m.Buf, r)
@@ -98,13 +102,13 @@ func (s *Server) encode(busy bool) {
 }
 
 // newDatagram starts a reply datagram in a reused buffer and returns its index in s.out.
-func (s *Server) newDatagram(addr netip.AddrPort, session uint64, flags uint8) int {
+func (s *Server) newDatagram(k replyKey, flags uint8) int {
 	i := len(s.out)
 	if i == len(s.outBufs) {
 		s.outBufs = append(s.outBufs, make([]byte, 0, wire.MaxDatagram))
 	}
-	buf := wire.BeginDatagram(s.outBufs[i][:0], wire.Header{Flags: flags, Session: session})
-	s.out = append(s.out, batchio.Message{Buf: buf, Addr: addr})
+	buf := wire.BeginDatagram(s.outBufs[i][:0], wire.Header{Flags: flags, Session: k.session})
+	s.out = append(s.out, batchio.Message{Buf: buf, Addr: k.addr})
 	return i
 }
 

@@ -79,12 +79,14 @@ type Server struct {
 
 	// Owned by the loop goroutine.
 	in        []batchio.Message
+	addrs     []netip.AddrPort // per batch: the senders of the datagrams that drew commands
 	cmds      []Command
 	results   []Result
 	isos      []Isolation
 	out       []batchio.Message
 	outBufs   [][]byte
 	builders  []builder
+	byKey     map[replyKey]int // per batch: index in builders
 	connected wire.Connected
 	deadline  time.Time
 	reserveOK bool
@@ -182,6 +184,8 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	s.cmds = make([]Command, 0, batchio.MaxBatch*8)
 	s.results = make([]Result, 0, batchio.MaxBatch*8)
+	s.addrs = make([]netip.AddrPort, 0, batchio.MaxBatch)
+	s.byKey = make(map[replyKey]int)
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
 		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", lockDelayFor(st.lockDelay, cfg.MaxTTL),
 		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
@@ -263,6 +267,7 @@ func (s *Server) stop(clean bool) error {
 // now is the loop's clock: monotonic nanoseconds since New.
 func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 
+// loop is the server: read a batch, apply it, send the replies, until the socket closes.
 func (s *Server) loop() {
 	defer close(s.loopDone)
 	defer s.collectReservation(true) // the store is the stopper's once the loop is done
@@ -329,6 +334,7 @@ func (s *Server) armDeadline() {
 func (s *Server) process(n int, now int64) {
 	s.cmds = s.cmds[:0]
 	s.results = s.results[:0]
+	s.addrs = s.addrs[:0]
 	s.stats.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
 		s.parse(i)
