@@ -29,6 +29,10 @@ import (
 // at 50 idle wake-ups a second.
 const tick = 20 * time.Millisecond
 
+// BUG(netmutex): Where a read takes one datagram (batchio.MaxBatch is 1: every system
+// but Linux), a read cannot tell whether more datagrams wait behind it, so the server
+// never sets FlagBusy there: its clients get no back-pressure.
+
 // isoQueue is the capacity of the channel of finished isolation runs; a run that finds it
 // full waits (in its own goroutine), never the loop.
 const isoQueue = 64
@@ -90,6 +94,8 @@ type Server struct {
 	connected wire.Connected
 	deadline  time.Time
 	reserveOK bool
+	lastFull  bool             // the last read filled s.in; see took
+	behind    bool             // the loop has fallen behind: replies get FlagBusy; see took
 	reserving bool             // a reservation is being written in the background
 	reserved  chan reservation // its outcome; buffered 1
 }
@@ -289,6 +295,7 @@ func (s *Server) loop() {
 		} else {
 			s.stats.batches.Add(1)
 		}
+		s.took(n)
 		s.process(n, s.now())
 		busy := len(s.cmds) > 1
 		s.send()
@@ -299,16 +306,29 @@ func (s *Server) loop() {
 			runtime.Gosched()
 			n, err := s.bc.TryReadBatch(s.in)
 			if err != nil || n == 0 {
+				s.lastFull = false // caught up: nothing was waiting
 				idle++
 				continue
 			}
 			s.stats.syscallsIn.Add(1)
 			s.stats.batches.Add(1)
+			s.took(n)
 			s.process(n, s.now())
 			s.send()
 			idle = 0
 		}
 	}
+}
+
+// took notes a read of n datagrams. The loop is behind (s.behind, and FlagBusy on the
+// replies) when this read filled every slot of s.in and so did the read before it, with
+// no read between them finding the socket empty: the earlier full batch left more
+// queued, and this one may have too. One full read alone says nothing, and neither does
+// a read of one slot, which is always full: a single light client never sees BUSY.
+func (s *Server) took(n int) {
+	full := n == len(s.in) && len(s.in) > 1
+	s.behind = full && s.lastFull
+	s.lastFull = full
 }
 
 // armDeadline keeps the read returning every tick while time alone can change the state
@@ -358,5 +378,5 @@ func (s *Server) process(n int, now int64) {
 			s.startIsolation(iso)
 		}
 	}
-	s.encode(n == len(s.in))
+	s.encode(s.behind)
 }
