@@ -30,6 +30,21 @@ type reservation struct {
 	err error
 }
 
+// reserveBatch reserves fences for a batch of need commands before Apply (each grants
+// at most one). On failure the machine refuses grants (LOCK_DELAY) rather than use a
+// fence that is not durable. A failure is logged when failures start, and then on every
+// batch only while no fence at all is left.
+func (s *Server) reserveBatch(need int) {
+	if err := s.reserve(need); err != nil {
+		if s.reserveOK || s.m.FencesLeft() == 0 {
+			s.log.Error("cannot reserve fences; refusing grants", "err", err)
+		}
+		s.reserveOK = false
+		return
+	}
+	s.reserveOK = true
+}
+
 // reserve makes sure the machine can hand out at least need fences. When the current
 // block runs low, the next one is written in the background: an fsync costs
 // milliseconds, which every waiting client would otherwise see in its latency. Only

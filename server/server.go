@@ -17,7 +17,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
@@ -36,29 +35,6 @@ const tick = 20 * time.Millisecond
 // isoQueue is the capacity of the channel of finished isolation runs; a run that finds it
 // full waits (in its own goroutine), never the loop.
 const isoQueue = 64
-
-// Stats are counters since New. All are totals.
-type Stats struct {
-	Datagrams        uint64 // datagrams received, bad ones included
-	BadDatagrams     uint64 // datagrams dropped as invalid, without reply
-	Requests         uint64 // request frames handed to the state machine (PAD excluded)
-	Replies          uint64 // reply frames sent
-	Batches          uint64 // receive calls that returned datagrams; one Apply each
-	Ticks            uint64 // wake-ups without traffic (read deadline)
-	Grants           uint64 // locks granted
-	Isolations       uint64 // sessions isolated
-	IsolationsRun    uint64 // isolation command runs finished (any exit status)
-	IsolationsFailed uint64 // runs that failed, timed out or could not start
-	DatagramsOut     uint64 // reply datagrams sent
-	SyscallsIn       uint64 // ReadBatch calls (one recvmmsg each on Linux)
-	SyscallsOut      uint64 // WriteBatch calls (one sendmmsg each on Linux, if it takes all)
-	SendErrors       uint64 // reply datagrams that could not be sent
-}
-
-type counters struct {
-	datagrams, bad, requests, replies, batches, ticks, grants, isolations atomic.Uint64
-	isoRun, isoFailed, datagramsOut, syscallsIn, syscallsOut, sendErrors  atomic.Uint64
-}
 
 // Server is a running lock server. Its methods are safe for concurrent use.
 type Server struct {
@@ -211,27 +187,6 @@ func (s *Server) Addr() netip.AddrPort { return s.addr }
 // LockDelay tells whether this start began with a lock-delay.
 func (s *Server) LockDelay() bool { return s.store.lockDelay }
 
-// Stats returns the counters.
-func (s *Server) Stats() Stats {
-	c := &s.stats
-	return Stats{
-		Datagrams:        c.datagrams.Load(),
-		BadDatagrams:     c.bad.Load(),
-		Requests:         c.requests.Load(),
-		Replies:          c.replies.Load(),
-		Batches:          c.batches.Load(),
-		Ticks:            c.ticks.Load(),
-		Grants:           c.grants.Load(),
-		Isolations:       c.isolations.Load(),
-		IsolationsRun:    c.isoRun.Load(),
-		IsolationsFailed: c.isoFailed.Load(),
-		DatagramsOut:     c.datagramsOut.Load(),
-		SyscallsIn:       c.syscallsIn.Load(),
-		SyscallsOut:      c.syscallsOut.Load(),
-		SendErrors:       c.sendErrors.Load(),
-	}
-}
-
 // Close stops the server cleanly: the loop ends, running isolation commands are waited
 // for (each is bounded by IsolateTimeout), the clean stop is recorded (with whether locks
 // were still held, which decides the next start's lock-delay) and the socket is closed.
@@ -363,14 +318,7 @@ func (s *Server) process(n int, now int64) {
 		s.redirect()
 	} else {
 		s.collectIsolations()
-		if err := s.reserve(len(s.cmds)); err != nil {
-			if s.reserveOK || s.m.FencesLeft() == 0 {
-				s.log.Error("cannot reserve fences; refusing grants", "err", err)
-			}
-			s.reserveOK = false
-		} else {
-			s.reserveOK = true
-		}
+		s.reserveBatch(len(s.cmds))
 		s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
 		s.stats.grants.Store(s.m.Grants())
 		s.stats.isolations.Store(s.m.Isolations())
