@@ -4,6 +4,8 @@ package server
 
 import (
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestProcessAllocs checks that the receive-apply-send path allocates nothing per
@@ -14,7 +16,5 @@ func TestProcessAllocs(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		h.round() // warm up: buffers, map entries, released lists
 	}
-	if allocs := testing.AllocsPerRun(100, h.round); allocs != 0 {
-		t.Fatalf("%v allocations per batch of %d requests, want 0", allocs, h.requests())
-	}
+	require.Zero(t, testing.AllocsPerRun(100, h.round), "allocations per batch of %d requests", h.requests())
 }

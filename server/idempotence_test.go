@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -21,34 +23,25 @@ func TestServerWireIdempotence(t *testing.T) {
 	lockDgram := a.datagram(func(buf []byte) []byte { return wire.AppendLock(buf, lockID, 5000, "k") })
 	first := a.callRaw(lockDgram)
 	second := a.callRaw(lockDgram)
-	if first.Op != wire.OpOK || second.Op != wire.OpOK || first.Fence != second.Fence {
-		t.Fatalf("LOCK twice: %+v then %+v", first, second)
-	}
-	if g := s.Stats().Grants; g != 1 {
-		t.Fatalf("%d grants for one LOCK sent twice", g)
-	}
+	requireOp(t, first, wire.OpOK, "LOCK")
+	requireOp(t, second, wire.OpOK, "the same LOCK again")
+	require.Equal(t, first.Fence, second.Fence, "fence of the same LOCK twice")
+	require.Equal(t, uint64(1), s.Stats().Grants, "grants for one LOCK sent twice")
 
 	// a unlocks; b takes the key; a's old UNLOCK is replayed: b must keep it.
 	unlockID := a.id()
 	unlockDgram := a.datagram(func(buf []byte) []byte { return wire.AppendUnlock(buf, unlockID, lockID, "k") })
-	if f := a.callRaw(unlockDgram); f.Op != wire.OpOK {
-		t.Fatalf("UNLOCK: %+v", f)
-	}
+	requireOp(t, a.callRaw(unlockDgram), wire.OpOK, "UNLOCK")
 	bID, f := b.lock("k", 5*time.Second)
-	if f.Op != wire.OpOK || f.Fence <= first.Fence {
-		t.Fatalf("b's LOCK: %+v", f)
-	}
-	if f := a.callRaw(unlockDgram); f.Op != wire.OpOK {
-		t.Fatalf("replayed UNLOCK: %+v", f)
-	}
+	requireOp(t, f, wire.OpOK, "b's LOCK")
+	require.Greater(t, f.Fence, first.Fence, "b's fence")
+	requireOp(t, a.callRaw(unlockDgram), wire.OpOK, "replayed UNLOCK")
 	// The replayed LOCK of a, released since, must not take the key back either.
-	if f := a.callRaw(lockDgram); f.Op == wire.OpOK {
-		t.Fatalf("replayed LOCK after release granted: %+v", f)
-	}
+	f = a.callRaw(lockDgram)
+	require.NotEqual(t, wire.OpOK, f.Op, "replayed LOCK after release granted: %+v", f)
 	upID := b.id()
-	if f := b.call(func(buf []byte) []byte { return wire.AppendUpdate(buf, upID, bID, 5000, "k") }); f.Op != wire.OpOK {
-		t.Fatalf("b lost the key to a replay: %+v", f)
-	}
+	f = b.call(func(buf []byte) []byte { return wire.AppendUpdate(buf, upID, bID, 5000, "k") })
+	requireOp(t, f, wire.OpOK, "b's UPDATE (b lost the key to a replay?)")
 }
 
 // callRaw sends a prepared datagram and returns the one reply frame.
@@ -56,8 +49,7 @@ func (c *client) callRaw(d []byte) wire.Frame {
 	c.t.Helper()
 	c.send(d)
 	_, frames, ok := c.recv(2 * time.Second)
-	if !ok || len(frames) != 1 {
-		c.t.Fatalf("reply: ok=%v frames=%d", ok, len(frames))
-	}
+	require.True(c.t, ok, "no reply")
+	require.Len(c.t, frames, 1, "reply frames")
 	return frames[0]
 }

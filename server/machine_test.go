@@ -4,6 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -44,18 +47,15 @@ func (s *sim) step(cmds ...Command) []Result {
 func (s *sim) one(c Command) Result {
 	s.t.Helper()
 	out := s.step(c)
-	if len(out) != 1 {
-		s.t.Fatalf("%+v: got %d results %+v, want 1", c, len(out), out)
-	}
+	require.Len(s.t, out, 1, "results of %+v", c)
 	return out[0]
 }
 
 func (s *sim) connect(nonce uint64) uint64 {
 	s.t.Helper()
 	r := s.one(Command{Kind: KindConnect, ID: nonce, Info: []byte("host-a")})
-	if r.Op != wire.OpConnected || r.ID != nonce {
-		s.t.Fatalf("connect: %+v", r)
-	}
+	require.Equal(s.t, wire.OpConnected, r.Op, "connect: %+v", r)
+	require.Equal(s.t, nonce, r.ID, "connect: %+v", r)
 	return r.Session
 }
 
@@ -73,34 +73,39 @@ func updateCmd(sess, id, lockID uint64, ttlMs uint32, key string) Command {
 
 func wantOp(t *testing.T, r Result, op wire.Op) {
 	t.Helper()
-	if r.Op != op {
-		t.Fatalf("got %+v, want op %#x", r, op)
-	}
+	require.Equal(t, op, r.Op, "result %+v", r)
 }
 
 func wantErr(t *testing.T, r Result, code wire.Code) {
 	t.Helper()
-	if r.Op != wire.OpError || r.Code != code {
-		t.Fatalf("got %+v, want ERROR %d", r, code)
-	}
+	require.Equal(t, wire.OpError, r.Op, "result %+v", r)
+	require.Equal(t, code, r.Code, "result %+v", r)
+}
+
+// wantHolder checks that key is held by (session, lockID) with fence.
+func wantHolder(t *testing.T, m *Machine, key string, session, lockID, fence uint64) {
+	t.Helper()
+	sess, id, f, ok := m.Holder(key)
+	require.True(t, ok, "%s is free", key)
+	require.Equal(t, [3]uint64{session, lockID, fence}, [3]uint64{sess, id, f}, "holder of %s: session, lock id, fence", key)
+}
+
+// wantFree checks that key is held by nobody.
+func wantFree(t *testing.T, m *Machine, key string, why string) {
+	t.Helper()
+	sess, id, f, ok := m.Holder(key)
+	require.False(t, ok, "%s: %s held by session %x (lock %d, fence %d)", why, key, sess, id, f)
 }
 
 func TestMachineConnect(t *testing.T) {
 	s := newSim(t, nil)
 	a := s.connect(11)
-	if a>>32 != 7 || uint32(a) != 1 {
-		t.Fatalf("session id %#x: want boot 7 in the high bits, counter 1", a)
-	}
-	if again := s.connect(11); again != a {
-		t.Fatalf("retransmitted CONNECT: session %#x, want %#x", again, a)
-	}
+	assert.Equal(t, uint64(7), a>>32, "boot count in the high bits")
+	assert.Equal(t, uint32(1), uint32(a), "counter in the low bits")
+	assert.Equal(t, a, s.connect(11), "retransmitted CONNECT")
 	b := s.connect(12)
-	if b == a || uint32(b) != 2 {
-		t.Fatalf("second session %#x", b)
-	}
-	if s.m.Sessions() != 2 {
-		t.Fatalf("sessions %d, want 2", s.m.Sessions())
-	}
+	assert.Equal(t, uint32(2), uint32(b), "second session")
+	require.Equal(t, 2, s.m.Sessions())
 	r := s.one(Command{Kind: KindConnect, ID: 13, Info: make([]byte, wire.MaxIsolationInfo+1)})
 	wantErr(t, r, wire.CodeBadIsolationInfo)
 	wantErr(t, s.one(Command{Kind: KindConnect, ID: 0}), wire.CodeBadRequest)
@@ -111,9 +116,7 @@ func TestMachineUnknownSession(t *testing.T) {
 	for _, k := range []Kind{KindTouch, KindDisconnect, KindLock, KindUpdate, KindUnlock, KindUnlockAll} {
 		r := s.one(Command{Kind: k, Session: 99, ID: 1, TTLMs: 10, LockID: 1, Key: []byte("k")})
 		wantOp(t, r, wire.OpDisconnected)
-		if r.Session != 99 {
-			t.Fatalf("kind %d: reply session %d, want 99", k, r.Session)
-		}
+		require.Equal(t, uint64(99), r.Session, "kind %d", k)
 	}
 	wantOp(t, s.one(Command{Kind: KindPing, ID: 5}), wire.OpPong)
 	wantOp(t, s.one(Command{Kind: KindPing, Session: 99, ID: 5}), wire.OpPong)
@@ -124,19 +127,14 @@ func TestMachineGrantLockedRetransmit(t *testing.T) {
 	a, b := s.connect(1), s.connect(2)
 	r := s.one(lockCmd(a, 1, 1000, "k"))
 	wantOp(t, r, wire.OpOK)
-	if r.Fence == 0 {
-		t.Fatal("fence 0 on grant")
-	}
+	require.NotZero(t, r.Fence, "fence on grant")
 	fence := r.Fence
 	again := s.one(lockCmd(a, 1, 1000, "k"))
-	if again.Op != wire.OpOK || again.Fence != fence {
-		t.Fatalf("retransmitted LOCK: %+v, want OK fence %d", again, fence)
-	}
+	wantOp(t, again, wire.OpOK)
+	require.Equal(t, fence, again.Fence, "retransmitted LOCK")
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
 	wantOp(t, s.one(lockCmd(a, 2, 1000, "k")), wire.OpLocked) // same session, other id
-	if sess, id, f, ok := s.m.Holder("k"); !ok || sess != a || id != 1 || f != fence {
-		t.Fatalf("holder %d %d %d %v", sess, id, f, ok)
-	}
+	wantHolder(t, s.m, "k", a, 1, fence)
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpPong)
 }
 
@@ -145,17 +143,13 @@ func TestMachineUnlockIdempotent(t *testing.T) {
 	a, b := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
 	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
-	if _, _, _, ok := s.m.Holder("k"); ok {
-		t.Fatal("key still held after UNLOCK")
-	}
+	wantFree(t, s.m, "k", "key still held after UNLOCK")
 	nb := s.one(lockCmd(b, 1, 1000, "k"))
 	wantOp(t, nb, wire.OpOK)
 	// The old UNLOCK, replayed, and an UNLOCK by b's lock id from another session.
 	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
 	wantOp(t, s.one(unlockCmd(a, 3, 1, "k")), wire.OpOK)
-	if sess, id, f, ok := s.m.Holder("k"); !ok || sess != b || id != 1 || f != nb.Fence {
-		t.Fatalf("newer holder touched: %d %d %d %v", sess, id, f, ok)
-	}
+	wantHolder(t, s.m, "k", b, 1, nb.Fence) // the newer holder untouched
 }
 
 func TestMachineStaleAndFloor(t *testing.T) {
@@ -165,24 +159,16 @@ func TestMachineStaleAndFloor(t *testing.T) {
 	wantOp(t, s.one(unlockCmd(a, 6, 5, "k")), wire.OpOK)
 	// A duplicate of the LOCK arriving after its release must not grant again.
 	wantErr(t, s.one(lockCmd(a, 5, 1000, "k")), wire.CodeStale)
-	if _, _, _, ok := s.m.Holder("k"); ok {
-		t.Fatal("stale LOCK granted")
-	}
+	wantFree(t, s.m, "k", "stale LOCK granted")
 	// Once the floor passes it, it is dropped without reply.
 	c := lockCmd(a, 5, 1000, "k")
 	c.Floor = 7
-	if out := s.step(c); len(out) != 0 {
-		t.Fatalf("request below floor answered: %+v", out)
-	}
+	require.Empty(t, s.step(c), "request below floor answered")
 	// The floor never moves down, and every kind below it is dropped.
 	for _, c := range []Command{lockCmd(a, 6, 1000, "x"), unlockCmd(a, 3, 5, "k"), {Kind: KindTouch, Session: a, ID: 2, Floor: 1}} {
-		if out := s.step(c); len(out) != 0 {
-			t.Fatalf("%+v below floor answered: %+v", c, out)
-		}
+		require.Empty(t, s.step(c), "%+v below floor answered", c)
 	}
-	if _, _, _, ok := s.m.Holder("x"); ok {
-		t.Fatal("LOCK below floor granted")
-	}
+	wantFree(t, s.m, "x", "LOCK below floor granted")
 	wantOp(t, s.one(lockCmd(a, 7, 1000, "k")), wire.OpOK)
 }
 
@@ -196,9 +182,7 @@ func TestMachineRefusedDuplicate(t *testing.T) {
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
 	wantOp(t, s.one(unlockCmd(a, 2, 1, "k")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
-	if _, _, _, ok := s.m.Holder("k"); ok {
-		t.Fatal("refused LOCK granted by its duplicate")
-	}
+	wantFree(t, s.m, "k", "refused LOCK granted by its duplicate")
 	wantOp(t, s.one(lockCmd(b, 2, 1000, "k")), wire.OpOK)
 }
 
@@ -208,14 +192,12 @@ func TestMachineUpdate(t *testing.T) {
 	g := s.one(lockCmd(a, 1, 100, "k"))
 	s.now += 80 * ms
 	u := s.one(updateCmd(a, 2, 1, 100, "k"))
-	if u.Op != wire.OpOK || u.Fence != g.Fence {
-		t.Fatalf("UPDATE: %+v, want OK fence %d", u, g.Fence)
-	}
+	wantOp(t, u, wire.OpOK)
+	require.Equal(t, g.Fence, u.Fence, "UPDATE keeps the fence")
 	s.now += 80 * ms // 160ms after the grant: alive thanks to the UPDATE
 	s.step()
-	if _, _, _, ok := s.m.Holder("k"); !ok || s.m.Isolated(a) {
-		t.Fatal("lock expired despite UPDATE")
-	}
+	require.False(t, s.m.Isolated(a), "lock expired despite UPDATE")
+	wantHolder(t, s.m, "k", a, 1, g.Fence)
 	wantErr(t, s.one(updateCmd(b, 1, 1, 100, "k")), wire.CodeNotHeld)
 	wantErr(t, s.one(updateCmd(a, 3, 9, 100, "k")), wire.CodeNotHeld)
 	wantErr(t, s.one(updateCmd(a, 4, 1, 100, "nope")), wire.CodeNotHeld)
@@ -251,17 +233,13 @@ func TestMachineExpiryIsolation(t *testing.T) {
 	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(a, 2, 10000, "k2")), wire.OpOK)
 	s.now += 99 * ms
-	if s.step(); len(s.iso) != 0 || s.m.Isolated(a) {
-		t.Fatal("isolated before the deadline")
-	}
+	s.step()
+	require.Empty(t, s.iso, "isolated before the deadline")
+	require.False(t, s.m.Isolated(a), "isolated before the deadline")
 	s.now += 1 * ms
 	s.step()
-	if len(s.iso) != 1 || s.iso[0].Session != a || s.iso[0].Info != "host-a" {
-		t.Fatalf("isolations %+v, want one for session %d with its info", s.iso, a)
-	}
-	if !s.m.Isolated(a) {
-		t.Fatal("not isolated")
-	}
+	require.Equal(t, []Isolation{{Session: a, Info: "host-a"}}, s.iso)
+	require.True(t, s.m.Isolated(a))
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
 	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 4}), wire.OpIsolated)
 	// Both keys stay unavailable while the command runs, whatever the time.
@@ -269,20 +247,14 @@ func TestMachineExpiryIsolation(t *testing.T) {
 	for _, k := range []string{"k", "k2"} {
 		wantOp(t, s.one(lockCmd(b, uint64(len(k)), 1000, k)), wire.OpLocked)
 	}
-	if len(s.iso) != 0 {
-		t.Fatalf("isolation asked twice: %+v", s.iso)
-	}
+	require.Empty(t, s.iso, "isolation asked twice")
 	s.step(Command{Kind: KindIsolationDone, Session: a})
 	for _, k := range []string{"k", "k2"} {
-		if _, _, _, ok := s.m.Holder(k); ok {
-			t.Fatalf("%s still held after IsolationDone", k)
-		}
+		wantFree(t, s.m, k, "after IsolationDone")
 	}
 	wantOp(t, s.one(lockCmd(b, 10, 1000, "k")), wire.OpOK)
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 5}), wire.OpIsolated)
-	if s.m.Isolations() != 1 {
-		t.Fatalf("isolations %d", s.m.Isolations())
-	}
+	require.Equal(t, uint64(1), s.m.Isolations())
 }
 
 func TestMachineExpiryWithoutCommand(t *testing.T) {
@@ -291,9 +263,7 @@ func TestMachineExpiryWithoutCommand(t *testing.T) {
 	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
 	s.now += 100 * ms
 	s.step()
-	if len(s.iso) != 0 {
-		t.Fatalf("isolation asked without a command: %+v", s.iso)
-	}
+	require.Empty(t, s.iso, "isolation asked without a command")
 	wantOp(t, s.one(lockCmd(b, 1, 100, "k")), wire.OpOK)
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
 }
@@ -310,25 +280,18 @@ func TestMachineSessionTimeout(t *testing.T) {
 	}
 	// 1200ms of silence: idle is gone, holder is isolated, alive stays.
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: idle, ID: 1}), wire.OpDisconnected)
-	if !s.m.Isolated(holder) {
-		t.Fatal("silent holder not isolated")
-	}
-	if _, _, _, ok := s.m.Holder("k"); !ok {
-		t.Fatal("key of an isolating session released before the command ended")
-	}
+	require.True(t, s.m.Isolated(holder), "silent holder not isolated")
+	_, _, _, held := s.m.Holder("k")
+	require.True(t, held, "key of an isolating session released before the command ended")
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 9}), wire.OpPong)
 	s.step(Command{Kind: KindIsolationDone, Session: holder})
-	if _, _, _, ok := s.m.Holder("k"); ok {
-		t.Fatal("key held after IsolationDone")
-	}
+	wantFree(t, s.m, "k", "after IsolationDone")
 	// One more timeout of silence and the isolated session is forgotten.
 	s.now += 600 * ms
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 10}), wire.OpPong)
 	s.now += 600 * ms
 	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 11}), wire.OpPong)
-	if s.m.Sessions() != 1 {
-		t.Fatalf("sessions %d, want 1", s.m.Sessions())
-	}
+	require.Equal(t, 1, s.m.Sessions())
 }
 
 func TestMachineUnlockAll(t *testing.T) {
@@ -337,12 +300,11 @@ func TestMachineUnlockAll(t *testing.T) {
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "ka")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "kb")), wire.OpOK)
 	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.OpPong)
-	if s.m.Locks() != 0 {
-		t.Fatalf("%d locks after UNLOCKALL", s.m.Locks())
-	}
-	if len(s.iso) != 2 || !s.m.Isolated(a) || !s.m.Isolated(b) || s.m.Isolated(op) {
-		t.Fatalf("isolations %+v", s.iso)
-	}
+	require.Zero(t, s.m.Locks(), "locks after UNLOCKALL")
+	require.Len(t, s.iso, 2)
+	assert.True(t, s.m.Isolated(a))
+	assert.True(t, s.m.Isolated(b))
+	assert.False(t, s.m.Isolated(op), "the operator's session")
 	wantOp(t, s.one(lockCmd(op, 2, 1000, "ka")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(a, 2, 1000, "x")), wire.OpIsolated)
 }
@@ -352,15 +314,11 @@ func TestMachineDisconnect(t *testing.T) {
 	a, b := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
 	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
-	if len(s.iso) != 0 {
-		t.Fatal("DISCONNECT isolated")
-	}
+	require.Empty(t, s.iso, "DISCONNECT isolated")
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpOK)
 	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
 	// The nonce is forgotten with the session: a new CONNECT with it is a new session.
-	if n := s.connect(1); n == a {
-		t.Fatal("closed session revived")
-	}
+	require.NotEqual(t, a, s.connect(1), "closed session revived")
 }
 
 func TestMachineFencesIncrease(t *testing.T) {
@@ -372,9 +330,7 @@ func TestMachineFencesIncrease(t *testing.T) {
 		key := string(rune('a' + i%5))
 		r := s.one(lockCmd(a, id, 1000, key))
 		wantOp(t, r, wire.OpOK)
-		if r.Fence <= last {
-			t.Fatalf("fence %d after %d", r.Fence, last)
-		}
+		require.Greater(t, r.Fence, last)
 		last = r.Fence
 		s.one(unlockCmd(a, id+1, id, key))
 		id += 2
@@ -388,13 +344,10 @@ func TestMachineFenceLimit(t *testing.T) {
 	out, _ = m.Apply(0, []Command{lockCmd(sess, 1, 1000, "k")}, nil, nil)
 	wantErr(t, out[0], wire.CodeLockDelay) // no reservation yet: no fence handed out
 	m.SetFenceLimit(101)
-	if m.FencesLeft() != 1 {
-		t.Fatalf("fences left %d", m.FencesLeft())
-	}
+	require.Equal(t, uint64(1), m.FencesLeft())
 	out, _ = m.Apply(0, []Command{lockCmd(sess, 2, 1000, "k"), lockCmd(sess, 3, 1000, "k2")}, nil, nil)
-	if out[0].Op != wire.OpOK || out[0].Fence != 100 {
-		t.Fatalf("first grant %+v, want fence 100", out[0])
-	}
+	wantOp(t, out[0], wire.OpOK)
+	require.Equal(t, uint64(100), out[0].Fence, "first grant")
 	wantErr(t, out[1], wire.CodeLockDelay)
 }
 
@@ -414,9 +367,7 @@ func TestMachineReusesEntries(t *testing.T) {
 			t.Fatalf("results %+v", out)
 		}
 	})
-	if allocs != 0 {
-		t.Fatalf("%v allocations per LOCK+UNLOCK, want 0", allocs)
-	}
+	require.Zero(t, allocs, "allocations per LOCK+UNLOCK")
 }
 
 // TestMachineReleasedCapKeepsFloor: a floor held back by one pending request while the

@@ -3,6 +3,8 @@ package server
 import (
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -21,10 +23,6 @@ func TestMachineLockDelayDuplicateNotGrantedLate(t *testing.T) {
 	wantErr(t, s.one(lockCmd(sess, 1, 500, "k")), wire.CodeLockDelay)
 	s.now = 2500 * ms // the delay is over; the client's floor has not moved past id 1 yet
 	r := s.one(lockCmd(sess, 1, 500, "k"))
-	if r.Op == wire.OpOK {
-		t.Fatalf("the copy of a LOCK answered LOCK_DELAY was granted (fence %d) after the delay", r.Fence)
-	}
-	if _, _, _, held := s.m.Holder("k"); held {
-		t.Fatal("key held by a LOCK its client was told was not granted")
-	}
+	require.NotEqual(t, wire.OpOK, r.Op, "the copy of a LOCK answered LOCK_DELAY was granted (fence %d) after the delay", r.Fence)
+	wantFree(t, s.m, "k", "held by a LOCK its client was told was not granted")
 }

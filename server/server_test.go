@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/netmutex/netmutex/internal/wire"
@@ -35,9 +37,7 @@ func testConfig(t *testing.T, dir string) Config {
 func startServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
 	s, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err, "New")
 	return s
 }
 
@@ -54,13 +54,9 @@ type client struct {
 func newClient(t testing.TB, addr interface{ String() string }) *client {
 	t.Helper()
 	ua, err := net.ResolveUDPAddr("udp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	conn, err := net.DialUDP("udp", nil, ua)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return &client{t: t, conn: conn, nextID: 1, buf: make([]byte, 2048)}
 }
@@ -76,9 +72,8 @@ func (c *client) datagram(add func(b []byte) []byte) []byte {
 
 func (c *client) send(d []byte) {
 	c.t.Helper()
-	if _, err := c.conn.Write(d); err != nil {
-		c.t.Fatal(err)
-	}
+	_, err := c.conn.Write(d)
+	require.NoError(c.t, err)
 }
 
 // recv reads one reply datagram and returns its frames; ok is false on timeout.
@@ -93,9 +88,7 @@ func (c *client) recv(wait time.Duration) (wire.Header, []wire.Frame, bool) {
 		c.t.Fatal(err)
 	}
 	d, err := wire.Parse(append([]byte(nil), c.buf[:n]...), true)
-	if err != nil {
-		c.t.Fatalf("bad reply datagram: %v", err)
-	}
+	require.NoError(c.t, err, "bad reply datagram")
 	var frames []wire.Frame
 	var f wire.Frame
 	for d.Next(&f) {
@@ -109,12 +102,8 @@ func (c *client) call(add func(b []byte) []byte) wire.Frame {
 	c.t.Helper()
 	c.send(c.datagram(add))
 	_, frames, ok := c.recv(2 * time.Second)
-	if !ok {
-		c.t.Fatal("no reply")
-	}
-	if len(frames) != 1 {
-		c.t.Fatalf("%d reply frames", len(frames))
-	}
+	require.True(c.t, ok, "no reply")
+	require.Len(c.t, frames, 1, "reply frames")
 	return frames[0]
 }
 
@@ -125,9 +114,8 @@ func (c *client) connect(info string) wire.Connected {
 		b = wire.AppendConnect(b, nonce, info)
 		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	})
-	if f.Op != wire.OpConnected || f.ID != nonce {
-		c.t.Fatalf("CONNECT: %+v", f)
-	}
+	require.Equal(c.t, wire.OpConnected, f.Op, "CONNECT: %+v", f)
+	require.Equal(c.t, nonce, f.ID, "CONNECT: %+v", f)
 	conn := f.Connected()
 	c.session = conn.Session
 	return conn
@@ -137,6 +125,13 @@ func (c *client) lock(key string, ttl time.Duration) (id uint64, f wire.Frame) {
 	c.t.Helper()
 	id = c.id()
 	return id, c.call(func(b []byte) []byte { return wire.AppendLock(b, id, uint32(ttl/time.Millisecond), key) })
+}
+
+// lockFrame is lock without the id.
+func (c *client) lockFrame(key string, ttl time.Duration) wire.Frame {
+	c.t.Helper()
+	_, f := c.lock(key, ttl)
+	return f
 }
 
 func (c *client) unlock(key string, lockID uint64) wire.Frame {
@@ -151,41 +146,36 @@ func (c *client) touch() wire.Frame {
 	return c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpTouch, id) })
 }
 
+// requireOp checks the opcode of a reply frame.
+func requireOp(t *testing.T, f wire.Frame, op wire.Op, what string) {
+	t.Helper()
+	require.Equal(t, op, f.Op, "%s: %+v", what, f)
+}
+
 func TestServerConnectLockUnlock(t *testing.T) {
 	s := startServer(t, testConfig(t, t.TempDir()))
 	defer s.Close()
 	a, b := newClient(t, s.Addr()), newClient(t, s.Addr())
 	conn := a.connect("host-a")
-	if conn.MaxTTLMs != 60000 || conn.SessionTimeoutMs != 15000 || conn.RetransmitWindowMs != 60000 || conn.ServerID != 1 {
-		t.Fatalf("CONNECTED %+v", conn)
-	}
-	if len(conn.Servers) != 1 || conn.Servers[0].Addr != s.Addr().String() {
-		t.Fatalf("servers %+v, want just %s", conn.Servers, s.Addr())
-	}
+	assert.Equal(t, uint32(60000), conn.MaxTTLMs)
+	assert.Equal(t, uint32(15000), conn.SessionTimeoutMs)
+	assert.Equal(t, uint32(60000), conn.RetransmitWindowMs)
+	assert.Equal(t, uint16(1), conn.ServerID)
+	require.Equal(t, []wire.Server{{ID: 1, Addr: s.Addr().String()}}, conn.Servers, "just this server")
 	b.connect("host-b")
 	id, f := a.lock("k", time.Second)
-	if f.Op != wire.OpOK || f.Fence == 0 || f.ID != id {
-		t.Fatalf("LOCK: %+v", f)
-	}
-	if _, f := b.lock("k", time.Second); f.Op != wire.OpLocked {
-		t.Fatalf("second LOCK: %+v", f)
-	}
-	if f := a.unlock("k", id); f.Op != wire.OpOK {
-		t.Fatalf("UNLOCK: %+v", f)
-	}
-	if _, f := b.lock("k", time.Second); f.Op != wire.OpOK {
-		t.Fatalf("LOCK after UNLOCK: %+v", f)
-	}
+	requireOp(t, f, wire.OpOK, "LOCK")
+	require.NotZero(t, f.Fence, "LOCK: %+v", f)
+	require.Equal(t, id, f.ID, "LOCK: %+v", f)
+	requireOp(t, b.lockFrame("k", time.Second), wire.OpLocked, "second LOCK")
+	requireOp(t, a.unlock("k", id), wire.OpOK, "UNLOCK")
+	requireOp(t, b.lockFrame("k", time.Second), wire.OpOK, "LOCK after UNLOCK")
 	// Unknown session, and a PING without one.
 	c := newClient(t, s.Addr())
 	c.session = 12345
-	if f := c.touch(); f.Op != wire.OpDisconnected {
-		t.Fatalf("unknown session: %+v", f)
-	}
+	requireOp(t, c.touch(), wire.OpDisconnected, "unknown session")
 	c.session = 0
-	if f := c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpPing, 1) }); f.Op != wire.OpPong {
-		t.Fatalf("PING: %+v", f)
-	}
+	requireOp(t, c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpPing, 1) }), wire.OpPong, "PING")
 }
 
 func TestServerPacksReplies(t *testing.T) {
@@ -211,12 +201,8 @@ func TestServerPacksReplies(t *testing.T) {
 	seen := map[uint64]bool{}
 	for len(seen) < n {
 		h, frames, ok := c.recv(2 * time.Second)
-		if !ok {
-			t.Fatalf("got %d of %d replies", len(seen), n)
-		}
-		if h.Session != c.session {
-			t.Fatalf("reply header session %x, want %x", h.Session, c.session)
-		}
+		require.True(t, ok, "got %d of %d replies", len(seen), n)
+		require.Equal(t, c.session, h.Session, "reply header session")
 		for _, f := range frames {
 			if f.Op != wire.OpOK || f.ID < first || f.ID >= first+n || seen[f.ID] {
 				t.Fatalf("reply %+v", f)
@@ -224,9 +210,9 @@ func TestServerPacksReplies(t *testing.T) {
 			seen[f.ID] = true
 		}
 	}
-	if st := s.Stats(); st.Replies < n+1 || st.Grants != n {
-		t.Fatalf("stats %+v", st)
-	}
+	st := s.Stats()
+	assert.GreaterOrEqual(t, st.Replies, uint64(n+1), "replies")
+	assert.Equal(t, uint64(n), st.Grants, "grants")
 }
 
 func TestServerBadDatagrams(t *testing.T) {
@@ -272,17 +258,12 @@ func TestServerBadDatagrams(t *testing.T) {
 	}
 	for name, d := range bad {
 		c.send(d)
-		if _, frames, ok := c.recv(50 * time.Millisecond); ok {
-			t.Fatalf("%s: got a reply %+v", name, frames)
-		}
+		_, frames, ok := c.recv(50 * time.Millisecond)
+		require.False(t, ok, "%s: got a reply %+v", name, frames)
 	}
-	if got := s.Stats().BadDatagrams; got != uint64(len(bad)) {
-		t.Fatalf("BadDatagrams %d, want %d", got, len(bad))
-	}
+	require.Equal(t, uint64(len(bad)), s.Stats().BadDatagrams)
 	// No state changed: the key is free, and the server still answers.
-	if _, f := c.lock("victim", time.Second); f.Op != wire.OpOK {
-		t.Fatalf("LOCK after bad datagrams: %+v", f)
-	}
+	requireOp(t, c.lockFrame("victim", time.Second), wire.OpOK, "LOCK after bad datagrams")
 }
 
 func TestServerFencesAcrossRestarts(t *testing.T) {
@@ -307,14 +288,10 @@ func TestServerFencesAcrossRestarts(t *testing.T) {
 			c.unlock("k", id)
 		}
 		if round == 1 {
-			if err := s.Abort(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, s.Abort())
 			continue
 		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.Close())
 	}
 }
 
@@ -326,14 +303,10 @@ func TestServerLockDelay(t *testing.T) {
 
 	// Fresh directory: no delay.
 	s := startServer(t, cfg)
-	if s.LockDelay() {
-		t.Fatal("lock-delay on a fresh directory")
-	}
+	require.False(t, s.LockDelay(), "lock-delay on a fresh directory")
 	c := newClient(t, s.Addr())
 	c.connect("x")
-	if _, f := c.lock("k", 100*time.Millisecond); f.Op != wire.OpOK {
-		t.Fatalf("fresh: %+v", f)
-	}
+	requireOp(t, c.lockFrame("k", 100*time.Millisecond), wire.OpOK, "fresh")
 	s.Abort() // a crash with a lock held
 
 	s = startServer(t, cfg)
@@ -361,21 +334,15 @@ func TestServerLockDelay(t *testing.T) {
 	s.Close() // clean, but with the lock held: the next start delays too
 
 	s = startServer(t, cfg)
-	if !s.LockDelay() {
-		t.Fatal("no lock-delay after a clean stop with locks held")
-	}
+	require.True(t, s.LockDelay(), "no lock-delay after a clean stop with locks held")
 	s.Close() // clean, no locks (nothing was granted)
 
 	s = startServer(t, cfg)
 	defer s.Close()
-	if s.LockDelay() {
-		t.Fatal("lock-delay after a clean stop with no lock")
-	}
+	require.False(t, s.LockDelay(), "lock-delay after a clean stop with no lock")
 	c = newClient(t, s.Addr())
 	c.connect("x")
-	if _, f := c.lock("k", 100*time.Millisecond); f.Op != wire.OpOK {
-		t.Fatalf("after a clean stop: %+v", f)
-	}
+	requireOp(t, c.lockFrame("k", 100*time.Millisecond), wire.OpOK, "after a clean stop")
 }
 
 func TestServerCorruptState(t *testing.T) {
@@ -384,13 +351,9 @@ func TestServerCorruptState(t *testing.T) {
 	s.Close()
 	p := filepath.Join(dir, stateFile)
 	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	b[12] ^= 0xff // the fence high-water mark
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(p, b, 0o600))
 	if s, err := New(testConfig(t, dir)); !errors.Is(err, ErrCorruptState) {
 		if s != nil {
 			s.Close()
@@ -418,12 +381,9 @@ func TestServerCreatesDataDir(t *testing.T) {
 	s := startServer(t, testConfig(t, dir))
 	s.Close()
 	fi, err := os.Stat(dir)
-	if err != nil || fi.Mode().Perm() != 0o700 {
-		t.Fatalf("data dir: %v %v", fi, err)
-	}
-	if err := s.Close(); !errors.Is(err, ErrAlreadyClosed) {
-		t.Fatalf("second Close: %v", err)
-	}
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm(), "data dir permissions")
+	require.ErrorIs(t, s.Close(), ErrAlreadyClosed, "second Close")
 }
 
 func TestServerIsolation(t *testing.T) {
@@ -436,9 +396,7 @@ func TestServerIsolation(t *testing.T) {
 	a, b := newClient(t, s.Addr()), newClient(t, s.Addr())
 	a.connect("reboot host-a please")
 	b.connect("b")
-	if _, f := a.lock("k", 50*time.Millisecond); f.Op != wire.OpOK {
-		t.Fatalf("LOCK: %+v", f)
-	}
+	requireOp(t, a.lockFrame("k", 50*time.Millisecond), wire.OpOK, "LOCK")
 	// No traffic: the expiry must happen on the loop's tick alone.
 	deadline := time.Now().Add(5 * time.Second)
 	for s.Stats().IsolationsRun == 0 {
@@ -448,12 +406,9 @@ func TestServerIsolation(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	got, err := os.ReadFile(out)
-	if err != nil || string(got) != "reboot host-a please" {
-		t.Fatalf("isolation command got %q (%v)", got, err)
-	}
-	if f := a.touch(); f.Op != wire.OpIsolated {
-		t.Fatalf("isolated session: %+v", f)
-	}
+	require.NoError(t, err)
+	require.Equal(t, "reboot host-a please", string(got), "the isolation command's standard input")
+	requireOp(t, a.touch(), wire.OpIsolated, "isolated session")
 	// The key is released once the command has finished.
 	for {
 		_, f := b.lock("k", time.Second)
@@ -465,9 +420,9 @@ func TestServerIsolation(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st := s.Stats(); st.Isolations != 1 || st.IsolationsFailed != 0 {
-		t.Fatalf("stats %+v", st)
-	}
+	st := s.Stats()
+	assert.Equal(t, uint64(1), st.Isolations)
+	assert.Zero(t, st.IsolationsFailed)
 }
 
 func TestServerIsolationKeepsKeyUntilDone(t *testing.T) {
@@ -483,15 +438,9 @@ func TestServerIsolationKeepsKeyUntilDone(t *testing.T) {
 	b.connect("b")
 	a.lock("k", 20*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
-	if f := a.touch(); f.Op != wire.OpIsolated {
-		t.Fatalf("isolated session: %+v", f)
-	}
-	if _, f := b.lock("k", time.Second); f.Op != wire.OpLocked {
-		t.Fatalf("key of an isolating session: %+v, want LOCKED", f)
-	}
-	if err := os.WriteFile(gate, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	requireOp(t, a.touch(), wire.OpIsolated, "isolated session")
+	requireOp(t, b.lockFrame("k", time.Second), wire.OpLocked, "key of an isolating session")
+	require.NoError(t, os.WriteFile(gate, nil, 0o600))
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, f := b.lock("k", time.Second); f.Op == wire.OpOK {
@@ -514,13 +463,12 @@ func TestServerRedirect(t *testing.T) {
 		b = wire.AppendConnect(b, 77, "x")
 		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	})
-	if f.Op != wire.OpRedirect || f.ID != 77 || f.ServerID != 2 || string(f.Addr) != "127.0.0.1:9" {
-		t.Fatalf("REDIRECT: %+v", f)
-	}
+	requireOp(t, f, wire.OpRedirect, "CONNECT to a follower")
+	assert.Equal(t, uint64(77), f.ID)
+	assert.Equal(t, uint16(2), f.ServerID)
+	assert.Equal(t, "127.0.0.1:9", string(f.Addr))
 	c.session = 5
-	if _, f := c.lock("k", time.Second); f.Op != wire.OpDisconnected {
-		t.Fatalf("LOCK on a follower: %+v, want DISCONNECTED (REDIRECT is for CONNECT only)", f)
-	}
+	requireOp(t, c.lockFrame("k", time.Second), wire.OpDisconnected, "LOCK on a follower (REDIRECT is for CONNECT only)")
 }
 
 func TestServerSessionTimeout(t *testing.T) {
@@ -531,17 +479,13 @@ func TestServerSessionTimeout(t *testing.T) {
 	c := newClient(t, s.Addr())
 	c.connect("x")
 	time.Sleep(300 * time.Millisecond)
-	if f := c.touch(); f.Op != wire.OpDisconnected {
-		t.Fatalf("after the timeout: %+v", f)
-	}
+	requireOp(t, c.touch(), wire.OpDisconnected, "after the timeout")
 }
 
 func TestConfigValidate(t *testing.T) {
 	ok := DefaultConfig()
 	ok.DataDir = "x"
-	if err := ok.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, ok.Validate())
 	cases := map[string]func(*Config){
 		"no dir":      func(c *Config) { c.DataDir = "" },
 		"ttl":         func(c *Config) { c.MaxTTL = 0 },
@@ -552,8 +496,27 @@ func TestConfigValidate(t *testing.T) {
 	for name, mutate := range cases {
 		c := ok
 		mutate(&c)
-		if c.Validate() == nil {
-			t.Errorf("%s: accepted", name)
-		}
+		assert.Error(t, c.Validate(), "%s: accepted", name)
 	}
+}
+
+// TestConfigDefaults: DefaultConfig holds every default, and New fills each zero field
+// that has one, so a Config built field by field serves with the same limits.
+func TestConfigDefaults(t *testing.T) {
+	require.Equal(t, Config{
+		ListenAddr:       DefaultListenAddr,
+		MaxTTL:           DefaultMaxTTL,
+		SessionTimeout:   DefaultSessionTimeout,
+		RetransmitWindow: DefaultRetransmitWindow,
+		IsolateTimeout:   DefaultIsolateTimeout,
+		ServerID:         DefaultServerID,
+	}, DefaultConfig())
+	s := startServer(t, Config{ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), Logger: quiet})
+	defer s.Close()
+	conn := newClient(t, s.Addr()).connect("x")
+	assert.Equal(t, uint32(DefaultMaxTTL/time.Millisecond), conn.MaxTTLMs)
+	assert.Equal(t, uint32(DefaultSessionTimeout/time.Millisecond), conn.SessionTimeoutMs)
+	assert.Equal(t, uint32(DefaultRetransmitWindow/time.Millisecond), conn.RetransmitWindowMs)
+	assert.Equal(t, uint16(DefaultServerID), conn.ServerID)
+	assert.Equal(t, DefaultIsolateTimeout, s.cfg.IsolateTimeout)
 }
