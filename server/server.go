@@ -32,8 +32,9 @@ const tick = 20 * time.Millisecond
 // but Linux), a read cannot tell whether more datagrams wait behind it, so the server
 // never sets FlagBusy there: its clients get no back-pressure.
 
-// isoQueue is the capacity of the channel of finished isolation runs; a run that finds it
-// full waits (in its own goroutine), never the loop.
+// isoQueue is the capacity of the channel of finished isolation runs. The loop empties it
+// at every batch or tick, so 64 is room for far more runs than end within one tick; a
+// run that still finds it full waits (in its own goroutine), never the loop.
 const isoQueue = 64
 
 // Server is a running lock server. Its methods are safe for concurrent use.
@@ -69,9 +70,9 @@ type Server struct {
 	byKey     map[replyKey]int // per batch: index in builders
 	connected wire.Connected
 	deadline  time.Time
-	reserveOK bool
 	lastFull  bool             // the last read filled s.in; see took
 	behind    bool             // the loop has fallen behind: replies get FlagBusy; see took
+	reserveOK bool             // the last reservation succeeded; see reserveBatch
 	reserving bool             // a reservation is being written in the background
 	reserved  chan reservation // its outcome; buffered 1
 }
