@@ -156,3 +156,17 @@ func BenchmarkServerRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServerEncode measures the encode stage alone (results of a full batch into
+// reply datagrams), without the syscalls and the machine that dominate ServerApply.
+func BenchmarkServerEncode(b *testing.B) {
+	h := newBenchHarness(b)
+	defer h.close()
+	h.round()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		h.s.encode(false)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*h.requests()), "ns/request")
+}

@@ -61,12 +61,13 @@ func (s *Server) appendReply(b []byte, r *Result) []byte {
 // from (s.addrs[Tag]), and busy sets FlagBusy on all of them.
 //
 // Finding the builder of a result is O(1): the one of the previous result (replies to
-// one datagram come in a row), else s.byKey, a map cleared per batch, which keeps its
-// buckets and so allocates nothing once it has grown to the batches it sees.
+// one datagram come in a row), else builderFor.
 func (s *Server) encode(busy bool) {
 	s.out = s.out[:0]
 	s.builders = s.builders[:0]
-	clear(s.byKey)
+	if len(s.byKey) > 0 {
+		clear(s.byKey)
+	}
 	var flags uint8
 	if busy {
 		flags = wire.FlagBusy
@@ -77,12 +78,7 @@ func (s *Server) encode(busy bool) {
 		k := replyKey{s.addrs[r.Tag], r.Session}
 		bi := last
 		if bi < 0 || s.builders[bi].replyKey != k {
-			var ok bool
-			if bi, ok = s.byKey[k]; !ok {
-				bi = len(s.builders)
-				s.builders = append(s.builders, builder{k, s.newDatagram(k, flags)})
-				s.byKey[k] = bi
-			}
+			bi = s.builderFor(k, flags)
 		}
 		last = bi
 		b := &s.builders[bi]
@@ -99,6 +95,40 @@ func (s *Server) encode(busy bool) {
 		m.Buf = wire.FinishDatagram(m.Buf)
 	}
 	s.stats.replies.Add(uint64(len(s.results)))
+}
+
+// scanBuilders is how many builders a batch may have before their keys go into a map.
+// Up to 8, comparing keys one after another is cheaper than hashing one
+// (BenchmarkServerEncode), so a batch from a few clients never touches the map. Past 8
+// a scan would grow with the (address, session) pairs of the batch, and a datagram of
+// CONNECT frames makes a new session per frame: the map keeps each lookup O(1).
+const scanBuilders = 8
+
+// builderFor returns the index in s.builders of k's builder, starting one if k has
+// none. s.byKey indexes the builders once there are more than scanBuilders; it is
+// cleared per batch and keeps its buckets, so it allocates nothing once it has grown
+// to the batches it sees.
+func (s *Server) builderFor(k replyKey, flags uint8) int {
+	if len(s.builders) <= scanBuilders {
+		for i := range s.builders {
+			if s.builders[i].replyKey == k {
+				return i
+			}
+		}
+	} else if i, ok := s.byKey[k]; ok {
+		return i
+	}
+	i := len(s.builders)
+	s.builders = append(s.builders, builder{k, s.newDatagram(k, flags)})
+	switch {
+	case i == scanBuilders: // the map takes over: index every builder
+		for j := range s.builders {
+			s.byKey[s.builders[j].replyKey] = j
+		}
+	case i > scanBuilders:
+		s.byKey[k] = i
+	}
+	return i
 }
 
 // newDatagram starts a reply datagram in a reused buffer and returns its index in s.out.
