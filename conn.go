@@ -261,7 +261,7 @@ func (c *serverConn) maybeConnect(now int64) {
 	}
 	c.connSent = now
 	buf := wire.BeginDatagram(c.pk.ownDatagram(), wire.Header{})
-	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info)
+	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info, nil)
 	if pad := wire.MinConnectDatagram - (len(buf) + wire.TrailerSize); pad > 0 {
 		buf = wire.AppendPad(buf, max(pad, wire.FrameHeaderSize))
 	}

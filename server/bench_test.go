@@ -50,7 +50,7 @@ func newBenchHarness(tb testing.TB) *benchHarness {
 	// one slot only (batchio.MaxBatch is 1 but on Linux).
 	for i := 0; i < benchSessions; i++ {
 		b := wire.BeginDatagram(s.in[0].Buf[:0], wire.Header{})
-		b = wire.AppendConnect(b, uint64(i+1), "bench")
+		b = wire.AppendConnect(b, uint64(i+1), "bench", nil)
 		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 		s.in[0].N = len(wire.FinishDatagram(b))
 		s.process(1, 0)

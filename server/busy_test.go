@@ -120,7 +120,7 @@ func startFakeServer(t *testing.T, slots int) *fakeServer {
 	})
 	fs := &fakeServer{t: t, s: s, c: c, from: netip.MustParseAddrPort("192.0.2.1:4000"), nextID: 1}
 	b := wire.BeginDatagram(nil, wire.Header{})
-	b = wire.AppendConnect(b, 1, "light")
+	b = wire.AppendConnect(b, 1, "light", nil)
 	b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	c.push(fs.from, wire.FinishDatagram(b))
 	r := fs.reply()

@@ -8,6 +8,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -39,6 +40,22 @@ type Config struct {
 	Redirect *wire.Server
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Keys, if set, make the server accept and send only sealed datagrams
+	// (docs/PROTOCOL.md, Security). KeyFile is the file they were read from (netmutexd
+	// -key-file), for logs only.
+	Keys    *seal.Keyring
+	KeyFile string
+	// Insecure lets a server without Keys listen on a non-loopback address.
+	Insecure bool
+
+	// Caps, each refused with its own error code (0: the default).
+	MaxSessions        int // sessions in all: TOO_MANY_SESSIONS
+	MaxSessionsPerAddr int // sessions from one IP address: TOO_MANY_SESSIONS
+	MaxLocksPerSession int // locks held by one session: TOO_MANY_LOCKS
+	MaxLocks           int // locks held in all: SERVER_FULL
+	ConnectRate        int // CONNECTs per second from one IP address: RATE_LIMITED
+	MaxIsolations      int // isolation commands running at once; the rest queue
 }
 
 // Defaults, each filled in by New for a zero field of Config (withDefaults is the one
@@ -63,6 +80,28 @@ const (
 	DefaultIsolateTimeout = 10 * time.Second
 	// DefaultServerID is 1: the one server of a single-node deployment.
 	DefaultServerID = 1
+
+	// DefaultMaxSessions is 100,000: far above the clients of one deployment (a session
+	// is a process or a worker), and about 60 MB at most with their replay windows and
+	// released-id lists, so a flood of sessions cannot exhaust the server's memory.
+	DefaultMaxSessions = 100_000
+	// DefaultMaxSessionsPerAddr is 1,024: one host running a worker per session of a
+	// large pool still fits, while one host cannot take the whole table.
+	DefaultMaxSessionsPerAddr = 1024
+	// DefaultMaxLocksPerSession is 65,536: a scheduler holding a lock per running job,
+	// with room to spare; past it one session could hold the table hostage.
+	DefaultMaxLocksPerSession = 1 << 16
+	// DefaultMaxLocks is 1,000,000: a few hundred MB at most, with keys of up to 255
+	// bytes.
+	DefaultMaxLocks = 1_000_000
+	// DefaultConnectRate is 100 CONNECTs per second per address: a client connects once
+	// and reconnects only after a restart or failover, so even a host with many
+	// processes stays far below it.
+	DefaultConnectRate = 100
+	// DefaultMaxIsolations is 8 isolation commands at once: each is a process (often an
+	// ssh or an API call); more at once only competes for the same host, and a flood of
+	// isolations must not exhaust processes or threads.
+	DefaultMaxIsolations = 8
 )
 
 // Configuration errors, returned by Validate and New.
@@ -101,6 +140,24 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ServerID == 0 {
 		c.ServerID = DefaultServerID
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.MaxSessionsPerAddr == 0 {
+		c.MaxSessionsPerAddr = DefaultMaxSessionsPerAddr
+	}
+	if c.MaxLocksPerSession == 0 {
+		c.MaxLocksPerSession = DefaultMaxLocksPerSession
+	}
+	if c.MaxLocks == 0 {
+		c.MaxLocks = DefaultMaxLocks
+	}
+	if c.ConnectRate == 0 {
+		c.ConnectRate = DefaultConnectRate
+	}
+	if c.MaxIsolations == 0 {
+		c.MaxIsolations = DefaultMaxIsolations
 	}
 	return c
 }

@@ -48,7 +48,7 @@ func newRecvHarness(tb testing.TB) *recvHarness {
 	// Two sessions, one holding a lock, so that valid frames find something to act on.
 	for nonce := uint64(1); nonce <= 2; nonce++ {
 		b := wire.BeginDatagram(nil, wire.Header{})
-		b = wire.AppendConnect(b, nonce, "fuzz")
+		b = wire.AppendConnect(b, nonce, "fuzz", nil)
 		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 		h.feed(wire.FinishDatagram(b))
 		if len(s.results) != 1 || s.results[0].Op != wire.OpConnected {
@@ -149,7 +149,7 @@ func recvSeeds(h *recvHarness) [][]byte {
 		return wire.FinishDatagram(add(b))
 	}
 	connect := func(b []byte) []byte {
-		b = wire.AppendConnect(b, 77, "host")
+		b = wire.AppendConnect(b, 77, "host", nil)
 		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	}
 	seeds := [][]byte{

@@ -30,7 +30,15 @@ const (
 // Command is one input of Machine.Apply. Key and Info may alias a receive buffer: the
 // machine copies what it keeps.
 type Command struct {
-	Kind    Kind
+	Kind Kind
+	// NewSession is the id a CONNECT's session gets if the machine creates one: drawn at
+	// random by the loop (the machine reads no randomness), never 0.
+	NewSession uint64
+	// Peer is the far end of a CONNECT, kept with the session it creates (Machine.Peer);
+	// the machine reads only Peer.Addr, for the per-address session cap.
+	Peer *Peer
+	// Admin: the sender may send UNLOCKALL (an admin key, or loopback without keys).
+	Admin   bool
 	Tag     int32  // opaque to the machine, copied into the Result (the loop: the index of the sender's address in its batch)
 	Session uint64 // the datagram header's session; for KindIsolationDone the isolated session
 	Floor   uint64 // the datagram header's ack floor
@@ -68,6 +76,12 @@ type MachineConfig struct {
 	LockDelayUntil int64
 	// BootCount is the high 32 bits of every session id.
 	BootCount uint32
+	// Caps (0: none), each with its refusal: MaxSessions and MaxSessionsPerAddr
+	// TOO_MANY_SESSIONS, MaxLocksPerSession TOO_MANY_LOCKS, MaxLocks SERVER_FULL.
+	MaxSessions        int
+	MaxSessionsPerAddr int
+	MaxLocksPerSession int
+	MaxLocks           int
 	// Isolate says an isolation command is configured: isolated sessions keep their keys
 	// until KindIsolationDone. Without one, their locks are released at once.
 	Isolate bool

@@ -111,7 +111,7 @@ func (c *client) connect(info string) wire.Connected {
 	c.t.Helper()
 	nonce := uint64(time.Now().UnixNano()) | 1
 	f := c.call(func(b []byte) []byte {
-		b = wire.AppendConnect(b, nonce, info)
+		b = wire.AppendConnect(b, nonce, info, nil)
 		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	})
 	require.Equal(c.t, wire.OpConnected, f.Op, "CONNECT: %+v", f)
@@ -250,7 +250,7 @@ func TestServerBadDatagrams(t *testing.T) {
 			b = wire.AppendLock(b, 1000, 1000, "victim")
 			return wire.AppendOK(b, 1001, 1)
 		}),
-		"small connect": c.datagram(func(b []byte) []byte { return wire.AppendConnect(b, 99, "x") }),
+		"small connect": c.datagram(func(b []byte) []byte { return wire.AppendConnect(b, 99, "x", nil) }),
 		"oversized": c.datagram(func(b []byte) []byte {
 			b = wire.AppendLock(b, 1000, 1000, "victim")
 			return wire.AppendPad(b, wire.MaxDatagram)
@@ -460,7 +460,7 @@ func TestServerRedirect(t *testing.T) {
 	defer s.Close()
 	c := newClient(t, s.Addr())
 	f := c.call(func(b []byte) []byte {
-		b = wire.AppendConnect(b, 77, "x")
+		b = wire.AppendConnect(b, 77, "x", nil)
 		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
 	})
 	requireOp(t, f, wire.OpRedirect, "CONNECT to a follower")
@@ -510,6 +510,13 @@ func TestConfigDefaults(t *testing.T) {
 		RetransmitWindow: DefaultRetransmitWindow,
 		IsolateTimeout:   DefaultIsolateTimeout,
 		ServerID:         DefaultServerID,
+
+		MaxSessions:        DefaultMaxSessions,
+		MaxSessionsPerAddr: DefaultMaxSessionsPerAddr,
+		MaxLocksPerSession: DefaultMaxLocksPerSession,
+		MaxLocks:           DefaultMaxLocks,
+		ConnectRate:        DefaultConnectRate,
+		MaxIsolations:      DefaultMaxIsolations,
 	}, DefaultConfig())
 	s := startServer(t, Config{ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), Logger: quiet})
 	defer s.Close()

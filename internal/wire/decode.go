@@ -15,6 +15,7 @@ type Frame struct {
 	Fence  uint64 // OK
 	Key    []byte // LOCK, UPDATE, UNLOCK
 	Info   []byte // CONNECT
+	Cookie []byte // CONNECT (empty or CookieSize bytes), COOKIE
 	Code   Code   // ERROR
 	Text   []byte // ERROR
 	PadLen int    // PAD: body length
@@ -83,6 +84,7 @@ func Parse(b []byte, replies bool) (Datagram, error) {
 	}
 	var f Frame
 	rest := d.frames
+	connects, others := 0, 0
 	for len(rest) > 0 {
 		n, err := decodeFrame(rest, &f)
 		if err != nil {
@@ -91,10 +93,21 @@ func Parse(b []byte, replies bool) (Datagram, error) {
 		if f.Op.IsReply() != replies {
 			return Datagram{}, ErrDirection
 		}
-		if f.Op == OpConnect && len(b) < MinConnectDatagram {
-			return Datagram{}, ErrSmallConnect
+		switch f.Op {
+		case OpConnect:
+			if len(b) < MinConnectDatagram {
+				return Datagram{}, ErrSmallConnect
+			}
+			connects++
+		case OpPad:
+		default:
+			others++
 		}
 		rest = rest[n:]
+	}
+	if connects > 1 || (connects == 1 && others > 0) {
+		// One CONNECT per datagram: its padding pays for one reply, not for many.
+		return Datagram{}, ErrConnectAlone
 	}
 	return d, nil
 }
@@ -135,7 +148,7 @@ func decodeFrame(b []byte, f *Frame) (int, error) {
 func knownOp(op Op) bool {
 	switch op {
 	case OpPad, OpConnect, OpPing, OpTouch, OpDisconnect, OpLock, OpUpdate, OpUnlock, OpUnlockAll,
-		OpConnected, OpPong, OpOK, OpLocked, OpIsolated, OpDisconnected, OpRedirect, OpError:
+		OpConnected, OpPong, OpOK, OpLocked, OpIsolated, OpDisconnected, OpRedirect, OpError, OpCookie:
 		return true
 	}
 	return false
@@ -160,10 +173,21 @@ func decodeBody(body []byte, f *Frame) bool {
 			return false
 		}
 		n := int(be.Uint16(body))
-		if len(body) != 2+n || n > MaxIsolationInfo {
+		if len(body) < 2+n+1 || n > MaxIsolationInfo {
 			return false
 		}
-		f.Info = body[2:]
+		c := int(body[2+n])
+		if (c != 0 && c != CookieSize) || len(body) != 2+n+1+c {
+			return false
+		}
+		f.Info = body[2 : 2+n]
+		f.Cookie = body[2+n+1:]
+		return true
+	case OpCookie:
+		if len(body) != CookieSize {
+			return false
+		}
+		f.Cookie = body
 		return true
 	case OpLock:
 		if len(body) < lockFixed || len(body) != lockFixed+int(body[6]) || body[4] != 0 || body[5] != 0 {

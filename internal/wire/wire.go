@@ -56,6 +56,7 @@ const (
 	OpDisconnected Op = 0x86
 	OpRedirect     Op = 0x87
 	OpError        Op = 0x88
+	OpCookie       Op = 0x89
 )
 
 // IsReply tells a reply opcode from a request opcode.
@@ -73,7 +74,16 @@ const (
 	CodeNotHeld          Code = 5
 	CodeStale            Code = 6
 	CodeBadIsolationInfo Code = 7
+	CodeAuth             Code = 8
+	CodeTooManySessions  Code = 9
+	CodeTooManyLocks     Code = 10
+	CodeRateLimited      Code = 11
+	CodeForbidden        Code = 12
+	CodeServerFull       Code = 13
 )
+
+// CookieSize is the size of an address-validation cookie (COOKIE, CONNECT).
+const CookieSize = 16
 
 // Decoding errors. Each makes the whole datagram invalid.
 var (
@@ -87,6 +97,7 @@ var (
 	ErrBadBody      = errors.New("wire: frame body does not match its opcode")
 	ErrDirection    = errors.New("wire: frame of the wrong direction")
 	ErrSmallConnect = errors.New("wire: CONNECT in a datagram smaller than 512 bytes")
+	ErrConnectAlone = errors.New("wire: CONNECT with another frame than PAD in its datagram")
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -159,11 +170,20 @@ func AppendPad(b []byte, n int) []byte {
 	return b
 }
 
-// AppendConnect appends a CONNECT; nonce is its request id.
-func AppendConnect(b []byte, nonce uint64, info string) []byte {
-	b = appendFrameHeader(b, OpConnect, nonce, 2+len(info))
+// AppendConnect appends a CONNECT; nonce is its request id, cookie is empty or the
+// CookieSize bytes a COOKIE reply gave.
+func AppendConnect(b []byte, nonce uint64, info string, cookie []byte) []byte {
+	b = appendFrameHeader(b, OpConnect, nonce, 2+len(info)+1+len(cookie))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(info)))
-	return append(b, info...)
+	b = append(b, info...)
+	b = append(b, byte(len(cookie)))
+	return append(b, cookie...)
+}
+
+// AppendCookie appends a COOKIE reply carrying cookie (CookieSize bytes).
+func AppendCookie(b []byte, id uint64, cookie []byte) []byte {
+	b = appendFrameHeader(b, OpCookie, id, CookieSize)
+	return append(b, cookie[:CookieSize]...)
 }
 
 // AppendLock appends a LOCK. The caller has checked 1 <= len(key) <= MaxKey.

@@ -29,7 +29,7 @@ func requestSeeds() [][]byte {
 			return AppendEmpty(b, OpPing, 13)
 		}),
 		datagram(Header{}, func(b []byte) []byte {
-			b = AppendConnect(b, 99, "Hostname: x\nPid: 1")
+			b = AppendConnect(b, 99, "Hostname: x\nPid: 1", nil)
 			return AppendPad(b, MinConnectDatagram-len(b)-TrailerSize)
 		}),
 	}
@@ -47,6 +47,7 @@ func replySeeds() [][]byte {
 			b = AppendRedirect(b, 6, 2, "127.0.0.1:15664")
 			return AppendError(b, 7, CodeLockDelay, "lock-delay")
 		}),
+		datagram(Header{}, func(b []byte) []byte { return AppendCookie(b, 99, []byte("0123456789abcdef")) }),
 		datagram(Header{Session: 1 << 32}, func(b []byte) []byte {
 			return AppendConnected(b, 99, &Connected{
 				Session: 1 << 32, MaxTTLMs: 60000, SessionTimeoutMs: 15000, RetransmitWindowMs: 60000,
@@ -139,7 +140,21 @@ func TestParseRejects(t *testing.T) {
 		"lock flags":    {mut(func(d []byte) []byte { d[HeaderSize+FrameHeaderSize+4] = 1; return resum(d) }), false, ErrBadBody},
 		"unknown op":    {mut(func(d []byte) []byte { d[HeaderSize] = 0x55; return resum(d) }), false, ErrUnknownOp},
 		"direction":     {good, true, ErrDirection},
-		"small connect": {datagram(Header{}, func(b []byte) []byte { return AppendConnect(b, 1, "x") }), false, ErrSmallConnect},
+		"small connect": {datagram(Header{}, func(b []byte) []byte { return AppendConnect(b, 1, "x", nil) }), false, ErrSmallConnect},
+		"two connects": {datagram(Header{}, func(b []byte) []byte {
+			b = AppendConnect(b, 1, "x", nil)
+			b = AppendConnect(b, 2, "y", nil)
+			return AppendPad(b, MinConnectDatagram-len(b)-TrailerSize)
+		}), false, ErrConnectAlone},
+		"connect and lock": {datagram(Header{}, func(b []byte) []byte {
+			b = AppendConnect(b, 1, "x", nil)
+			b = AppendLock(b, 2, 1000, "k")
+			return AppendPad(b, MinConnectDatagram-len(b)-TrailerSize)
+		}), false, ErrConnectAlone},
+		"cookie size": {datagram(Header{}, func(b []byte) []byte {
+			b = AppendConnect(b, 1, "x", []byte("short"))
+			return AppendPad(b, MinConnectDatagram-len(b)-TrailerSize)
+		}), false, ErrBadBody},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -158,7 +173,9 @@ func reencode(b []byte, f *Frame) []byte {
 	case OpPad:
 		return AppendPad(b, FrameHeaderSize+f.PadLen)
 	case OpConnect:
-		return AppendConnect(b, f.ID, string(f.Info))
+		return AppendConnect(b, f.ID, string(f.Info), f.Cookie)
+	case OpCookie:
+		return AppendCookie(b, f.ID, f.Cookie)
 	case OpLock:
 		b = AppendLock(b, 0, f.TTLMs, string(f.Key))
 	case OpUpdate:
