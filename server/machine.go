@@ -218,6 +218,7 @@ func (m *Machine) connect(now int64, c *Command) Result {
 		id:    uint64(m.cfg.BootCount)<<32 | uint64(m.nextSess),
 		nonce: c.ID,
 		info:  string(c.Info),
+		peer:  c.Peer,
 	}
 	m.sessions[s.id] = s
 	m.nonces[s.nonce] = s

@@ -8,6 +8,7 @@ type session struct {
 	id        uint64
 	nonce     uint64
 	info      string
+	peer      *Peer // the far end of its CONNECT, for the network stage
 	lastSeen  int64
 	floor     uint64
 	isolated  bool // every request gets ISOLATED
@@ -110,6 +111,15 @@ func (m *Machine) deleteSession(s *session) {
 
 // Sessions is the number of sessions, isolated ones included.
 func (m *Machine) Sessions() int { return len(m.sessions) }
+
+// Peer is the far end kept with session at its CONNECT (Command.Peer); nil if there is
+// no such session or its CONNECT carried none.
+func (m *Machine) Peer(session uint64) *Peer {
+	if s := m.sessions[session]; s != nil {
+		return s.peer
+	}
+	return nil
+}
 
 // Isolated tells whether session exists and is isolated.
 func (m *Machine) Isolated(session uint64) bool {
