@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -145,6 +146,13 @@ type packer struct {
 	stats     *connStats
 	unbatched bool // one frame per datagram per system call: the benchmarks' baseline
 
+	// With keys, every finished datagram is sealed into sealed[i] and that is what
+	// leaves; the plain datagram must then leave room for the seal's overhead.
+	keys     *seal.Keyring
+	sealer   *seal.Sealer
+	sealed   [][]byte
+	maxPlain int
+
 	out     []batchio.Message
 	bufs    [][]byte
 	open    bool   // bufs[len(out)] holds a datagram being filled
@@ -153,20 +161,41 @@ type packer struct {
 	wrote   bool   // a write happened since the last flush
 }
 
-func (p *packer) init(w batchWriter, stats *connStats, unbatched bool) {
+func (p *packer) init(w batchWriter, stats *connStats, unbatched bool, keys *seal.Keyring) {
 	p.w, p.stats, p.unbatched = w, stats, unbatched
 	p.out = make([]batchio.Message, 0, batchio.MaxBatch)
 	p.bufs = make([][]byte, batchio.MaxBatch)
 	for i := range p.bufs {
 		p.bufs[i] = make([]byte, 0, wire.MaxDatagram)
 	}
+	p.maxPlain = wire.MaxDatagram
+	if keys != nil {
+		p.keys, p.sealer = keys, seal.NewSealer()
+		p.maxPlain = wire.MaxDatagram - seal.Overhead
+		p.sealed = make([][]byte, batchio.MaxBatch)
+		for i := range p.sealed {
+			p.sealed[i] = make([]byte, 0, wire.MaxDatagram)
+		}
+	}
+}
+
+// leave adds the finished plain datagram at bufs[len(out)] to the batch, sealed when
+// there are keys.
+func (p *packer) leave() {
+	i := len(p.out)
+	d := p.bufs[i]
+	if p.keys != nil {
+		p.sealed[i] = p.sealer.Seal(p.sealed[i][:0], p.keys.Sealing(), d)
+		d = p.sealed[i]
+	}
+	p.out = append(p.out, batchio.Message{Buf: d})
 }
 
 // reserve returns the datagram buffer to append a frame of n bytes to, for session,
 // opening a new datagram (whose header carries floor), or writing out a full batch,
 // as needed.
 func (p *packer) reserve(session, floor uint64, n int) *[]byte {
-	if p.open && (p.unbatched || len(p.bufs[len(p.out)])+n+wire.TrailerSize > wire.MaxDatagram || session != p.session) {
+	if p.open && (p.unbatched || len(p.bufs[len(p.out)])+n+wire.TrailerSize > p.maxPlain || session != p.session) {
 		p.closeDatagram()
 	}
 	if !p.open {
@@ -194,7 +223,7 @@ func (p *packer) ownDatagram() []byte {
 // addDatagram adds a finished datagram built in the buffer ownDatagram returned.
 func (p *packer) addDatagram(d []byte, frames int) {
 	p.bufs[len(p.out)] = d
-	p.out = append(p.out, batchio.Message{Buf: d})
+	p.leave()
 	p.frames += uint64(frames)
 	if len(p.out) == cap(p.out) || p.unbatched {
 		p.write()
@@ -208,7 +237,7 @@ func (p *packer) closeDatagram() {
 	p.open = false
 	i := len(p.out)
 	p.bufs[i] = wire.FinishDatagram(p.bufs[i])
-	p.out = append(p.out, batchio.Message{Buf: p.bufs[i]})
+	p.leave()
 	if len(p.out) == cap(p.out) || p.unbatched {
 		p.write()
 	}

@@ -4,6 +4,9 @@
 package netmutex
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/wire"
@@ -41,19 +44,34 @@ func (nm *NetMutex) exchange(pc *pacing, p *params) (result, *serverConn) {
 }
 
 // connect dials every address at once and keeps the first that answers with a session,
-// following redirects.
+// following redirects. When none does, the error says why: a server's refusal (ErrAuth,
+// ErrRateLimited, ErrTooManySessions), or ErrNoServers with the addresses tried and why
+// they could not be dialed.
 func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
 	notify := make(chan struct{}, 1)
 	var conns []*serverConn
+	var dialErrs []error
+	var refused wire.Code
+	noteRefusals := func() {
+		for _, c := range conns {
+			if code := wire.Code(c.refused.Load()); code != 0 {
+				refused = code
+			}
+		}
+	}
 	dialed := map[string]bool{}
 	dial := func(a string) {
 		if dialed[a] || len(dialed) >= wire.MaxServers {
 			return
 		}
 		dialed[a] = true
-		if c, err := dialServer(a, nm.info, time.Duration(pc.timeout), notify, nm.unbatched); err == nil {
-			conns = append(conns, c)
+		cfg := connConfig{info: nm.info, keys: nm.keys, connectWait: time.Duration(pc.timeout), notify: notify, unbatched: nm.unbatched}
+		c, err := dialServer(a, cfg)
+		if err != nil {
+			dialErrs = append(dialErrs, err)
+			return
 		}
+		conns = append(conns, c)
 	}
 	for _, a := range addrs {
 		dial(a)
@@ -83,8 +101,10 @@ func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
 		select {
 		case <-notify:
 		case <-timer.C:
+			noteRefusals()
 			conns = closeAll(conns, nil)
 		case <-done:
+			noteRefusals()
 			conns = closeAll(conns, nil)
 		}
 	}
@@ -93,7 +113,13 @@ func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
 		if pc.ctx != nil && pc.ctx.Err() != nil {
 			return nil, pc.ctx.Err()
 		}
-		return nil, ErrNoServers
+		if refused != 0 {
+			return nil, codeErr(refused)
+		}
+		if len(dialErrs) > 0 {
+			return nil, fmt.Errorf("%w: tried %s: %w", ErrNoServers, strings.Join(addrs, ", "), errors.Join(dialErrs...))
+		}
+		return nil, fmt.Errorf("%w: tried %s", ErrNoServers, strings.Join(addrs, ", "))
 	}
 	return winner, nil
 }

@@ -46,6 +46,9 @@ func replyResult(f *wire.Frame, session uint64) result {
 	return res
 }
 
+// codeErr maps an ERROR code to its error.
+func codeErr(code wire.Code) error { return resultErr(result{op: wire.OpError, code: code}) }
+
 // resultErr maps a result other than success to its error.
 func resultErr(res result) error {
 	if res.err != nil {
@@ -72,6 +75,18 @@ func resultErr(res result) error {
 			return ErrLockLost
 		case wire.CodeBadIsolationInfo:
 			return ErrLongIsolationInfo
+		case wire.CodeAuth:
+			return ErrAuth
+		case wire.CodeTooManySessions:
+			return ErrTooManySessions
+		case wire.CodeRateLimited:
+			return ErrRateLimited
+		case wire.CodeTooManyLocks:
+			return ErrTooManyLocks
+		case wire.CodeServerFull:
+			return ErrServerFull
+		case wire.CodeForbidden:
+			return ErrForbidden
 		}
 	}
 	return ErrRefused

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 	"golang.org/x/sys/cpu"
 )
@@ -65,7 +66,8 @@ type serverConn struct {
 	ring     *ring
 	table    inflight
 	requests requestPool
-	info     string // IsolationInfo sent with CONNECT
+	info     string        // IsolationInfo sent with CONNECT
+	keys     *seal.Keyring // nil: plain datagrams
 
 	session   atomic.Uint64 // 0 while there is none: the sender then connects
 	isolated  atomic.Bool
@@ -75,6 +77,11 @@ type serverConn struct {
 	connected chan struct{}          // buffered 1: signalled on CONNECTED or REDIRECT
 	connNonce atomic.Uint64
 	connWait  atomic.Int64 // ns between CONNECT attempts, at most
+	// The address-validation cookie for the current nonce, set by the receive loop from
+	// COOKIE; cookieNew asks the send loop to send the CONNECT again with it at once.
+	cookie    atomic.Pointer[[wire.CookieSize]byte]
+	cookieNew atomic.Bool
+	refused   atomic.Uint32 // the last ERROR code that answered our CONNECT, 0 = none
 
 	sleeping atomic.Bool
 	wake     chan struct{}
@@ -97,8 +104,25 @@ type serverConn struct {
 	cleanups    []cleanup
 
 	// Owned by the receive loop.
-	in []batchio.Message
+	in           []batchio.Message
+	opened       []byte                // a sealed datagram's plain content
+	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that sent CONNECTED
+	window       seal.Window
 }
+
+// connConfig is what a connection is made with.
+type connConfig struct {
+	info        string        // IsolationInfo sent with CONNECT
+	keys        *seal.Keyring // nil: plain datagrams
+	connectWait time.Duration // the longest wait between CONNECT attempts
+	notify      chan struct{} // signalled when a CONNECT is answered
+	unbatched   bool          // one frame per datagram per call: the benchmarks' baseline
+}
+
+// firstIDRange bounds a connection's first request id, drawn at random so that lock
+// ids (request ids of LOCKs) cannot be guessed from one's own; below 2^61 leaves room
+// under the server's answer bits (62, 63) for any number of requests.
+const firstIDRange = 1 << 61
 
 // connStats are counters for the benchmark and tests. The send loop's and the receive
 // loop's are padded onto cache lines of their own, so the two loops do not bounce one
@@ -112,8 +136,7 @@ type connStats struct {
 }
 
 // dialServer opens a socket to addr and starts its loops, which connect at once.
-// notify is signalled when a CONNECT is answered.
-func dialServer(addr, info string, connectWait time.Duration, notify chan struct{}, unbatched bool) (*serverConn, error) {
+func dialServer(addr string, cfg connConfig) (*serverConn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -128,33 +151,36 @@ func dialServer(addr, info string, connectWait time.Duration, notify chan struct
 		sock.Close()
 		return nil, err
 	}
-	c := newServerConn(addr, udpConn{bc, sock}, info, connectWait, notify, unbatched)
+	c := newServerConn(addr, udpConn{bc, sock}, cfg)
 	c.start()
 	return c, nil
 }
 
 // newServerConn makes a connection over bc without starting its loops.
-func newServerConn(addr string, bc batchConn, info string, connectWait time.Duration, notify chan struct{}, unbatched bool) *serverConn {
+func newServerConn(addr string, bc batchConn, cfg connConfig) *serverConn {
+	first := 1 + rand.Uint64N(firstIDRange)
 	c := &serverConn{
 		addr:      addr,
 		bc:        bc,
 		ring:      newRing(ringSize),
-		info:      info,
-		connected: notify,
+		info:      cfg.info,
+		keys:      cfg.keys,
+		connected: cfg.notify,
 		wake:      make(chan struct{}, 1),
 		list:      make([]*request, 0, inflightSize),
-		nextID:    1,
-		floor:     1,
+		nextID:    first,
+		floor:     first,
 		in:        make([]batchio.Message, batchio.MaxBatch),
+		opened:    make([]byte, 0, 2*wire.MaxDatagram),
 	}
 	c.requests.init(c)
-	c.pk.init(bc, &c.stats, unbatched)
+	c.pk.init(bc, &c.stats, cfg.unbatched, cfg.keys)
 	for i := range c.in {
 		// Room for a datagram larger than we ever expect, so an oversized one is seen
 		// whole and rejected by its length check rather than truncated.
 		c.in[i].Buf = make([]byte, 2*wire.MaxDatagram)
 	}
-	c.connWait.Store(int64(connectWait))
+	c.connWait.Store(int64(cfg.connectWait))
 	return c
 }
 
@@ -250,29 +276,52 @@ func (c *serverConn) push(r *request, ctx context.Context) error {
 // server that is just starting is found at once, a dead one is not flooded. Only the
 // send loop calls it.
 func (c *serverConn) maybeConnect(now int64) {
-	if c.connSent != 0 && now-c.connSent < c.connBackoff {
+	withCookie := c.cookieNew.Swap(false)
+	if !withCookie && c.connSent != 0 && now-c.connSent < c.connBackoff {
 		return
 	}
-	if c.connSent == 0 {
+	switch {
+	case c.connSent == 0:
+		c.cookie.Store(nil)
 		c.connNonce.Store(rand.Uint64() | 1) // a new nonce per session wanted
 		c.connBackoff = connRetryMin
-	} else {
+	case !withCookie:
 		c.connBackoff = min(2*c.connBackoff, c.connWait.Load())
 	}
 	c.connSent = now
+	var cookie []byte
+	if p := c.cookie.Load(); p != nil {
+		cookie = p[:]
+	}
 	buf := wire.BeginDatagram(c.pk.ownDatagram(), wire.Header{})
-	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info, nil)
+	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info, cookie)
 	if pad := wire.MinConnectDatagram - (len(buf) + wire.TrailerSize); pad > 0 {
 		buf = wire.AppendPad(buf, max(pad, wire.FrameHeaderSize))
 	}
 	c.pk.addDatagram(wire.FinishDatagram(buf), 1)
 }
 
-// handleConnectReply takes a CONNECTED or a REDIRECT answering our CONNECT. Only the
-// receive loop calls it.
-func (c *serverConn) handleConnectReply(f *wire.Frame) {
+// handleConnectReply takes what answers our CONNECT: CONNECTED, REDIRECT, a COOKIE to
+// send it again with, or an ERROR that refuses it. Only the receive loop calls it.
+func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]byte) {
 	if f.ID != c.connNonce.Load() || c.session.Load() != 0 {
 		return // a duplicate, or the reply to an earlier attempt
+	}
+	switch f.Op {
+	case wire.OpCookie:
+		var cookie [wire.CookieSize]byte
+		copy(cookie[:], f.Cookie)
+		c.cookie.Store(&cookie)
+		c.cookieNew.Store(true)
+		if c.sleeping.CompareAndSwap(true, false) {
+			c.wakeSender()
+		}
+		return
+	case wire.OpError:
+		// A refusal: Open reports it if no server grants a session in time. The
+		// CONNECT keeps being retried meanwhile: a rate limit or a full table passes.
+		c.refused.Store(uint32(f.Code))
+		return
 	}
 	if f.Op == wire.OpRedirect {
 		addr := string(f.Addr)
@@ -285,6 +334,7 @@ func (c *serverConn) handleConnectReply(f *wire.Frame) {
 			retransmitWindow: time.Duration(con.RetransmitWindowMs) * time.Millisecond,
 			servers:          con.Servers,
 		})
+		c.serverPrefix, c.window = prefix, seal.Window{}
 		c.session.Store(con.Session)
 	}
 	select {

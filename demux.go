@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -55,7 +56,7 @@ func (c *serverConn) handleBatch(n int) uint64 {
 	c.stats.datagramsIn.Add(uint64(n))
 	frames := uint64(0)
 	for i := 0; i < n; i++ {
-		d, err := wire.Parse(c.in[i].Buf[:c.in[i].N], true)
+		d, prefix, err := c.open(c.in[i].Buf[:c.in[i].N])
 		if err != nil {
 			c.stats.badIn.Add(1)
 			continue
@@ -66,42 +67,97 @@ func (c *serverConn) handleBatch(n int) uint64 {
 		}
 		for d.Next(&f) {
 			frames++
-			c.handleReply(d.Session, &f)
+			c.handleReply(d.Session, &f, prefix)
 		}
 	}
 	c.stats.framesIn.Add(frames)
 	return frames
 }
 
+// errReplay marks a sealed reply seen before.
+var errReplay = errors.New("netmutex: replayed reply")
+
+// open checks a received datagram whole and returns it parsed, with the nonce prefix of
+// the server that sealed it. With keys, only a sealed reply that opens is believed; the
+// one plain reply looked at is an ERROR AUTH answering our CONNECT, which only explains
+// why no session comes. Counters are checked against a replay window for the server
+// that granted the session; a reply under another prefix (before CONNECTED, or from a
+// restarted server) can only complete a request waiting for its exact id, and request
+// ids are never reused on a connection, so a replay of it finds nobody.
+func (c *serverConn) open(b []byte) (wire.Datagram, [seal.PrefixSize]byte, error) {
+	var prefix [seal.PrefixSize]byte
+	if c.keys == nil {
+		if seal.IsSealed(b) {
+			return wire.Datagram{}, prefix, seal.ErrNotSealed
+		}
+		d, err := wire.Parse(b, true)
+		return d, prefix, err
+	}
+	if !seal.IsSealed(b) {
+		c.noteAuthRefusal(b)
+		return wire.Datagram{}, prefix, seal.ErrNotSealed
+	}
+	plain, _, nonce, err := c.keys.Open(c.opened[:0], b)
+	if err != nil {
+		return wire.Datagram{}, prefix, err
+	}
+	if nonce.Prefix == c.serverPrefix && !c.window.Accept(nonce.Counter) {
+		return wire.Datagram{}, prefix, errReplay
+	}
+	d, err := wire.Parse(plain, true)
+	return d, nonce.Prefix, err
+}
+
+// noteAuthRefusal records a plain ERROR AUTH answering our CONNECT (or naming no id,
+// when the server could not read it). It cannot be authenticated, so it never fails a
+// session: Open reports it only if no server granted one in time.
+func (c *serverConn) noteAuthRefusal(b []byte) {
+	d, err := wire.Parse(b, true)
+	if err != nil || c.session.Load() != 0 {
+		return
+	}
+	var f wire.Frame
+	for d.Next(&f) {
+		if f.Op == wire.OpError && f.Code == wire.CodeAuth && (f.ID == 0 || f.ID == c.connNonce.Load()) {
+			c.refused.Store(uint32(wire.CodeAuth))
+		}
+	}
+}
+
 // handleReply routes one reply frame: to the handshake, or to its waiter.
-func (c *serverConn) handleReply(session uint64, f *wire.Frame) {
-	if f.Op == wire.OpConnected || (f.ID == c.connNonce.Load() && f.Op == wire.OpRedirect) {
-		c.handleConnectReply(f)
+func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.PrefixSize]byte) {
+	if f.Op == wire.OpConnected || (f.ID == c.connNonce.Load() && (f.Op == wire.OpRedirect || f.Op == wire.OpCookie || f.Op == wire.OpError)) {
+		c.handleConnectReply(f, prefix)
 		return
 	}
 	r := c.table.lookup(f.ID)
-	if r == nil {
-		return // late, duplicated, or a TOUCH's reply
+	if r == nil || r.conn != c || r.state.Load() != f.ID {
+		return // late, duplicated, a TOUCH's reply, or not ours
 	}
+	// Only a reply to a waiting request changes the connection's state, and before the
+	// caller wakes: a stray DISCONNECTED or ISOLATED changes nothing.
 	if f.Op == wire.OpDisconnected && !c.leaving.Load() {
 		// The server forgot this session (restart, time-out): connect anew.
 		c.session.CompareAndSwap(session, 0)
 	}
-	if f.Op == wire.OpIsolated {
+	if f.Op == wire.OpIsolated && session == c.session.Load() {
 		c.isolated.Store(true)
 	}
 	c.deliver(r, session, f)
 }
 
 // deliver completes r with f if r is still waiting for exactly f's id on this
-// connection. r may be stale: the slot was read before r finished and was recycled.
-// Its id check alone holds on this connection, where ids only grow; the owner check
-// keeps a record of another connection, whose ids are counted apart, out of reach.
-func (c *serverConn) deliver(r *request, session uint64, f *wire.Frame) {
+// connection, and reports whether it did. r may be stale: the slot was read before r
+// finished and was recycled. Its id check alone holds on this connection, where ids
+// only grow; the owner check keeps a record of another connection, whose ids are
+// counted apart, out of reach.
+func (c *serverConn) deliver(r *request, session uint64, f *wire.Frame) bool {
 	if r.conn != c {
-		return
+		return false
 	}
 	if r.complete(f.ID, replyResult(f, session)) {
 		c.table.release(f.ID, r)
+		return true
 	}
+	return false
 }

@@ -15,10 +15,12 @@ package netmutex
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -79,6 +81,24 @@ var (
 	ErrLockDelay = errors.New("netmutex: server is in its start-up lock-delay")
 	// ErrRefused is returned when the server rejected a request as malformed or stale.
 	ErrRefused = errors.New("netmutex: request refused by the server")
+	// ErrAuth is returned by Open when a server refused this client's authentication:
+	// Options.KeyFile is missing, or holds no key the server has, or the server has no
+	// keys and this client seals.
+	ErrAuth = errors.New("netmutex: authentication refused by the server")
+	// ErrTooManySessions is returned by Open when the server's session table, or this
+	// address's share of it, is full.
+	ErrTooManySessions = errors.New("netmutex: server has too many sessions")
+	// ErrRateLimited is returned by Open when this address connects faster than the
+	// server allows.
+	ErrRateLimited = errors.New("netmutex: connecting too fast for the server")
+	// ErrTooManyLocks is returned by Lock when this NetMutex holds as many locks as the
+	// server allows one session.
+	ErrTooManyLocks = errors.New("netmutex: too many locks held by this session")
+	// ErrServerFull is returned by Lock when the server's lock table is full.
+	ErrServerFull = errors.New("netmutex: server lock table is full")
+	// ErrForbidden is returned by UnlockAll when this client may not release every lock:
+	// its key is not marked admin, or, without keys, it is not on the server's host.
+	ErrForbidden = errors.New("netmutex: not allowed by the server")
 )
 
 type timeoutError struct{ msg string }
@@ -96,6 +116,10 @@ type Options struct {
 	// IsolationInfo is handed to the server's isolation command on standard input if
 	// this client is isolated: what the operator needs to stop it (host, pid, ...).
 	IsolationInfo string
+	// KeyFile is a file of pre-shared keys, lines "ID HEX" (docs/PROTOCOL.md, Security):
+	// every datagram is then sealed with the first key, and only replies that open under
+	// one of the keys are believed. Empty: plain datagrams, for a server without keys.
+	KeyFile string
 	// Retries caps the attempts of a context-form call (default DefaultRetries).
 	Retries int
 	// Timeout is the wait for each attempt of a context-form call (default
@@ -142,6 +166,7 @@ func (l *Lock) reset() { l.set("", 0, 0, 0, nil) }
 // NetMutex is a connection to a netmutex server or cluster.
 type NetMutex struct {
 	info      string
+	keys      *seal.Keyring // nil: plain datagrams
 	unbatched bool
 	retries   int
 	timeout   time.Duration
@@ -182,6 +207,13 @@ func open(pc *pacing, addrs []string, options *Options) (*NetMutex, error) {
 	}
 	if len(nm.info) > MaxIsolationInfo {
 		return nil, ErrLongIsolationInfo
+	}
+	if options != nil && options.KeyFile != "" {
+		keys, err := seal.LoadKeyFile(options.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("netmutex: key file: %w", err)
+		}
+		nm.keys = keys
 	}
 	if len(addrs) == 0 {
 		return nil, ErrNoServers

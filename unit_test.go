@@ -113,7 +113,7 @@ func TestPackerFillsDatagrams(t *testing.T) {
 	m := newMemConn()
 	var st connStats
 	var p packer
-	p.init(m, &st, false)
+	p.init(m, &st, false, nil)
 	const n = 200
 	for i := uint64(1); i <= n; i++ {
 		b := p.reserve(7, 1, wire.UnlockSize(3))
@@ -140,7 +140,7 @@ func TestPackerSessionAndUnbatched(t *testing.T) {
 	t.Run("a new session opens a new datagram", func(t *testing.T) {
 		m := newMemConn()
 		var p packer
-		p.init(m, &connStats{}, false)
+		p.init(m, &connStats{}, false, nil)
 		for _, s := range []uint64{1, 1, 2} {
 			b := p.reserve(s, 1, wire.FrameHeaderSize)
 			*b = wire.AppendEmpty(*b, wire.OpTouch, s)
@@ -157,7 +157,7 @@ func TestPackerSessionAndUnbatched(t *testing.T) {
 	t.Run("unbatched: a frame per datagram per call", func(t *testing.T) {
 		m := newMemConn()
 		var p packer
-		p.init(m, &connStats{}, true)
+		p.init(m, &connStats{}, true, nil)
 		for i := uint64(1); i <= 5; i++ {
 			b := p.reserve(1, 1, wire.FrameHeaderSize)
 			*b = wire.AppendEmpty(*b, wire.OpTouch, i)
@@ -171,7 +171,7 @@ func TestPackerSessionAndUnbatched(t *testing.T) {
 // connectedConn is a serverConn over m that already has session 7, as if CONNECTED had
 // arrived, with its loops running.
 func connectedConn(t *testing.T, m *memConn) *serverConn {
-	c := newServerConn("mem", m, "", time.Second, make(chan struct{}, 1), false)
+	c := newServerConn("mem", m, connConfig{connectWait: time.Second, notify: make(chan struct{}, 1)})
 	c.server.Store(&serverInfo{sessionTimeout: time.Minute, retransmitWindow: time.Minute})
 	c.session.Store(7)
 	c.start()
@@ -271,8 +271,8 @@ func TestDemuxDropsStrayReplies(t *testing.T) {
 // just before the record finished, was recycled, and was reused on another connection
 // under the same numeric id (ids are counted per connection) must not complete it.
 func TestLateReplyFromAnotherConnection(t *testing.T) {
-	a := newServerConn("a", newMemConn(), "", time.Second, nil, false)
-	b := newServerConn("b", newMemConn(), "", time.Second, nil, false)
+	a := newServerConn("a", newMemConn(), connConfig{connectWait: time.Second})
+	b := newServerConn("b", newMemConn(), connConfig{connectWait: time.Second})
 	r := b.requests.acquire(wire.OpLock, 1, int64(time.Minute), 0)
 	const id = 5
 	require.True(t, b.table.claim(id, r))
@@ -291,7 +291,7 @@ func TestLateReplyFromAnotherConnection(t *testing.T) {
 // TestFullRingHonoursTheCaller: with the ring full, a caller waits for room only as
 // long as its context, deadline or attempts allow, and the record is not leaked.
 func TestFullRingHonoursTheCaller(t *testing.T) {
-	c := newServerConn("full", newMemConn(), "", time.Second, nil, false) // no loops: nothing drains
+	c := newServerConn("full", newMemConn(), connConfig{connectWait: time.Second}) // no loops: nothing drains
 	filler := &request{}
 	for c.ring.push(filler) {
 	}
