@@ -32,6 +32,8 @@ type options struct {
 	ttl        time.Duration
 	json       bool
 	cpuprofile string
+	keyFile    string // seal every datagram with these keys (client and embedded server)
+	sealed     bool   // with a fresh random key
 
 	vs           []string // peers to compare with, in order
 	plot         string
@@ -53,6 +55,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "load before measuring, not counted")
 	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "lock TTL (longer than any pair takes)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the run (client and embedded server) to this file")
+	fs.StringVar(&o.keyFile, "key-file", "", "seal every datagram with the keys of this file (client, and the embedded server)")
+	fs.BoolVar(&o.sealed, "sealed", false, "seal every datagram with a fresh random key (client and embedded server)")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON on stdout (progress stays on stderr)")
 	vs := fs.String("vs", "", "compare with these systems, in turns, same workload: redis (= rueidis,goredis), rueidis, goredis, etcd")
 	fs.StringVar(&o.plot, "plot", "", "write a chart (.png or .svg): pairs/s against goroutines 1..256 for every system, latency at 64")
@@ -88,6 +92,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.plot != "" && !strings.HasSuffix(o.plot, ".png") && !strings.HasSuffix(o.plot, ".svg") {
 		return nil, fmt.Errorf("-plot: file name must end in .png or .svg")
+	}
+	if o.sealed && o.keyFile != "" {
+		return nil, fmt.Errorf("-sealed and -key-file: choose one")
 	}
 	var err error
 	if o.vs, err = parseVs(*vs); err != nil {
@@ -142,7 +149,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 
 	if len(o.vs) == 0 && o.plot == "" {
 		// The plain run: netmutex alone, every figure.
-		sys, err := startNetmutex(o.addr, o.conns, o.ttl)
+		sys, err := startNetmutex(o)
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/server"
 )
 
@@ -21,6 +23,8 @@ type netmutexSystem struct {
 	addr    string
 	nms     []*netmutex.NetMutex
 	ttl     time.Duration
+	keyFile string
+	tempKey bool // keyFile is ours to remove
 }
 
 // openTimeout bounds Open: generous, the server is on this machine.
@@ -29,10 +33,30 @@ const (
 	openTimeout = 500 * time.Millisecond
 )
 
-// startNetmutex starts an embedded server unless addr is set, and opens conns
-// NetMutex instances to it.
-func startNetmutex(addr string, conns int, ttl time.Duration) (*netmutexSystem, error) {
-	s := &netmutexSystem{addr: addr, ttl: ttl}
+// startNetmutex starts an embedded server unless o.addr is set, and opens o.conns
+// NetMutex instances to it, sealing with o's keys if any.
+func startNetmutex(o *options) (*netmutexSystem, error) {
+	addr, conns, ttl := o.addr, o.conns, o.ttl
+	s := &netmutexSystem{addr: addr, ttl: ttl, keyFile: o.keyFile}
+	if o.sealed {
+		f, err := os.CreateTemp("", "netmutex-bench-key-")
+		if err != nil {
+			return nil, err
+		}
+		secret := make([]byte, seal.KeySize)
+		rand.Read(secret)
+		fmt.Fprintf(f, "1 %x\n", secret)
+		f.Close()
+		s.keyFile, s.tempKey = f.Name(), true
+	}
+	var keys *seal.Keyring
+	if s.keyFile != "" {
+		var err error
+		if keys, err = seal.LoadKeyFile(s.keyFile); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
 	if addr == "" {
 		dir, err := os.MkdirTemp("", "netmutex-bench-")
 		if err != nil {
@@ -44,6 +68,7 @@ func startNetmutex(addr string, conns int, ttl time.Duration) (*netmutexSystem, 
 		cfg.DataDir = dir
 		cfg.MaxTTL = max(cfg.MaxTTL, ttl)
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.Keys = keys
 		srv, err := server.New(cfg)
 		if err != nil {
 			os.RemoveAll(dir)
@@ -53,7 +78,7 @@ func startNetmutex(addr string, conns int, ttl time.Duration) (*netmutexSystem, 
 		s.addr = srv.Addr().String()
 	}
 	for range max(conns, 1) {
-		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, nil)
+		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, &netmutex.Options{KeyFile: s.keyFile})
 		if err != nil {
 			s.close()
 			return nil, fmt.Errorf("netmutex: open %s: %w", s.addr, err)
@@ -66,10 +91,14 @@ func startNetmutex(addr string, conns int, ttl time.Duration) (*netmutexSystem, 
 func (s *netmutexSystem) name() string { return "netmutex" }
 
 func (s *netmutexSystem) note() string {
-	if s.srv == nil {
-		return fmt.Sprintf("external server %s, %d NetMutex", s.addr, len(s.nms))
+	sealed := ""
+	if s.keyFile != "" {
+		sealed = ", sealed datagrams"
 	}
-	return fmt.Sprintf("embedded server on %s (default config), %d NetMutex, default Options", s.addr, len(s.nms))
+	if s.srv == nil {
+		return fmt.Sprintf("external server %s, %d NetMutex%s", s.addr, len(s.nms), sealed)
+	}
+	return fmt.Sprintf("embedded server on %s (default config), %d NetMutex, default Options%s", s.addr, len(s.nms), sealed)
 }
 
 func (s *netmutexSystem) newLocker(g int) (locker, error) {
@@ -108,6 +137,9 @@ func (s *netmutexSystem) close() error {
 	}
 	if s.dataDir != "" {
 		errs = append(errs, os.RemoveAll(s.dataDir))
+	}
+	if s.tempKey {
+		errs = append(errs, os.Remove(s.keyFile))
 	}
 	return errors.Join(errs...)
 }

@@ -55,7 +55,7 @@ type lab struct {
 func (lb *lab) open(name string) (system, error) {
 	switch name {
 	case "netmutex":
-		return startNetmutex(lb.o.addr, lb.o.conns, lb.o.ttl)
+		return startNetmutex(lb.o)
 	case "redis-rueidis", "redis-goredis":
 		if lb.redis == nil && lb.redisErr == nil {
 			fmt.Fprintln(lb.log, "starting redis-server ...")
