@@ -3,13 +3,28 @@
 
 package server
 
-// expireLocks isolates the holder of every lock whose deadline is not after now.
+// expireLocks isolates the holder of every lock whose deadline is not after now, within
+// the budget. Entries of a session already isolated just leave the heap: its keys wait
+// for its isolation command, or are being released.
 func (m *Machine) expireLocks(now int64) {
-	for len(m.expiry) > 0 && m.expiry[0].deadline <= now {
-		e := m.expiry[0]
-		m.heapRemove(e)
+	for m.budget > 0 && len(m.expiry) > 0 && m.expiry[0].deadline <= now {
+		m.budget--
+		m.expire(m.expiry[0])
+	}
+}
+
+// expire takes e out of the heap and isolates its holder.
+func (m *Machine) expire(e *entry) {
+	m.heapRemove(e)
+	if !e.sess.isolated {
 		m.isolate(e.sess)
 	}
+}
+
+// overdue tells that e is held by a session not yet isolated although its deadline
+// passed: an expiry the budget left for a later Apply, to be done before e is looked at.
+func overdue(e *entry, now int64) bool {
+	return e.sess != nil && !e.sess.isolated && e.deadline <= now
 }
 
 // Expiry heap: a binary min-heap of entries by deadline; each entry knows its index, so

@@ -3,6 +3,8 @@
 
 package server
 
+import "net/netip"
+
 // minFreeEntries is how many free lock-table entries are always kept for reuse, so a
 // working set of keys locked again and again never allocates; beyond it, free entries
 // are swept once they outnumber the held ones (amortised O(1) per release).
@@ -23,24 +25,86 @@ type entry struct {
 	prev, next *entry
 }
 
-// releaseAll releases every lock s holds.
-func (m *Machine) releaseAll(s *session) {
-	for s.locks != nil {
-		m.release(s.locks)
+// applyBudget bounds the work of one Apply beyond its commands: expiries looked at,
+// sessions timed out, entries of released sessions freed. Past it the rest waits for the
+// next Apply (the loop applies at least every tick while the machine is not Idle), so a
+// million locks expiring together cost many short Applies, not one long stall. What is
+// left over is never visible: a LOCK, UPDATE or UNLOCK of a key whose deadline passed
+// expires it first, a session's request past its timeout times it out first, and the
+// keys of a released session are free at once (Locks, Holder, LOCK).
+const applyBudget = 4096
+
+// shrinkMin: a table whose peak size reached it is rebuilt once it holds less than a
+// quarter of that peak, so that Go frees the buckets a flood left behind.
+const shrinkMin = 4096
+
+// grant links e, just given to s.
+func (m *Machine) grant(s *session, e *entry) {
+	if s.nlocks == 0 {
+		m.holdersPush(s)
+	}
+	s.link(e)
+	m.held++
+	m.heapPush(e)
+}
+
+// release frees e, a lock its holder releases; the entry stays in the map for reuse.
+func (m *Machine) release(e *entry) {
+	s := e.sess
+	m.held--
+	m.freeEntry(e)
+	if s.nlocks == 0 {
+		m.holdersRemove(s)
 	}
 }
 
-// release frees e; the entry stays in the map for reuse.
-func (m *Machine) release(e *entry) {
+// freeEntry unlinks e from its session and the expiry heap and marks it free.
+func (m *Machine) freeEntry(e *entry) {
 	e.sess.unlink(e)
 	m.heapRemove(e)
 	e.sess = nil
 	e.lockID, e.fence, e.deadline = 0, 0, 0
-	m.held--
 	m.free++
 }
 
-// sweep deletes the free entries from the lock table.
+// beginRelease releases every lock s holds: at once for Locks, Holder and LOCK, and
+// entry by entry within the budget of each Apply (drain). O(1).
+func (m *Machine) beginRelease(s *session) {
+	if s.nlocks == 0 || s.draining {
+		return
+	}
+	s.draining = true
+	m.held -= s.nlocks
+	m.holdersRemove(s)
+	s.dnext = nil
+	if m.drainTail != nil {
+		m.drainTail.dnext = s
+	} else {
+		m.drainHead = s
+	}
+	m.drainTail = s
+}
+
+// drain frees entries of released sessions while the budget lasts.
+func (m *Machine) drain() {
+	for s := m.drainHead; s != nil; s = m.drainHead {
+		for s.locks != nil && m.budget > 0 {
+			m.freeEntry(s.locks)
+			m.budget--
+		}
+		if s.locks != nil {
+			return
+		}
+		s.draining = false
+		m.drainHead, s.dnext = s.dnext, nil
+		if m.drainHead == nil {
+			m.drainTail = nil
+		}
+	}
+}
+
+// sweep deletes the free entries from the lock table, and rebuilds the table when a
+// flood left it far below its peak.
 func (m *Machine) sweep() {
 	for k, e := range m.locks {
 		if e.sess == nil {
@@ -48,13 +112,44 @@ func (m *Machine) sweep() {
 		}
 	}
 	m.free = 0
+	if n := len(m.locks); m.locksPeak >= shrinkMin && n < m.locksPeak/4 {
+		locks := make(map[string]*entry, n)
+		for k, e := range m.locks {
+			locks[k] = e
+		}
+		m.locks, m.locksPeak = locks, n
+		m.rebuilds++
+	}
+}
+
+// shrink rebuilds the session tables and the expiry heap when a flood left them far
+// below their peak. O(size) once the size fell below a quarter of the peak: amortised
+// O(1) per session or lock that went.
+func (m *Machine) shrink() {
+	if n := len(m.sessions); m.sessPeak >= shrinkMin && n < m.sessPeak/4 {
+		sessions := make(map[uint64]*session, n)
+		nonces := make(map[uint64]*session, n)
+		for id, s := range m.sessions {
+			sessions[id], nonces[s.nonce] = s, s
+		}
+		perAddr := make(map[netip.Addr]int, len(m.perAddr))
+		for a, k := range m.perAddr {
+			perAddr[a] = k
+		}
+		m.sessions, m.nonces, m.perAddr, m.sessPeak = sessions, nonces, perAddr, n
+		m.rebuilds++
+	}
+	if c := cap(m.expiry); c >= shrinkMin && len(m.expiry) < c/4 {
+		m.expiry = append(make([]*entry, 0, 2*len(m.expiry)), m.expiry...)
+		m.rebuilds++
+	}
 }
 
 // Holder tells who holds key: the session, the lock id and the fence. ok is false when the
 // key is free. A key of an isolated session waiting for its isolation command is held.
 func (m *Machine) Holder(key string) (session, lockID, fence uint64, ok bool) {
 	e := m.locks[key]
-	if e == nil || e.sess == nil {
+	if e == nil || e.sess == nil || e.sess.draining {
 		return 0, 0, 0, false
 	}
 	return e.sess.id, e.lockID, e.fence, true

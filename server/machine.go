@@ -6,6 +6,8 @@
 package server
 
 import (
+	"net/netip"
+
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -74,8 +76,6 @@ type MachineConfig struct {
 	SessionTimeout int64
 	// LockDelayUntil: LOCK answers LOCK_DELAY while now < LockDelayUntil.
 	LockDelayUntil int64
-	// BootCount is the high 32 bits of every session id.
-	BootCount uint32
 	// Caps (0: none), each with its refusal: MaxSessions and MaxSessionsPerAddr
 	// TOO_MANY_SESSIONS, MaxLocksPerSession TOO_MANY_LOCKS, MaxLocks SERVER_FULL.
 	MaxSessions        int
@@ -99,15 +99,24 @@ type Machine struct {
 
 	sessions   map[uint64]*session
 	nonces     map[uint64]*session
+	perAddr    map[netip.Addr]int // sessions per IP address
 	lruHead    *session
 	lruTail    *session
-	nextSess   uint32
+	holders    *session // sessions holding locks
+	drainHead  *session // released sessions whose entries are not all freed yet
+	drainTail  *session
 	locks      map[string]*entry
-	held       int
+	held       int // keys held (entries of draining sessions excluded)
 	free       int
 	expiry     []*entry // min-heap by deadline
-	fence      uint64   // next fence to hand out
-	fenceEnd   uint64   // fences below fenceEnd may be handed out
+	leafPool   leafPool
+	budget     int // work left to this Apply (applyBudget)
+	work       int // work done by the last Apply beyond its commands, for tests
+	sessPeak   int
+	locksPeak  int
+	rebuilds   int    // tables rebuilt after a flood, for tests
+	fence      uint64 // next fence to hand out
+	fenceEnd   uint64 // fences below fenceEnd may be handed out
 	grants     uint64
 	isolations uint64
 	effects    []Isolation
@@ -122,6 +131,7 @@ func NewMachine(cfg MachineConfig) *Machine {
 		cfg:      cfg,
 		sessions: make(map[uint64]*session),
 		nonces:   make(map[uint64]*session),
+		perAddr:  make(map[netip.Addr]int),
 		locks:    make(map[string]*entry),
 		fence:    cfg.FirstFence,
 		fenceEnd: cfg.FirstFence,
@@ -133,7 +143,9 @@ func NewMachine(cfg MachineConfig) *Machine {
 // run to iso, and returns both. now must not go backwards.
 func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation) ([]Result, []Isolation) {
 	m.effects = iso
+	m.budget = applyBudget
 	m.expireLocks(now)
+	m.drain()
 	m.expireSessions(now)
 	for i := range cmds {
 		c := &cmds[i]
@@ -143,9 +155,12 @@ func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation
 			out = append(out, r)
 		}
 	}
+	m.drain()
 	if m.free > minFreeEntries && m.free > m.held {
 		m.sweep()
 	}
+	m.shrink()
+	m.work = applyBudget - m.budget
 	iso, m.effects = m.effects, nil
 	return out, iso
 }
@@ -159,18 +174,22 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 	case KindIsolationDone:
 		if s := m.sessions[c.Session]; s != nil && s.isolating {
 			s.isolating = false
-			m.releaseAll(s)
+			m.beginRelease(s)
 		}
 		return Result{}, false
 	}
 	s := m.sessions[c.Session]
+	if s != nil && m.timedOut(s, now) {
+		m.timeout(s, now) // left over by the budget: as if done before the commands
+		s = m.sessions[c.Session]
+	}
 	if s == nil {
 		return Result{Op: wire.OpDisconnected, Session: c.Session}, true
 	}
 	m.touch(s, now)
 	if c.Floor > s.floor {
 		s.floor = c.Floor
-		s.pruneReleased()
+		s.released.pruneBelow(s.floor, &m.leafPool)
 	}
 	if c.ID < s.floor {
 		return Result{}, false
@@ -191,8 +210,12 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 	case KindUpdate:
 		m.update(now, s, c, &r)
 	case KindUnlock:
-		m.unlock(s, c, &r)
+		m.unlock(now, s, c, &r)
 	case KindUnlockAll:
+		if !c.Admin {
+			r.Op, r.Code = wire.OpError, wire.CodeForbidden
+			break
+		}
 		m.unlockAll()
 		r.Op = wire.OpPong
 	default:
@@ -213,15 +236,36 @@ func (m *Machine) connect(now int64, c *Command) Result {
 		m.touch(s, now)
 		return Result{Op: wire.OpConnected, Session: s.id}
 	}
-	m.nextSess++
+	full := Result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
+	if max := m.cfg.MaxSessions; max > 0 && len(m.sessions) >= max {
+		return full
+	}
+	var addr netip.Addr
+	if c.Peer != nil {
+		addr = c.Peer.Addr.Addr().Unmap()
+		if max := m.cfg.MaxSessionsPerAddr; max > 0 && m.perAddr[addr] >= max {
+			return full
+		}
+	}
+	// The loop's random id; on 0 or a live id (a loop that drew badly, or a replay of
+	// its draws), the next free one. Never a live one, whatever the draws.
+	id := c.NewSession
+	for id == 0 || m.sessions[id] != nil {
+		id++
+	}
 	s := &session{
-		id:    uint64(m.cfg.BootCount)<<32 | uint64(m.nextSess),
+		id:    id,
 		nonce: c.ID,
 		info:  string(c.Info),
 		peer:  c.Peer,
+		addr:  addr,
 	}
 	m.sessions[s.id] = s
 	m.nonces[s.nonce] = s
+	if addr.IsValid() {
+		m.perAddr[addr]++
+	}
+	m.sessPeak = max(m.sessPeak, len(m.sessions))
 	s.lastSeen = now
 	m.lruPush(s)
 	return Result{Op: wire.OpConnected, Session: s.id}
@@ -248,7 +292,7 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if !m.checkTTL(c.TTLMs, r) {
 		return
 	}
-	if done, how := s.hasReleased(c.ID); done {
+	if how, done := s.released.get(c.ID); done {
 		// A copy of a LOCK already answered: repeat a refusal, never grant it late to
 		// a client that was told it holds nothing.
 		switch how {
@@ -256,31 +300,57 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 			r.Op = wire.OpLocked
 		case answeredDelay:
 			r.Op, r.Code = wire.OpError, wire.CodeLockDelay
+		case answeredTooMany:
+			r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
+		case answeredFull:
+			r.Op, r.Code = wire.OpError, wire.CodeServerFull
 		default:
 			r.Op, r.Code = wire.OpError, wire.CodeStale
 		}
 		return
 	}
 	e := m.locks[string(c.Key)] // no allocation: the compiler does not copy for a lookup
+	if e != nil && overdue(e, now) {
+		m.expire(e)
+		if s.isolated {
+			r.Op = wire.OpIsolated
+			return
+		}
+	}
+	if e != nil && e.sess != nil && e.sess.draining {
+		m.freeEntry(e) // released already; its entry was waiting for the budget
+	}
 	if e != nil && e.sess != nil {
 		if e.sess == s && e.lockID == c.ID {
 			r.Fence = e.fence // a retransmission of the grant
 		} else {
 			r.Op = wire.OpLocked
-			s.addReleased(c.ID | answeredLocked)
+			s.released.add(c.ID, answeredLocked, &m.leafPool)
 		}
+		return
+	}
+	// Caps. Each refusal is final for this id, like LOCKED (see answeredTooMany).
+	if max := m.cfg.MaxLocksPerSession; max > 0 && s.nlocks >= max {
+		r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
+		s.released.add(c.ID, answeredTooMany, &m.leafPool)
+		return
+	}
+	if max := m.cfg.MaxLocks; max > 0 && m.held >= max {
+		r.Op, r.Code = wire.OpError, wire.CodeServerFull
+		s.released.add(c.ID, answeredFull, &m.leafPool)
 		return
 	}
 	// The loop may have failed to reserve fences: never hand out one that is not
 	// durable. Either way the answer is final for this id.
 	if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
 		r.Op, r.Code = wire.OpError, wire.CodeLockDelay
-		s.addReleased(c.ID | answeredDelay)
+		s.released.add(c.ID, answeredDelay, &m.leafPool)
 		return
 	}
 	if e == nil {
 		e = &entry{key: string(c.Key), heapIdx: -1}
 		m.locks[e.key] = e
+		m.locksPeak = max(m.locksPeak, len(m.locks))
 	} else {
 		m.free--
 	}
@@ -288,9 +358,7 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	e.deadline = now + int64(c.TTLMs)*1e6
 	m.fence++
 	m.grants++
-	m.held++
-	s.link(e)
-	m.heapPush(e)
+	m.grant(s, e)
 	r.Fence = e.fence
 }
 
@@ -307,12 +375,17 @@ func (m *Machine) update(now int64, s *session, c *Command, r *Result) {
 		r.Op, r.Code = wire.OpError, wire.CodeNotHeld
 		return
 	}
+	if overdue(e, now) {
+		m.expire(e) // too late to renew: the expiry the budget had left
+		r.Op = wire.OpIsolated
+		return
+	}
 	e.deadline = now + int64(c.TTLMs)*1e6
 	m.heapFix(e)
 	r.Fence = e.fence
 }
 
-func (m *Machine) unlock(s *session, c *Command, r *Result) {
+func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
 	if len(c.Key) == 0 || c.LockID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
@@ -321,26 +394,32 @@ func (m *Machine) unlock(s *session, c *Command, r *Result) {
 	if e == nil || e.sess != s || e.lockID != c.LockID {
 		return // already gone: OK, and a newer holder is left alone
 	}
+	if overdue(e, now) {
+		m.expire(e) // released too late: the expiry the budget had left
+		r.Op = wire.OpIsolated
+		return
+	}
 	m.release(e)
 	if c.LockID >= s.floor {
-		s.addReleased(c.LockID)
+		s.released.add(c.LockID, answeredReleased, &m.leafPool)
 	}
 }
 
-// unlockAll releases every lock and isolates every session that held one.
+// unlockAll releases every lock and isolates every session that held one: O(sessions
+// holding locks), the entries themselves freed by drain.
 func (m *Machine) unlockAll() {
-	for s := m.lruHead; s != nil; s = s.next {
-		if s.nlocks == 0 {
-			continue
-		}
+	for s := m.holders; s != nil; {
+		next := s.hnext
 		m.isolate(s)
-		m.releaseAll(s) // the operator asked: the keys are free now, isolation or not
+		m.beginRelease(s) // the operator asked: the keys are free now, isolation or not
+		s = next
 	}
 }
 
 // isolate marks s isolated and, when a command is configured, asks the loop to run it.
-// With a command, s keeps its keys (unavailable to others) until KindIsolationDone;
-// without one they are released at once.
+// With a command, s keeps its keys (unavailable to others) until KindIsolationDone: its
+// entries stay in the expiry heap and leave it at their deadlines doing nothing else.
+// Without one they are released at once.
 func (m *Machine) isolate(s *session) {
 	if !s.isolated {
 		s.isolated = true
@@ -350,14 +429,9 @@ func (m *Machine) isolate(s *session) {
 			m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
 		}
 	}
-	if s.isolating {
-		// Its keys wait for the command, not for their deadlines.
-		for e := s.locks; e != nil; e = e.next {
-			m.heapRemove(e)
-		}
-		return
+	if !s.isolating {
+		m.beginRelease(s)
 	}
-	m.releaseAll(s)
 }
 
 // Read-only views, for the loop and for tests.
@@ -370,4 +444,6 @@ func (m *Machine) Isolations() uint64 { return m.isolations }
 
 // Idle tells that the machine has nothing that time alone could change: no session and
 // no lock. The loop then needs no tick.
-func (m *Machine) Idle() bool { return len(m.sessions) == 0 && m.held == 0 }
+func (m *Machine) Idle() bool {
+	return len(m.sessions) == 0 && m.held == 0 && m.drainHead == nil && len(m.expiry) == 0
+}

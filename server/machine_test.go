@@ -16,15 +16,21 @@ const ms = int64(time.Millisecond)
 type sim struct {
 	t   *testing.T
 	m   *Machine
-	now int64
-	iso []Isolation // isolations asked by the last step
+	now   int64
+	iso   []Isolation // isolations asked by the last step
+	draws uint64      // the loop's session-id draws so far
+}
+
+// draw stands for the loop's random session id: distinct, non-zero, spread over 64 bits.
+func (s *sim) draw() uint64 {
+	s.draws++
+	return s.draws * 0x9e3779b97f4a7c15
 }
 
 func newSim(t *testing.T, mutate func(*MachineConfig)) *sim {
 	cfg := MachineConfig{
 		MaxTTL:         int64(time.Minute),
 		SessionTimeout: int64(15 * time.Second),
-		BootCount:      7,
 		Isolate:        true,
 	}
 	if mutate != nil {
@@ -53,7 +59,7 @@ func (s *sim) one(c Command) Result {
 
 func (s *sim) connect(nonce uint64) uint64 {
 	s.t.Helper()
-	r := s.one(Command{Kind: KindConnect, ID: nonce, Info: []byte("host-a")})
+	r := s.one(Command{Kind: KindConnect, ID: nonce, Info: []byte("host-a"), NewSession: s.draw()})
 	require.Equal(s.t, wire.OpConnected, r.Op, "connect: %+v", r)
 	require.Equal(s.t, nonce, r.ID, "connect: %+v", r)
 	return r.Session
@@ -100,11 +106,10 @@ func wantFree(t *testing.T, m *Machine, key string, why string) {
 func TestMachineConnect(t *testing.T) {
 	s := newSim(t, nil)
 	a := s.connect(11)
-	assert.Equal(t, uint64(7), a>>32, "boot count in the high bits")
-	assert.Equal(t, uint32(1), uint32(a), "counter in the low bits")
+	assert.Equal(t, uint64(0x9e3779b97f4a7c15), a, "the loop's draw")
 	assert.Equal(t, a, s.connect(11), "retransmitted CONNECT")
 	b := s.connect(12)
-	assert.Equal(t, uint32(2), uint32(b), "second session")
+	assert.NotEqual(t, a, b, "second session")
 	require.Equal(t, 2, s.m.Sessions())
 	r := s.one(Command{Kind: KindConnect, ID: 13, Info: make([]byte, wire.MaxIsolationInfo+1)})
 	wantErr(t, r, wire.CodeBadIsolationInfo)
@@ -299,7 +304,7 @@ func TestMachineUnlockAll(t *testing.T) {
 	a, b, op := s.connect(1), s.connect(2), s.connect(3)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "ka")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "kb")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.OpPong)
+	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1, Admin: true}), wire.OpPong)
 	require.Zero(t, s.m.Locks(), "locks after UNLOCKALL")
 	require.Len(t, s.iso, 2)
 	assert.True(t, s.m.Isolated(a))

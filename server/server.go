@@ -135,7 +135,6 @@ func newServer(cfg Config) (*Server, error) {
 	mc := MachineConfig{
 		MaxTTL:         int64(cfg.MaxTTL),
 		SessionTimeout: int64(cfg.SessionTimeout),
-		BootCount:      st.st.boot,
 		Isolate:        cfg.IsolateCmd != "",
 		FirstFence:     st.firstFence(),
 	}

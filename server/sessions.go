@@ -4,20 +4,30 @@
 
 package server
 
+import "net/netip"
+
 type session struct {
 	id        uint64
 	nonce     uint64
 	info      string
-	peer      *Peer // the far end of its CONNECT, for the network stage
+	peer      *Peer      // the far end of its CONNECT, for the network stage
+	addr      netip.Addr // the IP counted against MaxSessionsPerAddr; invalid: none
 	lastSeen  int64
 	floor     uint64
 	isolated  bool // every request gets ISOLATED
 	isolating bool // its isolation command runs; its keys stay held until it ends
-	released  []uint64
-	nlocks    int
-	locks     *entry // head of the held entries
+	// draining: its keys are released (Locks, Holder and LOCK see them free) but their
+	// entries are still linked, freed a budget at a time (see drain).
+	draining bool
+	released releasedSet
+	nlocks   int    // entries linked on locks
+	locks    *entry // head of the linked entries
 	// LRU list ordered by lastSeen, oldest first.
 	prev, next *session
+	// The list of sessions that hold locks (nlocks > 0, not draining), for UNLOCKALL.
+	hprev, hnext *session
+	// The queue of draining sessions.
+	dnext *session
 }
 
 // link adds e to the entries s holds.
@@ -81,32 +91,71 @@ func (m *Machine) lruRemove(s *session) {
 	s.prev, s.next = nil, nil
 }
 
-// expireSessions closes sessions silent for SessionTimeout. One that holds locks is
-// isolated instead, and one whose isolation command still runs waits for it; both are
-// looked at again one timeout later.
-func (m *Machine) expireSessions(now int64) {
-	if m.cfg.SessionTimeout <= 0 {
-		return // no timeout configured
+// The list of sessions that hold locks.
+
+func (m *Machine) holdersPush(s *session) {
+	s.hprev, s.hnext = nil, m.holders
+	if m.holders != nil {
+		m.holders.hprev = s
 	}
-	for s := m.lruHead; s != nil && now-s.lastSeen >= m.cfg.SessionTimeout; s = m.lruHead {
-		switch {
-		case s.nlocks > 0 && !s.isolated:
-			m.isolate(s)
-			m.touch(s, now)
-		case s.isolating:
-			m.touch(s, now)
-		default:
-			m.deleteSession(s)
-		}
+	m.holders = s
+}
+
+func (m *Machine) holdersRemove(s *session) {
+	if s.hprev != nil {
+		s.hprev.hnext = s.hnext
+	} else if m.holders == s {
+		m.holders = s.hnext
+	}
+	if s.hnext != nil {
+		s.hnext.hprev = s.hprev
+	}
+	s.hprev, s.hnext = nil, nil
+}
+
+// expireSessions closes sessions silent for SessionTimeout, a budget at a time; a
+// request of a session past its timeout but not yet looked at has it looked at first
+// (Machine.apply), so the budget never lets a session outlive its timeout.
+func (m *Machine) expireSessions(now int64) {
+	for s := m.lruHead; s != nil && m.budget > 0 && m.timedOut(s, now); s = m.lruHead {
+		m.budget--
+		m.timeout(s, now)
+	}
+}
+
+func (m *Machine) timedOut(s *session, now int64) bool {
+	return m.cfg.SessionTimeout > 0 && now-s.lastSeen >= m.cfg.SessionTimeout
+}
+
+// timeout closes s. One that holds locks is isolated instead, and one whose isolation
+// command still runs waits for it; both are looked at again one timeout later.
+func (m *Machine) timeout(s *session, now int64) {
+	switch {
+	case s.nlocks > 0 && !s.isolated:
+		m.isolate(s)
+		m.touch(s, now)
+	case s.isolating:
+		m.touch(s, now)
+	default:
+		m.deleteSession(s)
 	}
 }
 
 // deleteSession ends s: its locks are released and it is forgotten.
 func (m *Machine) deleteSession(s *session) {
-	m.releaseAll(s)
+	m.beginRelease(s)
 	m.lruRemove(s)
 	delete(m.sessions, s.id)
 	delete(m.nonces, s.nonce)
+	if s.addr.IsValid() {
+		if n := m.perAddr[s.addr]; n > 1 {
+			m.perAddr[s.addr] = n - 1
+		} else {
+			delete(m.perAddr, s.addr)
+		}
+	}
+	s.released.free(&m.leafPool)
+	s.peer = nil
 }
 
 // Sessions is the number of sessions, isolated ones included.

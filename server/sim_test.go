@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -23,7 +24,9 @@ import (
 // refSession and refMachine: the reference model.
 type refSession struct {
 	id, nonce           uint64
+	serial              uint64 // which session of the model this is, counting from 1
 	info                string
+	peer                *Peer
 	lastSeen            int64
 	touched             int64 // LRU order: the sequence number of the last touch
 	floor               uint64
@@ -38,6 +41,8 @@ const (
 	answerReleased answer = iota // granted, then released: copies get STALE
 	answerLocked                 // refused with LOCKED: copies get LOCKED
 	answerDelayed                // LOCK_DELAY: copies get LOCK_DELAY (lockDelayIsFinal)
+	answerTooMany                // TOO_MANY_LOCKS: copies get it again
+	answerFull                   // SERVER_FULL: copies get it again
 )
 
 // lockDelayIsFinal says that the Machine remembers LOCKs answered LOCK_DELAY so that
@@ -56,11 +61,15 @@ type refMachine struct {
 	sessions           map[uint64]*refSession
 	nonces             map[uint64]*refSession
 	locks              map[string]*refLock // held keys only
-	nextSess           uint32
 	fence, fenceEnd    uint64
 	grants, isolations uint64
 	seq                int64
 	effects            []Isolation
+	serials            uint64
+	// answeredBy: for each LOCK of the last apply, by Tag, the serial of the session
+	// that answered it (the simulation draws session ids that collide, so an id may
+	// name a session that ended and then another).
+	answeredBy map[int32]uint64
 }
 
 func newRef(cfg MachineConfig) *refMachine {
@@ -113,6 +122,7 @@ func (m *refMachine) isolate(s *refSession) {
 
 func (m *refMachine) apply(now int64, cmds []Command) ([]Result, []Isolation) {
 	m.effects = nil
+	m.answeredBy = map[int32]uint64{}
 	// Locks whose deadline passed isolate their session, earliest first. Keys of a
 	// session whose isolation command runs no longer expire.
 	for {
@@ -183,8 +193,27 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 			m.touch(s, now)
 			return Result{Op: wire.OpConnected, Session: s.id}, true
 		}
-		m.nextSess++
-		s := &refSession{id: uint64(m.cfg.BootCount)<<32 | uint64(m.nextSess), nonce: c.ID, info: string(c.Info), released: map[uint64]answer{}}
+		full := Result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
+		if m.cfg.MaxSessions > 0 && len(m.sessions) >= m.cfg.MaxSessions {
+			return full, true
+		}
+		if c.Peer != nil && m.cfg.MaxSessionsPerAddr > 0 {
+			n := 0
+			for _, o := range m.sessions {
+				if o.peer != nil && o.peer.Addr.Addr().Unmap() == c.Peer.Addr.Addr().Unmap() {
+					n++
+				}
+			}
+			if n >= m.cfg.MaxSessionsPerAddr {
+				return full, true
+			}
+		}
+		id := c.NewSession
+		for id == 0 || m.sessions[id] != nil {
+			id++
+		}
+		m.serials++
+		s := &refSession{id: id, serial: m.serials, nonce: c.ID, info: string(c.Info), peer: c.Peer, released: map[uint64]answer{}}
 		m.sessions[s.id], m.nonces[c.ID] = s, s
 		m.touch(s, now)
 		return Result{Op: wire.OpConnected, Session: s.id}, true
@@ -202,6 +231,9 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		return Result{Op: wire.OpDisconnected, Session: c.Session}, true
 	}
 	m.touch(s, now)
+	if c.Kind == KindLock {
+		m.answeredBy[c.Tag] = s.serial
+	}
 	if c.Floor > s.floor {
 		s.floor = c.Floor
 		for id := range s.released {
@@ -251,6 +283,10 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 				return r, true
 			case answerDelayed:
 				return bad(wire.CodeLockDelay)
+			case answerTooMany:
+				return bad(wire.CodeTooManyLocks)
+			case answerFull:
+				return bad(wire.CodeServerFull)
 			}
 			return bad(wire.CodeStale)
 		}
@@ -262,6 +298,14 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 				m.addReleased(s, c.ID, answerLocked)
 			}
 			return r, true
+		}
+		if m.cfg.MaxLocksPerSession > 0 && len(m.held(s)) >= m.cfg.MaxLocksPerSession {
+			m.addReleased(s, c.ID, answerTooMany)
+			return bad(wire.CodeTooManyLocks)
+		}
+		if m.cfg.MaxLocks > 0 && len(m.locks) >= m.cfg.MaxLocks {
+			m.addReleased(s, c.ID, answerFull)
+			return bad(wire.CodeServerFull)
 		}
 		if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
 			if lockDelayIsFinal {
@@ -298,6 +342,9 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 			}
 		}
 	case KindUnlockAll:
+		if !c.Admin {
+			return bad(wire.CodeForbidden)
+		}
 		for _, o := range m.sessions {
 			if len(m.held(o)) > 0 {
 				m.isolate(o)
@@ -338,6 +385,7 @@ var simKeys = []string{"a", "b", "c", "d", ""}
 // simClient is what a well-behaved or misbehaving client remembers of its session.
 type simClient struct {
 	nonce   uint64
+	peer    *Peer  // the far end its CONNECTs come from (nil: none given)
 	session uint64 // 0 before CONNECTED
 	nextID  uint64
 	floor   uint64
@@ -375,10 +423,22 @@ func (p *prog) pick(n int) int {
 func simulate(program []byte) error {
 	p := &prog{b: program}
 	flags := p.byte()
+	caps := p.byte()
 	cfg := MachineConfig{
-		MaxTTL:    500 * ms,
-		BootCount: uint32(p.byte()) + 1,
-		Isolate:   flags&1 != 0,
+		MaxTTL:  500 * ms,
+		Isolate: flags&1 != 0,
+	}
+	if flags&16 != 0 {
+		cfg.MaxSessions = 2 + int(caps&7)
+	}
+	if flags&32 != 0 {
+		cfg.MaxSessionsPerAddr = 1 + int(caps>>3&3)
+	}
+	if flags&64 != 0 {
+		cfg.MaxLocksPerSession = 1 + int(caps>>5&3)
+	}
+	if flags&128 != 0 {
+		cfg.MaxLocks = 1 + int(caps>>6)
 	}
 	if flags&2 != 0 {
 		cfg.SessionTimeout = 2000 * ms
@@ -402,7 +462,11 @@ func simulate(program []byte) error {
 		trace    []string
 		maxFence uint64
 		// Final answers to LOCK per (session, id): a grant's fence, or 0 for a refusal.
-		lockAnswers = map[[2]uint64]uint64{}
+		// Keyed by the sending client and the model's serial of the session: the
+		// simulation draws session ids that collide, so a client whose session ended
+		// may speak under an id drawn again for another.
+		lockAnswers = map[[3]uint64]uint64{}
+		fenceOf     = map[uint64][2]uint64{} // fence → the (session serial, LOCK id) granted it
 		allKeys     = simKeys[:len(simKeys)-1]
 	)
 	fail := func(format string, args ...any) error {
@@ -413,6 +477,7 @@ func simulate(program []byte) error {
 	}
 	for step := 0; step < 2000 && !p.done(); step++ {
 		var cmds []Command
+		var senders []*simClient
 		switch op := p.byte(); {
 		case op < 40: // the clock moves a little
 			now += int64(p.byte()%20) * ms
@@ -431,7 +496,8 @@ func simulate(program []byte) error {
 		default:
 			n := 1 + p.pick(4)
 			for j := 0; j < n; j++ {
-				cmds = append(cmds, nextCommand(p, &clients, int32(len(cmds))))
+				c, cl := nextCommand(p, &clients, int32(len(cmds)))
+				cmds, senders = append(cmds, c), append(senders, cl)
 			}
 		}
 		got, gotIso := m.Apply(now, cmds, nil, nil)
@@ -466,11 +532,15 @@ func simulate(program []byte) error {
 						cl.session = r.Session
 					}
 				}
+				if ps := ref.sessions[r.Session]; ps != nil && m.Peer(r.Session) != ps.peer {
+					return fail("step %d: session %x: Peer %v, CONNECT's %v", step, r.Session, m.Peer(r.Session), ps.peer)
+				}
 			}
 			if c.Kind != KindLock {
 				continue
 			}
-			k := [2]uint64{r.Session, r.ID}
+			sender := senders[r.Tag]
+			k := [3]uint64{sender.nonce, ref.answeredBy[r.Tag], r.ID}
 			prev, answered := lockAnswers[k]
 			switch r.Op {
 			case wire.OpOK:
@@ -483,27 +553,30 @@ func simulate(program []byte) error {
 					return fail("step %d: LOCK %d of session %x granted after it was refused", step, r.ID, r.Session)
 				case answered && prev != r.Fence:
 					return fail("step %d: LOCK %d of session %x granted fence %d, earlier %d", step, r.ID, r.Session, r.Fence, prev)
-				case !answered && r.Fence <= maxFence:
+				case !answered && r.Fence <= maxFence && fenceOf[r.Fence] != [2]uint64{k[1], k[2]}:
 					return fail("step %d: fence %d granted after %d", step, r.Fence, maxFence)
 				}
 				if !answered {
-					maxFence = r.Fence
+					maxFence = max(maxFence, r.Fence)
+					fenceOf[r.Fence] = [2]uint64{k[1], k[2]}
 					lockAnswers[k] = r.Fence
-					for _, cl := range clients {
-						if cl.session == r.Session {
-							cl.lockIDs = append(cl.lockIDs, r.ID)
-							cl.lockKey = append(cl.lockKey, string(c.Key))
-						}
-					}
+					sender.lockIDs = append(sender.lockIDs, r.ID)
+					sender.lockKey = append(sender.lockKey, string(c.Key))
 				}
 			case wire.OpLocked, wire.OpError:
-				// LOCKED and LOCK_DELAY are final refusals: the client gives up the id.
-				if !answered && (r.Op == wire.OpLocked || (lockDelayIsFinal && r.Code == wire.CodeLockDelay)) {
+				// LOCKED, LOCK_DELAY and the caps are final refusals: the client gives up
+				// the id.
+				final := r.Op == wire.OpLocked || (lockDelayIsFinal && r.Code == wire.CodeLockDelay) ||
+					r.Code == wire.CodeTooManyLocks || r.Code == wire.CodeServerFull
+				if !answered && final {
 					lockAnswers[k] = 0
 				}
 			}
 		}
 		if err := compareState(m, ref, allKeys, clients); err != nil {
+			return fail("step %d: %v", step, err)
+		}
+		if err := checkCaps(m, cfg); err != nil {
 			return fail("step %d: %v", step, err)
 		}
 	}
@@ -553,20 +626,63 @@ func compareState(m *Machine, ref *refMachine, keys []string, clients []*simClie
 	return nil
 }
 
+// checkCaps checks the spec's caps on the Machine itself.
+func checkCaps(m *Machine, cfg MachineConfig) error {
+	if cfg.MaxSessions > 0 && m.Sessions() > cfg.MaxSessions {
+		return fmt.Errorf("%d sessions, cap %d", m.Sessions(), cfg.MaxSessions)
+	}
+	if cfg.MaxLocks > 0 && m.Locks() > cfg.MaxLocks {
+		return fmt.Errorf("%d locks, cap %d", m.Locks(), cfg.MaxLocks)
+	}
+	perAddr := map[netip.Addr]int{}
+	for id, s := range m.sessions {
+		if cfg.MaxLocksPerSession > 0 && !s.draining && s.nlocks > cfg.MaxLocksPerSession {
+			return fmt.Errorf("session %x holds %d locks, cap %d", id, s.nlocks, cfg.MaxLocksPerSession)
+		}
+		if s.peer != nil {
+			perAddr[s.peer.Addr.Addr().Unmap()]++
+		}
+	}
+	for a, n := range perAddr {
+		if cfg.MaxSessionsPerAddr > 0 && n > cfg.MaxSessionsPerAddr {
+			return fmt.Errorf("%d sessions from %v, cap %d", n, a, cfg.MaxSessionsPerAddr)
+		}
+		if m.perAddr[a] != n {
+			return fmt.Errorf("per-address count of %v: %d, sessions show %d", a, m.perAddr[a], n)
+		}
+	}
+	if len(m.perAddr) != len(perAddr) {
+		return fmt.Errorf("per-address table has %d addresses, sessions show %d", len(m.perAddr), len(perAddr))
+	}
+	return nil
+}
+
+// simPeers are the far ends CONNECTs come from: two ports of one IP (once IPv4-mapped),
+// another IP, and none.
+var simPeers = []*Peer{
+	{Addr: netip.MustParseAddrPort("10.0.0.1:1000")},
+	{Addr: netip.MustParseAddrPort("10.0.0.1:2000")},
+	{Addr: netip.MustParseAddrPort("[::ffff:10.0.0.1]:3000")},
+	{Addr: netip.MustParseAddrPort("[2001:db8::2]:1000")},
+	nil,
+}
+
 // simTTLs covers the TTL checks and expiries: 0 and over MaxTTL are refused.
 var simTTLs = []uint32{0, 1, 20, 100, 300, 500, 501}
 
 // nextCommand draws one client command: a new request, a duplicate of an earlier one
 // (a retransmission, possibly stale), a CONNECT, or a request of an unknown session.
-func nextCommand(p *prog, clients *[]*simClient, tag int32) Command {
+func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient) {
 	sel := p.byte()
 	if sel < 20 || len(*clients) == 0 {
 		// A new client connects, or a CONNECT is retransmitted.
+		// The loop's draw: small, so that it collides with live ids and 0.
+		newSession := uint64(p.pick(6))
 		if sel < 10 && len(*clients) > 0 {
 			cl := (*clients)[p.pick(len(*clients))]
-			return Command{Kind: KindConnect, ID: cl.nonce, Info: []byte("h"), Tag: tag}
+			return Command{Kind: KindConnect, ID: cl.nonce, Info: []byte("h"), Tag: tag, NewSession: newSession, Peer: cl.peer}, cl
 		}
-		cl := &simClient{nonce: uint64(len(*clients)) + 1, nextID: 1}
+		cl := &simClient{nonce: uint64(len(*clients)) + 1, nextID: 1, peer: simPeers[p.pick(len(simPeers))]}
 		if len(*clients) >= 12 {
 			cl = (*clients)[p.pick(len(*clients))]
 		} else {
@@ -576,7 +692,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) Command {
 		if p.byte() == 255 {
 			info = make([]byte, wire.MaxIsolationInfo+1)
 		}
-		return Command{Kind: KindConnect, ID: cl.nonce, Info: info, Tag: tag}
+		return Command{Kind: KindConnect, ID: cl.nonce, Info: info, Tag: tag, NewSession: newSession, Peer: cl.peer}, cl
 	}
 	cl := (*clients)[p.pick(len(*clients))]
 	session := cl.session
@@ -591,7 +707,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) Command {
 			c.Floor = cl.floor
 		}
 		c.Tag = tag
-		return c
+		return c, cl
 	}
 	c := Command{Session: session, Floor: cl.floor, Tag: tag}
 	kinds := []Kind{KindLock, KindLock, KindLock, KindUpdate, KindUnlock, KindUnlock, KindTouch, KindPing, KindDisconnect, KindUnlockAll, Kind(200)}
@@ -602,6 +718,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) Command {
 	if c.Kind == KindUnlockAll && p.byte() < 200 {
 		c.Kind = KindLock
 	}
+	c.Admin = c.Kind == KindUnlockAll && p.byte()&1 == 0
 	c.ID = cl.nextID
 	cl.nextID++
 	c.Key = []byte(simKeys[p.pick(len(simKeys))])
@@ -623,7 +740,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) Command {
 		c.Floor = cl.floor
 	}
 	cl.sent = append(cl.sent, c)
-	return c
+	return c, cl
 }
 
 func fmtCmd(c Command) string {
@@ -633,7 +750,7 @@ func fmtCmd(c Command) string {
 	if !ok {
 		n = fmt.Sprintf("KIND(%d)", c.Kind)
 	}
-	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%q", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, c.Key)
+	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%q new=%d peer=%v admin=%v", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, c.Key, c.NewSession, c.Peer != nil, c.Admin)
 }
 
 func fmtRes(r Result) string {
