@@ -12,5 +12,5 @@ import (
 // BUG(netmutex): outside Unix the data directory is not locked: two servers started on
 // the same DataDir would share its fence counter.
 func lockDir(dir string) (*os.File, error) {
-	return os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	return os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 }

@@ -14,7 +14,7 @@ import (
 // lockDir takes an exclusive, non-blocking flock on DataDir/lock, so that two servers can
 // never share one fence counter. The kernel drops it when the process dies.
 func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,11 @@
 
 package server
 
+import (
+	"errors"
+	"time"
+)
+
 // fenceBlock is how many fences one durable write reserves. One fsync (a millisecond or
 // so) per 65,536 grants costs nothing even at hundreds of thousands of grants a second,
 // and a crash wastes at most that many of 2^64 tokens.
@@ -24,6 +29,11 @@ func (m *Machine) SetFenceLimit(end uint64) {
 	}
 }
 
+// reserveRetry is how often a failing reservation (a full disk, an I/O error) is tried
+// again: ten durable writes a second at most, however many batches arrive, and grants
+// resume within a tenth of a second of space returning.
+const reserveRetry = 100 * time.Millisecond
+
 // reservation is the outcome of a durable write of a new fence high-water mark.
 type reservation struct {
 	end uint64
@@ -31,18 +41,13 @@ type reservation struct {
 }
 
 // reserveBatch reserves fences for a batch of need commands before Apply (each grants
-// at most one). On failure the machine refuses grants (LOCK_DELAY) rather than use a
-// fence that is not durable. A failure is logged when failures start, and then on every
-// batch only while no fence at all is left.
+// at most one). When no durable fence is left (the state file cannot be written: a full
+// disk), the machine refuses grants with LOCK_DELAY rather than use a fence that is not
+// durable, while UPDATE, UNLOCK and the rest are served as usual; the write is tried
+// again every reserveRetry, and grants resume once it succeeds. The failure is logged
+// once when it starts and once when it ends (noteReservation), not per batch.
 func (s *Server) reserveBatch(need int) {
-	if err := s.reserve(need); err != nil {
-		if s.reserveOK || s.m.FencesLeft() == 0 {
-			s.log.Error("cannot reserve fences; refusing grants", "err", err)
-		}
-		s.reserveOK = false
-		return
-	}
-	s.reserveOK = true
+	_ = s.reserve(need) // noteReservation logged a failure; the machine refuses grants
 }
 
 // reserve makes sure the machine can hand out at least need fences. When the current
@@ -51,10 +56,12 @@ func (s *Server) reserveBatch(need int) {
 // when the block is used up before that write is durable does the loop wait for it.
 func (s *Server) reserve(need int) error {
 	s.collectReservation(false)
+	block := s.store.block
 	left := s.m.FencesLeft()
 	if left >= uint64(need) && left > 0 {
-		if left < fenceBlock/2 && !s.reserving {
-			end := s.m.NextFence() + left + fenceBlock
+		if left < block/2 && !s.reserving && s.mayReserve() {
+			end := s.m.NextFence() + left + block
+			s.store.settle()
 			s.reserving = true
 			go func() {
 				err := s.store.reserve(end)
@@ -69,13 +76,49 @@ func (s *Server) reserve(need int) error {
 			return nil
 		}
 	}
-	end := s.m.NextFence() + fenceBlock + uint64(need)
-	if err := s.store.reserve(end); err != nil {
+	if !s.mayReserve() {
+		return errReserveLater
+	}
+	end := s.m.NextFence() + block + uint64(need)
+	s.store.settle()
+	err := s.store.reserve(end)
+	s.noteReservation(err)
+	if err != nil {
 		// The machine refuses grants (LOCK_DELAY) rather than use an unpersisted fence.
 		return err
 	}
 	s.m.SetFenceLimit(end)
 	return nil
+}
+
+// errReserveLater: the last reservation failed less than reserveRetry ago.
+var errReserveLater = errors.New("server: fence reservation failed; not retried yet")
+
+// mayReserve tells whether a reservation may be written now: always while writes
+// succeed, every reserveRetry while they fail.
+func (s *Server) mayReserve() bool {
+	return !s.store.failing || !time.Now().Before(s.store.retryAt)
+}
+
+// noteReservation records the outcome of a reservation write: a failure is logged when
+// failures start (not again until a write has succeeded), a success after failures once.
+func (s *Server) noteReservation(err error) {
+	st := s.store
+	s.reserveOK = err == nil
+	switch {
+	case err != nil:
+		st.retryAt = time.Now().Add(reserveRetry)
+		if !st.failing {
+			st.failing = true
+			s.log.Error("cannot reserve fences: the state file cannot be written; "+
+				"LOCK is refused (LOCK_DELAY) once the fences already reserved run out, "+
+				"retrying every "+reserveRetry.String(),
+				"err", err, "fences_left", s.m.FencesLeft())
+		}
+	case st.failing:
+		st.failing = false
+		s.log.Warn("fence reservation works again: granting", "first_fence", s.m.NextFence())
+	}
 }
 
 // collectReservation takes the outcome of a background reservation, if one is done
@@ -95,9 +138,8 @@ func (s *Server) collectReservation(wait bool) {
 		}
 	}
 	s.reserving = false
-	if r.err != nil {
-		s.log.Error("cannot reserve fences ahead", "err", r.err)
-		return
+	s.noteReservation(r.err)
+	if r.err == nil {
+		s.m.SetFenceLimit(r.end)
 	}
-	s.m.SetFenceLimit(r.end)
 }

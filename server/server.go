@@ -75,6 +75,7 @@ type Server struct {
 	reserveOK bool             // the last reservation succeeded; see reserveBatch
 	reserving bool             // a reservation is being written in the background
 	reserved  chan reservation // its outcome; buffered 1
+	isoRuns   isoRuns          // isolation runs: bounded, queued, one per session; see isolate.go
 }
 
 // New opens the data directory, binds the socket and starts serving. A zero field of cfg
@@ -104,7 +105,7 @@ func newServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: listen address: %w", err)
 	}
-	st, err := openStore(cfg.DataDir)
+	st, err := openStore(cfg.DataDir, cfg.MaxTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +140,7 @@ func newServer(cfg Config) (*Server, error) {
 		FirstFence:     st.firstFence(),
 	}
 	if st.lockDelay {
-		mc.LockDelayUntil = int64(cfg.MaxTTL) // the loop's clock starts at 0 at epoch
+		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
 	}
 	s.m = NewMachine(mc)
 	s.reserved = make(chan reservation, 1)
@@ -169,16 +170,9 @@ func newServer(cfg Config) (*Server, error) {
 	s.addrs = make([]netip.AddrPort, 0, batchio.MaxBatch)
 	s.byKey = make(map[replyKey]int)
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
-		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", lockDelayFor(st.lockDelay, cfg.MaxTTL),
+		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", st.delay,
 		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
 	return s, nil
-}
-
-func lockDelayFor(on bool, d time.Duration) time.Duration {
-	if on {
-		return d
-	}
-	return 0
 }
 
 // Addr is the address the server is bound to.
@@ -232,6 +226,7 @@ func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 func (s *Server) loop() {
 	defer close(s.loopDone)
 	defer s.collectReservation(true) // the store is the stopper's once the loop is done
+	defer s.dropQueuedIsolations()
 	for {
 		s.armDeadline()
 		n, err := s.bc.ReadBatch(s.in)

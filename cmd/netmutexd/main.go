@@ -1,6 +1,12 @@
 // Command netmutexd is the netmutex lock server.
 //
-//	netmutexd -listen 127.0.0.1:15663 -max-ttl 1m -isolate-cmd 'ssh "$(cat)" reboot'
+//	netmutexd -listen 127.0.0.1:15663 -max-ttl 1m -isolate-cmd /usr/local/bin/netmutex-isolate
+//
+// The isolation command gets the client's IsolationInfo on standard input: bytes the
+// client chose. examples/isolate/isolate.sh reads it into a variable, accepts only a
+// plain host name and passes it to ssh as one argument after "--". Never interpolate it
+// into a command line: with 'ssh "$(cat)" reboot', an IsolationInfo of
+// -oProxyCommand=... runs the client's command as the server's user.
 //
 // SIGINT or SIGTERM stops it cleanly: the clean stop is recorded in the data directory,
 // so the next start has no lock-delay if no lock was held.
@@ -52,7 +58,7 @@ func run(args []string) error {
 	maxTTL := fs.Duration("max-ttl", def.MaxTTL, "longest lock TTL granted; also the lock-delay after an unclean start")
 	sessTimeout := fs.Duration("session-timeout", def.SessionTimeout, "close a session silent for this long (isolating it first if it holds locks)")
 	retransmit := fs.Duration("retransmit-window", def.RetransmitWindow, "advertised limit on how long clients retransmit a request")
-	isolateCmd := fs.String("isolate-cmd", "", "`command` run with /bin/sh -c when a session is isolated, its IsolationInfo on stdin; empty: release the locks at once")
+	isolateCmd := fs.String("isolate-cmd", "", "`command` run with /bin/sh -c when a session is isolated, its IsolationInfo on stdin only; 8 run at once at most, the rest queue. The info is the client's: never interpolate it into a command line ('ssh \"$(cat)\" reboot' runs an info of -oProxyCommand=...). Safe example: /usr/local/bin/netmutex-isolate, a copy of examples/isolate/isolate.sh. Empty: release the locks at once")
 	isolateTimeout := fs.Duration("isolate-timeout", def.IsolateTimeout, "kill the isolation command after this long and release the keys")
 	id := fs.Uint("id", uint(def.ServerID), "this server's `id` (1-65535), advertised to clients")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
