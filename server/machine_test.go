@@ -14,8 +14,8 @@ const ms = int64(time.Millisecond)
 
 // sim drives a Machine with a virtual clock.
 type sim struct {
-	t   *testing.T
-	m   *Machine
+	t     *testing.T
+	m     *Machine
 	now   int64
 	iso   []Isolation // isolations asked by the last step
 	draws uint64      // the loop's session-id draws so far
