@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -21,6 +22,10 @@ type benchHarness struct {
 	keys     [][]string
 	nextID   []uint64
 	now      int64
+
+	key     *seal.Key      // with keys: every datagram is sealed under it
+	sealers []*seal.Sealer // per session
+	scratch []byte         // the plain datagram before it is sealed
 }
 
 const (
@@ -28,11 +33,16 @@ const (
 	benchLocks    = 8 // LOCK then UNLOCK of 8 keys: 16 frames per datagram
 )
 
-func newBenchHarness(tb testing.TB) *benchHarness {
+func newBenchHarness(tb testing.TB) *benchHarness { return newBenchHarnessKeys(tb, nil) }
+
+// newBenchHarnessKeys is newBenchHarness with every datagram sealed under the first key
+// of ring, nil: plain.
+func newBenchHarnessKeys(tb testing.TB, ring *seal.Keyring) *benchHarness {
 	cfg := DefaultConfig()
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.DataDir = tb.TempDir()
 	cfg.Logger = quiet
+	cfg.Keys = ring
 	s, err := newServer(cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -41,7 +51,10 @@ func newBenchHarness(tb testing.TB) *benchHarness {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h := &benchHarness{tb: tb, s: s, sink: sink}
+	h := &benchHarness{tb: tb, s: s, sink: sink, scratch: make([]byte, 0, wire.MaxDatagram)}
+	if ring != nil {
+		h.key = ring.Sealing()
+	}
 	sinkAddr := sink.LocalAddr().(*net.UDPAddr).AddrPort()
 	for i := range s.in {
 		s.in[i].Addr = sinkAddr
@@ -49,10 +62,9 @@ func newBenchHarness(tb testing.TB) *benchHarness {
 	// Connect the sessions through the same path, one datagram each: a batch may have
 	// one slot only (batchio.MaxBatch is 1 but on Linux).
 	for i := 0; i < benchSessions; i++ {
-		b := wire.BeginDatagram(s.in[0].Buf[:0], wire.Header{})
-		b = wire.AppendConnect(b, uint64(i+1), "bench", nil)
-		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-		s.in[0].N = len(wire.FinishDatagram(b))
+		c := s.cookies.make(sinkAddr, uint64(i+1), 0)
+		h.sealers = append(h.sealers, seal.NewSealer())
+		h.put(0, i, connectDatagram(0, uint64(i+1), "bench", c[:]))
 		s.process(1, 0)
 		if len(s.results) != 1 || s.results[0].Op != wire.OpConnected {
 			tb.Fatalf("connect: %+v", s.results)
@@ -72,6 +84,16 @@ func newBenchHarness(tb testing.TB) *benchHarness {
 	return h
 }
 
+// put writes the plain datagram d of session sess into receive slot i, sealed with keys.
+func (h *benchHarness) put(i, sess int, d []byte) {
+	m := &h.s.in[i]
+	if h.key == nil {
+		m.N = copy(m.Buf, d)
+		return
+	}
+	m.N = len(h.sealers[sess].Seal(m.Buf[:0], h.key, d))
+}
+
 func (h *benchHarness) requests() int { return len(h.s.in) * 2 * benchLocks }
 
 // round runs one full batch: every datagram LOCKs benchLocks keys and UNLOCKs them.
@@ -80,7 +102,7 @@ func (h *benchHarness) round() {
 	for i := range s.in {
 		sess := i % benchSessions
 		id := h.nextID[sess]
-		b := wire.BeginDatagram(s.in[i].Buf[:0], wire.Header{Session: h.sessions[sess], Floor: id})
+		b := wire.BeginDatagram(h.scratch[:0], wire.Header{Session: h.sessions[sess], Floor: id})
 		keys := h.keys[sess][(i/benchSessions)*benchLocks:]
 		for j := 0; j < benchLocks; j++ {
 			b = wire.AppendLock(b, id+uint64(j), 10000, keys[j])
@@ -89,7 +111,7 @@ func (h *benchHarness) round() {
 			b = wire.AppendUnlock(b, id+uint64(benchLocks+j), id+uint64(j), keys[j])
 		}
 		h.nextID[sess] = id + 2*benchLocks
-		s.in[i].N = len(wire.FinishDatagram(b))
+		h.put(i, sess, wire.FinishDatagram(b))
 	}
 	h.now += int64(time.Microsecond)
 	s.process(len(s.in), h.now)
@@ -110,7 +132,17 @@ func (h *benchHarness) close() {
 // BenchmarkServerApply measures the server's receive-apply-send path for full batches
 // (batchio.MaxBatch datagrams of 16 frames): parse, one Apply, encode, one WriteBatch.
 func BenchmarkServerApply(b *testing.B) {
-	h := newBenchHarness(b)
+	benchServerApply(b, nil)
+}
+
+// BenchmarkServerApplySealed is BenchmarkServerApply with keys: every datagram opened,
+// bound to its session's key, prefix and replay window, and every reply sealed.
+func BenchmarkServerApplySealed(b *testing.B) {
+	benchServerApply(b, testRing(b))
+}
+
+func benchServerApply(b *testing.B, ring *seal.Keyring) {
+	h := newBenchHarnessKeys(b, ring)
 	defer h.close()
 	h.round()
 	b.ReportAllocs()

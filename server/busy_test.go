@@ -119,12 +119,13 @@ func startFakeServer(t *testing.T, slots int) *fakeServer {
 		require.NoError(t, s.Close())
 	})
 	fs := &fakeServer{t: t, s: s, c: c, from: netip.MustParseAddrPort("192.0.2.1:4000"), nextID: 1}
-	b := wire.BeginDatagram(nil, wire.Header{})
-	b = wire.AppendConnect(b, 1, "light", nil)
-	b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-	c.push(fs.from, wire.FinishDatagram(b))
+	c.push(fs.from, connectDatagram(0, 1, "light", nil))
 	r := fs.reply()
 	var f wire.Frame
+	require.True(t, r.Next(&f))
+	require.Equal(t, wire.OpCookie, f.Op)
+	c.push(fs.from, connectDatagram(0, 1, "light", f.Cookie))
+	r = fs.reply()
 	require.True(t, r.Next(&f))
 	require.Equal(t, wire.OpConnected, f.Op)
 	fs.session = f.Connected().Session
@@ -140,6 +141,14 @@ func (fs *fakeServer) lockUnlock(key string) []byte {
 	b = wire.AppendLock(b, id, 1000, key)
 	b = wire.AppendUnlock(b, id+1, id, key)
 	return wire.FinishDatagram(b)
+}
+
+// lockOnly is a datagram that LOCKs key for a minute.
+func (fs *fakeServer) lockOnly(key string) []byte {
+	id := fs.nextID
+	fs.nextID++
+	b := wire.BeginDatagram(nil, wire.Header{Session: fs.session, Floor: id})
+	return wire.FinishDatagram(wire.AppendLock(b, id, 60_000, key))
 }
 
 // touch is a datagram of one TOUCH: a lone request, after which the loop blocks.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/seal"
@@ -114,6 +116,10 @@ var (
 	ErrNoListenAddr     = errors.New("server: ListenAddr is required")
 	ErrAlreadyClosed    = errors.New("server: already closed")
 	ErrIsolationTimeout = errors.New("server: isolation command timed out")
+	// ErrInsecureListen: without keys anyone who can reach the server can act for any
+	// client on the path, so it serves loopback only unless told Insecure.
+	ErrInsecureListen = errors.New("server: without keys (-key-file) the server listens on loopback only, unless Insecure (-insecure)")
+	ErrBadCap         = errors.New("server: MaxSessions, MaxSessionsPerAddr, MaxLocksPerSession, MaxLocks, ConnectRate and MaxIsolations must not be negative")
 )
 
 // DefaultConfig returns a configuration with every default filled in but DataDir.
@@ -195,5 +201,27 @@ func (c *Config) Validate() error {
 	if c.Redirect != nil && len(c.Redirect.Addr) > 255 {
 		return ErrBadRedirect
 	}
+	if c.MaxSessions < 0 || c.MaxSessionsPerAddr < 0 || c.MaxLocksPerSession < 0 || c.MaxLocks < 0 ||
+		c.ConnectRate < 0 || c.MaxIsolations < 0 {
+		return ErrBadCap
+	}
+	if c.Keys == nil && !c.Insecure && !loopbackListen(c.ListenAddr) {
+		return ErrInsecureListen
+	}
 	return nil
+}
+
+// loopbackListen tells whether addr (host:port) can be reached from this host only. An
+// empty host, 0.0.0.0 and :: are every address; a name other than localhost may resolve
+// to anything.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }

@@ -47,10 +47,7 @@ func newRecvHarness(tb testing.TB) *recvHarness {
 	h := &recvHarness{s: s, from: netip.MustParseAddrPort("127.0.0.1:9")}
 	// Two sessions, one holding a lock, so that valid frames find something to act on.
 	for nonce := uint64(1); nonce <= 2; nonce++ {
-		b := wire.BeginDatagram(nil, wire.Header{})
-		b = wire.AppendConnect(b, nonce, "fuzz", nil)
-		b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-		h.feed(wire.FinishDatagram(b))
+		h.feed(connectDatagram(0, nonce, "fuzz", h.cookie(nonce)))
 		if len(s.results) != 1 || s.results[0].Op != wire.OpConnected {
 			tb.Fatalf("connect: %+v", s.results)
 		}
@@ -63,6 +60,12 @@ func newRecvHarness(tb testing.TB) *recvHarness {
 		tb.Fatalf("lock: %+v", s.results)
 	}
 	return h
+}
+
+// cookie is the valid cookie of a CONNECT with nonce from the harness's address.
+func (h *recvHarness) cookie(nonce uint64) []byte {
+	c := h.s.cookies.make(h.from, nonce, h.now/cookieSlot)
+	return c[:]
 }
 
 // feed runs one datagram through the receive path at the harness's time.
@@ -148,12 +151,10 @@ func recvSeeds(h *recvHarness) [][]byte {
 		b := wire.BeginDatagram(nil, wire.Header{Session: session, Floor: floor})
 		return wire.FinishDatagram(add(b))
 	}
-	connect := func(b []byte) []byte {
-		b = wire.AppendConnect(b, 77, "host", nil)
-		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-	}
 	seeds := [][]byte{
-		one(0, 0, connect),
+		connectDatagram(0, 77, "host", nil),
+		connectDatagram(0, 78, "host", h.cookie(78)),
+		connectDatagram(0, 79, "host", make([]byte, wire.CookieSize)),
 		one(0, 0, func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpPing, 1) }),
 		one(s0, 0, func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpTouch, 5) }),
 		one(s1, 0, func(b []byte) []byte { return wire.AppendLock(b, 3, 1000, "k") }),

@@ -9,13 +9,16 @@ import (
 	"net/netip"
 
 	"github.com/netmutex/netmutex/internal/batchio"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// replyKey names the reply datagrams of one batch that go to one address for one session.
+// replyKey names the reply datagrams of one batch that go to one address for one
+// session, sealed under one key (nil: plain).
 type replyKey struct {
 	addr    netip.AddrPort
 	session uint64
+	key     *seal.Key
 }
 
 // builder is the reply datagram being filled for one replyKey.
@@ -56,14 +59,16 @@ func (s *Server) appendReply(b []byte, r *Result) []byte {
 	return wire.AppendEmpty(b, r.Op, r.ID)
 }
 
-// encode packs s.results into reply datagrams in s.out: all replies for one (address,
-// session) of the batch share datagrams, each reply goes to the address its request came
-// from (s.addrs[Tag]), and busy sets FlagBusy on all of them.
+// encode packs s.results into reply datagrams in s.out, after the early replies of the
+// batch: all replies for one (address, session, key) of the batch share datagrams, each
+// reply goes to the address its request came from (s.routes[Tag]) sealed under the key
+// that opened the request, and busy sets FlagBusy on all of them. A datagram to be
+// sealed is filled only up to s.maxPlain, so that sealed it fits MaxDatagram.
 //
 // Finding the builder of a result is O(1): the one of the previous result (replies to
 // one datagram come in a row), else builderFor.
 func (s *Server) encode(busy bool) {
-	s.out = s.out[:0]
+	s.out = s.out[:s.nEarly]
 	s.builders = s.builders[:0]
 	if len(s.byKey) > 0 {
 		clear(s.byKey)
@@ -75,7 +80,8 @@ func (s *Server) encode(busy bool) {
 	last := -1
 	for i := range s.results {
 		r := &s.results[i]
-		k := replyKey{s.addrs[r.Tag], r.Session}
+		rt := &s.routes[r.Tag]
+		k := replyKey{rt.addr, r.Session, rt.key}
 		bi := last
 		if bi < 0 || s.builders[bi].replyKey != k {
 			bi = s.builderFor(k, flags)
@@ -83,16 +89,15 @@ func (s *Server) encode(busy bool) {
 		last = bi
 		b := &s.builders[bi]
 		m := &s.out[b.msg]
-		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > wire.MaxDatagram {
-			m.Buf = wire.FinishDatagram(m.Buf)
+		if len(m.Buf)+s.replySize(r)+wire.TrailerSize > s.maxPlain {
+			s.finish(b.msg, k.key)
 			b.msg = s.newDatagram(k, flags)
 			m = &s.out[b.msg]
 		}
 		m.Buf = s.appendReply(m.Buf, r)
 	}
 	for _, b := range s.builders {
-		m := &s.out[b.msg]
-		m.Buf = wire.FinishDatagram(m.Buf)
+		s.finish(b.msg, b.key)
 	}
 	s.stats.replies.Add(uint64(len(s.results)))
 }
@@ -140,6 +145,36 @@ func (s *Server) newDatagram(k replyKey, flags uint8) int {
 	buf := wire.BeginDatagram(s.outBufs[i][:0], wire.Header{Flags: flags, Session: k.session})
 	s.out = append(s.out, batchio.Message{Buf: buf, Addr: k.addr})
 	return i
+}
+
+// finish ends datagram i of s.out: its length and checksum, then, under key, its sealed
+// form in a buffer of its own (Seal does not work in place).
+func (s *Server) finish(i int, key *seal.Key) {
+	m := &s.out[i]
+	m.Buf = wire.FinishDatagram(m.Buf)
+	if key != nil {
+		for len(s.sealBufs) <= i {
+			s.sealBufs = append(s.sealBufs, make([]byte, 0, wire.MaxDatagram))
+		}
+		m.Buf = s.sealer.Seal(s.sealBufs[i][:0], key, m.Buf)
+	}
+}
+
+// early queues, while the batch is parsed, a reply the receive stage gives by itself
+// (COOKIE; ERROR AUTH or RATE_LIMITED to a CONNECT) alone in a small datagram of its
+// own (at most 52 bytes, plus 44 sealed), sealed under key unless it is nil. encode
+// appends the machine's replies after these.
+func (s *Server) early(to netip.AddrPort, key *seal.Key, session uint64, op wire.Op, id uint64, code wire.Code, cookie []byte) {
+	i := s.newDatagram(replyKey{to, session, key}, 0)
+	m := &s.out[i]
+	if op == wire.OpCookie {
+		m.Buf = wire.AppendCookie(m.Buf, id, cookie)
+	} else {
+		m.Buf = wire.AppendError(m.Buf, id, code, "")
+	}
+	s.finish(i, key)
+	s.nEarly++
+	s.stats.replies.Add(1)
 }
 
 // send writes s.out, skipping a datagram the kernel refuses rather than stalling the loop.

@@ -60,7 +60,7 @@ type Server struct {
 
 	// Owned by the loop goroutine.
 	in        []batchio.Message
-	addrs     []netip.AddrPort // per batch: the senders of the datagrams that drew commands
+	guard     // the receive stage's defences and routes: see auth.go
 	cmds      []Command
 	results   []Result
 	isos      []Isolation
@@ -138,6 +138,11 @@ func newServer(cfg Config) (*Server, error) {
 		SessionTimeout: int64(cfg.SessionTimeout),
 		Isolate:        cfg.IsolateCmd != "",
 		FirstFence:     st.firstFence(),
+
+		MaxSessions:        cfg.MaxSessions,
+		MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
+		MaxLocksPerSession: cfg.MaxLocksPerSession,
+		MaxLocks:           cfg.MaxLocks,
 	}
 	if st.lockDelay {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
@@ -167,8 +172,8 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	s.cmds = make([]Command, 0, batchio.MaxBatch*8)
 	s.results = make([]Result, 0, batchio.MaxBatch*8)
-	s.addrs = make([]netip.AddrPort, 0, batchio.MaxBatch)
 	s.byKey = make(map[replyKey]int)
+	s.initGuard(cfg)
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
 		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", st.delay,
 		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
@@ -304,7 +309,7 @@ func (s *Server) armDeadline() {
 func (s *Server) process(n int, now int64) {
 	s.cmds = s.cmds[:0]
 	s.results = s.results[:0]
-	s.addrs = s.addrs[:0]
+	s.beginBatch(now)
 	s.stats.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
 		s.parse(i)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -41,7 +44,8 @@ func startServer(t *testing.T, cfg Config) *Server {
 	return s
 }
 
-// client is a tiny hand-rolled client speaking internal/wire directly.
+// client is a tiny hand-rolled client speaking internal/wire directly; with a key it
+// seals what it sends and opens what it gets (newSealedClient).
 type client struct {
 	t       testing.TB
 	conn    *net.UDPConn
@@ -49,6 +53,20 @@ type client struct {
 	floor   uint64
 	nextID  uint64
 	buf     []byte
+
+	ring     *seal.Keyring // opens replies; nil: plain
+	key      *seal.Key     // seals requests; nil: plain
+	sealer   *seal.Sealer
+	lastSent []byte // the last datagram sent, as it went on the wire
+}
+
+// newSealedClient is a client that seals under key id of ring and opens replies with ring.
+func newSealedClient(t testing.TB, addr interface{ String() string }, ring *seal.Keyring, id uint8) *client {
+	t.Helper()
+	c := newClient(t, addr)
+	c.ring, c.key, c.sealer = ring, ring.Lookup(id), seal.NewSealer()
+	require.NotNil(t, c.key, "key %d", id)
+	return c
 }
 
 func newClient(t testing.TB, addr interface{ String() string }) *client {
@@ -70,24 +88,53 @@ func (c *client) datagram(add func(b []byte) []byte) []byte {
 	return wire.FinishDatagram(b)
 }
 
+// send sends the plain datagram d, sealed if the client has a key.
 func (c *client) send(d []byte) {
 	c.t.Helper()
+	if c.key != nil {
+		d = c.sealer.Seal(nil, c.key, d)
+	}
+	c.sendRaw(d)
+}
+
+// sendRaw sends d as it is.
+func (c *client) sendRaw(d []byte) {
+	c.t.Helper()
+	c.lastSent = d
 	_, err := c.conn.Write(d)
 	require.NoError(c.t, err)
 }
 
-// recv reads one reply datagram and returns its frames; ok is false on timeout.
-func (c *client) recv(wait time.Duration) (wire.Header, []wire.Frame, bool) {
+// recvRaw reads one datagram as it came; ok is false on timeout.
+func (c *client) recvRaw(wait time.Duration) ([]byte, bool) {
 	c.t.Helper()
 	c.conn.SetReadDeadline(time.Now().Add(wait))
 	n, err := c.conn.Read(c.buf)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return wire.Header{}, nil, false
+			return nil, false
 		}
 		c.t.Fatal(err)
 	}
-	d, err := wire.Parse(append([]byte(nil), c.buf[:n]...), true)
+	return append([]byte(nil), c.buf[:n]...), true
+}
+
+// recv reads one reply datagram and returns its frames; ok is false on timeout. A sealed
+// reply must open with the client's keys.
+func (c *client) recv(wait time.Duration) (wire.Header, []wire.Frame, bool) {
+	c.t.Helper()
+	raw, ok := c.recvRaw(wait)
+	if !ok {
+		return wire.Header{}, nil, false
+	}
+	if seal.IsSealed(raw) {
+		require.NotNil(c.t, c.ring, "a sealed reply to a plain client")
+		plain, _, _, err := c.ring.Open(nil, raw)
+		require.NoError(c.t, err, "a sealed reply that does not open")
+		require.LessOrEqual(c.t, len(plain), wire.MaxDatagram-seal.Overhead)
+		raw = plain
+	}
+	d, err := wire.Parse(raw, true)
 	require.NoError(c.t, err, "bad reply datagram")
 	var frames []wire.Frame
 	var f wire.Frame
@@ -107,13 +154,74 @@ func (c *client) call(add func(b []byte) []byte) wire.Frame {
 	return frames[0]
 }
 
+// connectDatagram is a CONNECT padded to the least size, with cookie (nil: none).
+func connectDatagram(session, nonce uint64, info string, cookie []byte) []byte {
+	b := wire.BeginDatagram(nil, wire.Header{Session: session})
+	b = wire.AppendConnect(b, nonce, info, cookie)
+	b = wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
+	return wire.FinishDatagram(b)
+}
+
+// randomNonce is a CONNECT nonce: random, non-zero.
+func randomNonce() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) | 1
+}
+
+// getCookie sends a CONNECT without a cookie and returns the COOKIE it draws: one
+// datagram, no larger than the CONNECT.
+func (c *client) getCookie(nonce uint64, info string) []byte {
+	c.t.Helper()
+	c.send(connectDatagram(0, nonce, info, nil))
+	raw, ok := c.recvRaw(2 * time.Second)
+	require.True(c.t, ok, "no COOKIE")
+	require.LessOrEqual(c.t, len(raw), len(c.lastSent), "COOKIE larger than the CONNECT")
+	c.requireQuiet(100*time.Millisecond, "after the COOKIE")
+	f := c.frames(raw)
+	require.Len(c.t, f, 1)
+	require.Equal(c.t, wire.OpCookie, f[0].Op, "%+v", f[0])
+	require.Equal(c.t, nonce, f[0].ID)
+	return f[0].Cookie
+}
+
+// frames parses a datagram received as raw (opening it if sealed).
+func (c *client) frames(raw []byte) []wire.Frame {
+	c.t.Helper()
+	if seal.IsSealed(raw) {
+		var err error
+		raw, _, _, err = c.ring.Open(nil, raw)
+		require.NoError(c.t, err)
+	}
+	d, err := wire.Parse(raw, true)
+	require.NoError(c.t, err)
+	var fs []wire.Frame
+	var f wire.Frame
+	for d.Next(&f) {
+		f.Cookie = slices.Clone(f.Cookie)
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// requireQuiet checks that nothing arrives for wait.
+func (c *client) requireQuiet(wait time.Duration, what string) {
+	c.t.Helper()
+	raw, ok := c.recvRaw(wait)
+	require.False(c.t, ok, "%s: got %d bytes", what, len(raw))
+}
+
+// connect does the round trip of a new session: CONNECT, COOKIE, CONNECT with the cookie,
+// CONNECTED.
 func (c *client) connect(info string) wire.Connected {
 	c.t.Helper()
-	nonce := uint64(time.Now().UnixNano()) | 1
-	f := c.call(func(b []byte) []byte {
-		b = wire.AppendConnect(b, nonce, info, nil)
-		return wire.AppendPad(b, wire.MinConnectDatagram-len(b)-wire.TrailerSize)
-	})
+	nonce := randomNonce()
+	cookie := c.getCookie(nonce, info)
+	c.send(connectDatagram(0, nonce, info, cookie))
+	_, frames, ok := c.recv(2 * time.Second)
+	require.True(c.t, ok, "no reply to CONNECT")
+	require.Len(c.t, frames, 1)
+	f := frames[0]
 	require.Equal(c.t, wire.OpConnected, f.Op, "CONNECT: %+v", f)
 	require.Equal(c.t, nonce, f.ID, "CONNECT: %+v", f)
 	conn := f.Connected()

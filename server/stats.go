@@ -8,7 +8,13 @@ import "sync/atomic"
 // Stats are counters since New. All are totals.
 type Stats struct {
 	Datagrams        uint64 // datagrams received, bad ones included
-	BadDatagrams     uint64 // datagrams dropped as invalid, without reply
+	BadDatagrams     uint64 // datagrams dropped as invalid, without reply (the reasons below included)
+	BadAuth          uint64 // datagrams that did not authenticate: plain with keys, sealed without, or not opening (some are answered AUTH, see AuthRefused)
+	BadPeer          uint64 // datagrams for a session from another address (no keys), or under another key or nonce prefix: dropped
+	Replays          uint64 // sealed datagrams whose counter the session's replay window had seen: dropped
+	AuthRefused      uint64 // ERROR AUTH replies sent
+	Cookies          uint64 // COOKIE replies sent (CONNECTs without a valid cookie)
+	RateLimited      uint64 // CONNECTs refused RATE_LIMITED, and AUTH replies left out, over the per-address rate
 	Requests         uint64 // request frames handed to the state machine (PAD excluded)
 	Replies          uint64 // reply frames sent
 	Batches          uint64 // receive calls that returned datagrams; one Apply each
@@ -26,6 +32,7 @@ type Stats struct {
 type counters struct {
 	datagrams, bad, requests, replies, batches, ticks, grants, isolations atomic.Uint64
 	isoRun, isoFailed, datagramsOut, syscallsIn, syscallsOut, sendErrors  atomic.Uint64
+	badAuth, badPeer, replays, authRefused, cookies, rateLimited          atomic.Uint64
 }
 
 // Stats returns the counters.
@@ -34,6 +41,12 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Datagrams:        c.datagrams.Load(),
 		BadDatagrams:     c.bad.Load(),
+		BadAuth:          c.badAuth.Load(),
+		BadPeer:          c.badPeer.Load(),
+		Replays:          c.replays.Load(),
+		AuthRefused:      c.authRefused.Load(),
+		Cookies:          c.cookies.Load(),
+		RateLimited:      c.rateLimited.Load(),
 		Requests:         c.requests.Load(),
 		Replies:          c.replies.Load(),
 		Batches:          c.batches.Load(),

@@ -20,8 +20,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/server"
 )
 
@@ -62,6 +64,8 @@ func run(args []string) error {
 	isolateTimeout := fs.Duration("isolate-timeout", def.IsolateTimeout, "kill the isolation command after this long and release the keys")
 	id := fs.Uint("id", uint(def.ServerID), "this server's `id` (1-65535), advertised to clients")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	keyFile := fs.String("key-file", "", "seal every datagram with the pre-shared keys of `file` (lines 'ID HEX [admin]': the first key seals, all open; admin keys may send UNLOCKALL); without it the server serves loopback only")
+	insecure := fs.Bool("insecure", false, "without -key-file, serve a non-loopback address anyway: anyone on the network path can then act for a client")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -87,6 +91,15 @@ func run(args []string) error {
 	cfg.IsolateTimeout = *isolateTimeout
 	cfg.ServerID = uint16(*id)
 	cfg.Logger = log
+	cfg.Insecure = *insecure
+	if *keyFile != "" {
+		keys, err := seal.LoadKeyFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("-key-file: %w", err)
+		}
+		cfg.Keys, cfg.KeyFile = keys, *keyFile
+		log.Info("keys loaded", "file", *keyFile, "ids", keyIDs(keys), "sealing", keys.Sealing().ID)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -105,4 +118,19 @@ func run(args []string) error {
 	sig := <-sigs
 	log.Info("stopping", "signal", sig.String())
 	return srv.Close()
+}
+
+// keyIDs lists the ids of the keys in r, admin keys marked: what a log may say of keys.
+func keyIDs(r *seal.Keyring) []string {
+	var ids []string
+	for id := 1; id <= seal.MaxKeyID; id++ {
+		if k := r.Lookup(uint8(id)); k != nil {
+			s := strconv.Itoa(id)
+			if k.Admin {
+				s += "(admin)"
+			}
+			ids = append(ids, s)
+		}
+	}
+	return ids
 }
