@@ -1,6 +1,8 @@
 package netmutex_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -121,4 +123,101 @@ func Example() {
 	// Output:
 	// locked ObjectID:123456
 	// unlocked
+}
+
+// The context forms: deadlines and cancellation come from the context, and the attempts
+// within it are paced by Options.Retries and Options.Timeout.
+func Example_contextForms() {
+	addr, stop := startExampleServer()
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nm, err := netmutex.OpenContext(ctx, []string{addr}, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer nm.CloseContext(ctx)
+
+	var l netmutex.Lock
+	if err := nm.LockContext(ctx, &l, "report:2026-11", time.Minute); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("locked", l.Key(), "fence > 0:", l.FenceID() > 0)
+	if err := nm.UpdateContext(ctx, &l, time.Minute); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := nm.UnlockContext(ctx, &l); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("unlocked")
+	// Output:
+	// locked report:2026-11 fence > 0: true
+	// unlocked
+}
+
+// A busy key answers ErrLocked at once: a try-lock. Waiting means trying again later
+// (the server's queue, Acquire, is the better way once it is available).
+func Example_busyKey() {
+	addr, stop := startExampleServer()
+	defer stop()
+	ctx := context.Background()
+	holder, _ := netmutex.OpenContext(ctx, []string{addr}, nil)
+	defer holder.CloseContext(ctx)
+	other, _ := netmutex.OpenContext(ctx, []string{addr}, nil)
+	defer other.CloseContext(ctx)
+
+	var held, wanted netmutex.Lock
+	_ = holder.LockContext(ctx, &held, "queue:emails", time.Minute)
+	err := other.LockContext(ctx, &wanted, "queue:emails", time.Minute)
+	fmt.Println(errors.Is(err, netmutex.ErrLocked))
+
+	_ = holder.UnlockContext(ctx, &held)
+	for attempt := 0; attempt < 50; attempt++ {
+		if err = other.LockContext(ctx, &wanted, "queue:emails", time.Minute); !errors.Is(err, netmutex.ErrLocked) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Println(err, wanted.Key())
+	// Output:
+	// true
+	// <nil> queue:emails
+}
+
+// A lock whose heartbeat failed must be treated as lost: stop the work it protects.
+// ErrIsolated means the server isolated this session (a lock expired); ErrLockLost that
+// the server no longer knows the lock (it restarted, or forgot the session).
+func Example_lostLock() {
+	addr, stop := startExampleServer()
+	defer stop()
+	ctx := context.Background()
+	nm, err := netmutex.OpenContext(ctx, []string{addr}, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer nm.CloseContext(ctx)
+
+	var l netmutex.Lock
+	if err := nm.LockContext(ctx, &l, "job:42", 50*time.Millisecond); err != nil {
+		fmt.Println(err)
+		return
+	}
+	time.Sleep(300 * time.Millisecond) // the heartbeat never ran: the lock expired
+	err = nm.UpdateContext(ctx, &l, time.Minute)
+	switch {
+	case errors.Is(err, netmutex.ErrIsolated), errors.Is(err, netmutex.ErrLockLost):
+		fmt.Println("lost the lock: stop working on job:42")
+	case err != nil:
+		fmt.Println("could not renew, the lock may still be held:", err)
+	}
+	fmt.Println("held:", l.Key() != "")
+	// Output:
+	// lost the lock: stop working on job:42
+	// held: false
 }

@@ -10,6 +10,16 @@
 // again with the same request id up to retries attempts, and a context form, whose
 // deadline and cancellation come from the context and whose attempts are paced by
 // Options.Retries and Options.Timeout.
+//
+// Isolation is per session, as in the original: a NetMutex is one session, and when any
+// one of its locks expires while it is connected, the server isolates the whole session:
+// every lock it holds is lost and every later call returns ErrIsolated. Workers that must
+// fail independently each open a NetMutex of their own; each costs a UDP socket, two
+// goroutines and about 1.2 MB (its ring and in-flight table), and one session on the
+// server.
+//
+// With Options.KeyFile, every datagram is sealed with a pre-shared key and only replies
+// that authenticate are believed (docs/PROTOCOL.md, Security).
 package netmutex
 
 import (
@@ -295,9 +305,19 @@ func (nm *NetMutex) CloseContext(ctx context.Context) error {
 
 // Stats are counters of the connection to the current server.
 type Stats struct {
+	// FramesOut counts request frames sent (retransmissions included), DatagramsOut the
+	// datagrams that carried them, SendCalls the system calls that sent those: frames
+	// per datagram and datagrams per call say how well requests were batched.
 	FramesOut, DatagramsOut, SendCalls uint64
-	FramesIn, DatagramsIn, RecvCalls   uint64
-	BadDatagrams, Retransmits, Busy    uint64
+	// FramesIn, DatagramsIn and RecvCalls are the same for replies.
+	FramesIn, DatagramsIn, RecvCalls uint64
+	// BadDatagrams counts replies dropped whole: malformed, failing their checksum, or,
+	// with keys, not authenticating or replayed.
+	BadDatagrams uint64
+	// Retransmits counts request frames sent again after an attempt went unanswered.
+	Retransmits uint64
+	// Busy counts reply datagrams in which the server said it was falling behind.
+	Busy uint64
 }
 
 // Stats returns the counters of the connection to the current server.

@@ -89,7 +89,7 @@ func TestDecodeFields(t *testing.T) {
 	assert.Equal(t, uint64(7), f.LockID)
 	assert.Equal(t, "a", string(f.Key))
 
-	r, err := Parse(replySeeds()[1], true)
+	r, err := Parse(replySeeds()[2], true)
 	require.NoError(t, err)
 	require.True(t, r.Next(&f))
 	c := f.Connected()
