@@ -232,6 +232,11 @@ func (m *Machine) connect(now int64, c *Command) Result {
 		return Result{Op: wire.OpError, Code: wire.CodeBadIsolationInfo, Session: c.Session}
 	}
 	if s := m.nonces[c.ID]; s != nil {
+		if !s.peer.sameSender(c.Peer) {
+			// A nonce seen on the network, sent from elsewhere: it must not fetch (or
+			// keep alive) the session of the CONNECT that chose it.
+			return Result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}
+		}
 		// A retransmitted CONNECT: the same session again.
 		m.touch(s, now)
 		return Result{Op: wire.OpConnected, Session: s.id}

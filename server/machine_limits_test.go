@@ -45,6 +45,29 @@ func TestMachineSessionIDsFromLoop(t *testing.T) {
 	assert.Nil(t, s.m.Peer(77), "Peer forgotten with the session")
 }
 
+// TestMachineConnectNonceFromElsewhere: a CONNECT nonce seen on the network, sent again
+// from another address, key or nonce prefix, neither fetches nor refreshes the session
+// of the CONNECT that chose it; its own sender still gets it back.
+func TestMachineConnectNonceFromElsewhere(t *testing.T) {
+	s := newSim(t, nil)
+	victim := peerAt("192.0.2.1:4000")
+	r := s.one(Command{Kind: KindConnect, ID: 99, NewSession: 500, Peer: victim})
+	require.Equal(t, uint64(500), r.Session)
+	others := []*Peer{peerAt("192.0.2.2:4000"), peerAt("192.0.2.1:4001"), nil}
+	sameAddrOtherKey := *victim
+	sameAddrOtherKey.KeyID = 9
+	sameAddrOtherPrefix := *victim
+	sameAddrOtherPrefix.Prefix[0] = 1
+	others = append(others, &sameAddrOtherKey, &sameAddrOtherPrefix)
+	for _, p := range others {
+		got := s.one(Command{Kind: KindConnect, ID: 99, NewSession: 600, Peer: p})
+		wantErr(t, got, wire.CodeBadRequest)
+		assert.NotEqual(t, uint64(500), got.Session, "the victim's session id leaked")
+	}
+	assert.Equal(t, uint64(500), s.one(Command{Kind: KindConnect, ID: 99, NewSession: 700, Peer: victim}).Session)
+	assert.Same(t, victim, s.m.Peer(500))
+}
+
 func TestMachineSessionCaps(t *testing.T) {
 	s := newSim(t, func(c *MachineConfig) { c.MaxSessions, c.MaxSessionsPerAddr = 5, 2 })
 	a1, a2 := peerAt("192.0.2.1:1"), peerAt("192.0.2.1:2")

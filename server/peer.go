@@ -19,3 +19,12 @@ type Peer struct {
 	Prefix [seal.PrefixSize]byte
 	Window seal.Window
 }
+
+// sameSender reports whether p and q are the same far end: the same address, key and
+// nonce prefix (both nil: a machine driven without a network stage, as in simulations).
+func (p *Peer) sameSender(q *Peer) bool {
+	if p == nil || q == nil {
+		return p == q
+	}
+	return p.Addr == q.Addr && p.KeyID == q.KeyID && p.Prefix == q.Prefix
+}
