@@ -8,17 +8,21 @@ import (
 // Frame is one decoded frame. Its byte slices alias the datagram: copy what must
 // outlive the buffer.
 type Frame struct {
-	Op     Op
-	ID     uint64
-	TTLMs  uint32 // LOCK, UPDATE
-	LockID uint64 // UPDATE, UNLOCK
-	Fence  uint64 // OK
-	Key    []byte // LOCK, UPDATE, UNLOCK
-	Info   []byte // CONNECT
-	Cookie []byte // CONNECT (empty or CookieSize bytes), COOKIE
-	Code   Code   // ERROR
-	Text   []byte // ERROR
-	PadLen int    // PAD: body length
+	Op       Op
+	ID       uint64
+	TTLMs    uint32 // LOCK, UPDATE
+	LockID   uint64 // UPDATE, UNLOCK
+	Fence    uint64 // OK
+	Key      []byte // LOCK, UPDATE, UNLOCK
+	Flags    uint16 // LOCK, LOCKMANY
+	WaitMs   uint32 // LOCK, LOCKMANY with LockWait
+	Keys     []byte // LOCKMANY: KeyCount × (u8 k, k bytes); read with NextKey
+	KeyCount int    // LOCKMANY
+	Info     []byte // CONNECT
+	Cookie   []byte // CONNECT (empty or CookieSize bytes), COOKIE
+	Code     Code   // ERROR
+	Text     []byte // ERROR
+	PadLen   int    // PAD: body length
 
 	ServerID uint16 // REDIRECT, CONNECTED
 	Addr     []byte // REDIRECT
@@ -147,11 +151,42 @@ func decodeFrame(b []byte, f *Frame) (int, error) {
 
 func knownOp(op Op) bool {
 	switch op {
-	case OpPad, OpConnect, OpPing, OpTouch, OpDisconnect, OpLock, OpUpdate, OpUnlock, OpUnlockAll,
+	case OpPad, OpConnect, OpPing, OpTouch, OpDisconnect, OpLock, OpUpdate, OpUnlock, OpUnlockAll, OpLockMany, OpQueued,
 		OpConnected, OpPong, OpOK, OpLocked, OpIsolated, OpDisconnected, OpRedirect, OpError, OpCookie:
 		return true
 	}
 	return false
+}
+
+// lockHead decodes what LOCK and LOCKMANY share: ttl, flags and, with LockWait, the
+// wait bound. It returns the rest of the body.
+func lockHead(body []byte, f *Frame) ([]byte, bool) {
+	if len(body) < 6 {
+		return nil, false
+	}
+	f.TTLMs = binary.BigEndian.Uint32(body)
+	f.Flags = binary.BigEndian.Uint16(body[4:])
+	f.WaitMs = 0
+	if f.Flags&^lockKnownFlags != 0 {
+		return nil, false
+	}
+	rest := body[6:]
+	if f.Flags&LockWait != 0 {
+		if len(rest) < 4 {
+			return nil, false
+		}
+		f.WaitMs = binary.BigEndian.Uint32(rest)
+		rest = rest[4:]
+	}
+	return rest, true
+}
+
+// NextKey returns the first key of a LOCKMANY's key list and the rest of the list:
+// for rest := f.Keys; len(rest) > 0; { var k []byte; k, rest = wire.NextKey(rest) }.
+// The list was checked by Parse.
+func NextKey(list []byte) (key, rest []byte) {
+	n := int(list[0])
+	return list[1 : 1+n], list[1+n:]
 }
 
 // decodeBody fills f from body and reports whether body matches f.Op's layout exactly.
@@ -183,6 +218,8 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.Info = body[2 : 2+n]
 		f.Cookie = body[2+n+1:]
 		return true
+	case OpQueued:
+		return len(body) == 0
 	case OpCookie:
 		if len(body) != CookieSize {
 			return false
@@ -190,12 +227,30 @@ func decodeBody(body []byte, f *Frame) bool {
 		f.Cookie = body
 		return true
 	case OpLock:
-		if len(body) < lockFixed || len(body) != lockFixed+int(body[6]) || body[4] != 0 || body[5] != 0 {
+		rest, ok := lockHead(body, f)
+		if !ok || len(rest) < 1 || len(rest) != 1+int(rest[0]) {
 			return false
 		}
-		f.TTLMs = be.Uint32(body)
-		f.Key = body[lockFixed:]
+		f.Key = rest[1:]
 		return true
+	case OpLockMany:
+		rest, ok := lockHead(body, f)
+		if !ok || len(rest) < 1 {
+			return false
+		}
+		f.KeyCount = int(rest[0])
+		f.Keys = rest[1:]
+		if f.KeyCount < 1 || f.KeyCount > MaxManyKeys {
+			return false
+		}
+		keys := f.Keys
+		for i := 0; i < f.KeyCount; i++ {
+			if len(keys) < 1 || keys[0] == 0 || len(keys) < 1+int(keys[0]) {
+				return false
+			}
+			keys = keys[1+int(keys[0]):]
+		}
+		return len(keys) == 0
 	case OpUpdate:
 		if len(body) < updateFixed || len(body) != updateFixed+int(body[updateFixed-1]) {
 			return false

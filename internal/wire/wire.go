@@ -44,6 +44,7 @@ const (
 	OpUpdate     Op = 0x11
 	OpUnlock     Op = 0x12
 	OpUnlockAll  Op = 0x13
+	OpLockMany   Op = 0x14
 )
 
 // Replies.
@@ -57,6 +58,7 @@ const (
 	OpRedirect     Op = 0x87
 	OpError        Op = 0x88
 	OpCookie       Op = 0x89
+	OpQueued       Op = 0x8a
 )
 
 // IsReply tells a reply opcode from a request opcode.
@@ -80,7 +82,19 @@ const (
 	CodeRateLimited      Code = 11
 	CodeForbidden        Code = 12
 	CodeServerFull       Code = 13
+	CodeTooManyWaiters   Code = 14
 )
+
+// LOCK and LOCKMANY flags.
+const (
+	// LockWait asks to wait in the key's queue instead of being refused LOCKED; a
+	// u32 wait bound in milliseconds follows the flags (0: no bound of the client's).
+	LockWait       = 1 << 0
+	lockKnownFlags = LockWait
+)
+
+// MaxManyKeys is the most keys one LOCKMANY may name.
+const MaxManyKeys = 32
 
 // CookieSize is the size of an address-validation cookie (COOKIE, CONNECT).
 const CookieSize = 16
@@ -192,6 +206,43 @@ func AppendLock(b []byte, id uint64, ttlMs uint32, key string) []byte {
 	b = binary.BigEndian.AppendUint32(b, ttlMs)
 	b = append(b, 0, 0, byte(len(key)))
 	return append(b, key...)
+}
+
+// AppendLockWait appends a LOCK that waits in the key's queue for at most waitMs
+// milliseconds (0: no bound of the client's).
+func AppendLockWait(b []byte, id uint64, ttlMs, waitMs uint32, key string) []byte {
+	b = appendFrameHeader(b, OpLock, id, lockFixed+4+len(key))
+	b = binary.BigEndian.AppendUint32(b, ttlMs)
+	b = binary.BigEndian.AppendUint16(b, LockWait)
+	b = binary.BigEndian.AppendUint32(b, waitMs)
+	b = append(b, byte(len(key)))
+	return append(b, key...)
+}
+
+// AppendLockMany appends a LOCKMANY of keys (1 to MaxManyKeys, each 1 to MaxKey bytes,
+// checked by the caller), waiting if wait is set.
+func AppendLockMany(b []byte, id uint64, ttlMs uint32, wait bool, waitMs uint32, keys []string) []byte {
+	n := 4 + 2 + 1
+	if wait {
+		n += 4
+	}
+	for _, k := range keys {
+		n += 1 + len(k)
+	}
+	b = appendFrameHeader(b, OpLockMany, id, n)
+	b = binary.BigEndian.AppendUint32(b, ttlMs)
+	if wait {
+		b = binary.BigEndian.AppendUint16(b, LockWait)
+		b = binary.BigEndian.AppendUint32(b, waitMs)
+	} else {
+		b = append(b, 0, 0)
+	}
+	b = append(b, byte(len(keys)))
+	for _, k := range keys {
+		b = append(b, byte(len(k)))
+		b = append(b, k...)
+	}
+	return b
 }
 
 // AppendUpdate appends an UPDATE of lock lockID.

@@ -26,6 +26,9 @@ func requestSeeds() [][]byte {
 			b = AppendEmpty(b, OpTouch, 10)
 			b = AppendEmpty(b, OpUnlockAll, 11)
 			b = AppendEmpty(b, OpDisconnect, 12)
+			b = AppendLockWait(b, 14, 1000, 5000, "w")
+			b = AppendLockMany(b, 15, 1000, false, 0, []string{"a", "bb", "ccc"})
+			b = AppendLockMany(b, 16, 1000, true, 0, []string{"x"})
 			return AppendEmpty(b, OpPing, 13)
 		}),
 		datagram(Header{}, func(b []byte) []byte {
@@ -44,6 +47,7 @@ func replySeeds() [][]byte {
 			b = AppendEmpty(b, OpIsolated, 3)
 			b = AppendEmpty(b, OpDisconnected, 4)
 			b = AppendEmpty(b, OpPong, 5)
+			b = AppendEmpty(b, OpQueued, 8)
 			b = AppendRedirect(b, 6, 2, "127.0.0.1:15664")
 			return AppendError(b, 7, CodeLockDelay, "lock-delay")
 		}),
@@ -97,6 +101,44 @@ func TestDecodeFields(t *testing.T) {
 	require.Len(t, c.Servers, 2)
 	assert.Equal(t, "127.0.0.1:15664", c.Servers[1].Addr)
 	assert.Equal(t, ConnectedSize(c.Servers), FrameHeaderSize+len(f.servers)+connectedFixed)
+}
+
+func TestDecodeWaiting(t *testing.T) {
+	d, err := Parse(requestSeeds()[1], false)
+	require.NoError(t, err)
+	var f Frame
+	for d.Next(&f) && f.Op != OpLockMany {
+		if f.Op == OpLock && f.ID == 14 {
+			assert.Equal(t, uint16(LockWait), f.Flags)
+			assert.Equal(t, uint32(5000), f.WaitMs)
+			assert.Equal(t, "w", string(f.Key))
+		}
+	}
+	require.Equal(t, OpLockMany, f.Op)
+	assert.Equal(t, 3, f.KeyCount)
+	assert.Zero(t, f.Flags)
+	var keys []string
+	for rest := f.Keys; len(rest) > 0; {
+		var k []byte
+		k, rest = NextKey(rest)
+		keys = append(keys, string(k))
+	}
+	assert.Equal(t, []string{"a", "bb", "ccc"}, keys)
+	require.True(t, d.Next(&f))
+	assert.Equal(t, OpLockMany, f.Op)
+	assert.Equal(t, uint16(LockWait), f.Flags)
+
+	bad := func(add func(b []byte) []byte) error {
+		_, err := Parse(datagram(Header{Session: 1}, add), false)
+		return err
+	}
+	assert.ErrorIs(t, bad(func(b []byte) []byte { return AppendLockMany(b, 1, 1, false, 0, []string{"a", ""}) }), ErrBadBody, "an empty key")
+	assert.ErrorIs(t, bad(func(b []byte) []byte { return AppendLockMany(b, 1, 1, false, 0, nil) }), ErrBadBody, "no key")
+	many := make([]string, MaxManyKeys+1)
+	for i := range many {
+		many[i] = "k"
+	}
+	assert.ErrorIs(t, bad(func(b []byte) []byte { return AppendLockMany(b, 1, 1, false, 0, many) }), ErrBadBody, "too many keys")
 }
 
 func TestConnectedSize(t *testing.T) {
@@ -177,7 +219,19 @@ func reencode(b []byte, f *Frame) []byte {
 	case OpCookie:
 		return AppendCookie(b, f.ID, f.Cookie)
 	case OpLock:
-		b = AppendLock(b, 0, f.TTLMs, string(f.Key))
+		if f.Flags&LockWait != 0 {
+			b = AppendLockWait(b, 0, f.TTLMs, f.WaitMs, string(f.Key))
+		} else {
+			b = AppendLock(b, 0, f.TTLMs, string(f.Key))
+		}
+	case OpLockMany:
+		var keys []string
+		for rest := f.Keys; len(rest) > 0; {
+			var k []byte
+			k, rest = NextKey(rest)
+			keys = append(keys, string(k))
+		}
+		b = AppendLockMany(b, 0, f.TTLMs, f.Flags&LockWait != 0, f.WaitMs, keys)
 	case OpUpdate:
 		b = AppendUpdate(b, 0, f.LockID, f.TTLMs, string(f.Key))
 	case OpUnlock:
