@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/netmutex/netmutex/bench/load"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -16,7 +17,7 @@ func TestSmokeJSON(t *testing.T) {
 	var out, errOut bytes.Buffer
 	err := mainErr([]string{"-c", "8", "-d", "1s", "-warmup", "100ms", "-json"}, &out, &errOut)
 	require.NoError(t, err, "bench; stderr:\n%s", errOut.String())
-	var rep report
+	var rep load.Report
 	require.NoError(t, json.Unmarshal(out.Bytes(), &rep), "stdout is not JSON:\n%s", out.String())
 	require.Len(t, rep.Results, 1)
 	r := rep.Results[0]
@@ -69,8 +70,19 @@ func TestSmokeTable(t *testing.T) {
 }
 
 func TestBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"-c", "0"}, {"-d", "0"}, {"-conns", "0"}, {"extra"}} {
+	for _, args := range [][]string{{"-c", "0"}, {"-d", "0"}, {"-conns", "0"}, {"extra"}, {"-sealed", "-key-file", "k"}} {
 		var out, errOut bytes.Buffer
 		assert.Error(t, mainErr(args, &out, &errOut), "%q accepted", args)
+	}
+}
+
+// The comparison's flags moved to bench/compare: using one here says where it went.
+func TestMovedFlags(t *testing.T) {
+	for _, args := range [][]string{{"-vs", "redis"}, {"--vs=etcd"}, {"-c", "4", "-plot", "x.png"}, {"-install-redis"}} {
+		var out, errOut bytes.Buffer
+		err := mainErr(args, &out, &errOut)
+		if assert.Error(t, err, "%q accepted", args) {
+			assert.Contains(t, err.Error(), "go run ./bench/compare", "%q: the error says where the flag went", args)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"context"
@@ -11,67 +11,67 @@ import (
 	"time"
 )
 
-// system is one lock service under test: netmutex or a peer. It is set up before a run
+// System is one lock service under test: netmutex or a peer. It is set up before a run
 // (server started, connections opened) and closed after it.
-type system interface {
-	// name is what the tables call it.
-	name() string
-	// newLocker returns the locker for goroutine g; it uses connection g % conns. It is
+type System interface {
+	// Name is what the tables call it.
+	Name() string
+	// NewLocker returns the locker for goroutine g; it uses connection g % conns. It is
 	// called before the load starts, never in the measured loop.
-	newLocker(g int) (locker, error)
-	// close releases everything the system set up.
-	close() error
+	NewLocker(g int) (Locker, error)
+	// Close releases everything the system set up.
+	Close() error
 }
 
-// locker is one goroutine's handle on a system: it holds at most one lock at a time.
+// Locker is one goroutine's handle on a system: it holds at most one lock at a time.
 // Every system runs the identical loop over it.
-type locker interface {
-	// lock tries to take key once, without waiting: ok is false when another holder has
+type Locker interface {
+	// Lock tries to take key once, without waiting: ok is false when another holder has
 	// it.
-	lock(ctx context.Context, key string) (ok bool, err error)
-	// unlock releases the lock taken by the last successful lock.
-	unlock(ctx context.Context) error
+	Lock(ctx context.Context, key string) (ok bool, err error)
+	// Unlock releases the lock taken by the last successful Lock.
+	Unlock(ctx context.Context) error
 }
 
 // Optional interfaces of a system, for the report.
 type (
-	// transporter reports frames and syscalls: netmutex only.
-	transporter interface{ transport() transport }
-	// outOfProcess is a system whose server runs in another process; its CPU time is
+	// Transporter reports frames and syscalls: netmutex only.
+	Transporter interface{ Transport() Transport }
+	// OutOfProcess is a system whose server runs in another process; its CPU time is
 	// added to this process's.
-	outOfProcess interface{ serverCPU() (time.Duration, bool) }
-	// noter says in a line how the system was set up.
-	noter interface{ note() string }
+	OutOfProcess interface{ ServerCPU() (time.Duration, bool) }
+	// Noter says in a line how the system was set up.
+	Noter interface{ Note() string }
 )
 
-// transport holds the netmutex counters that show batching, both sides. hasServer is
+// Transport holds the netmutex counters that show batching, both sides. HasServer is
 // false against an external server.
-type transport struct {
+type Transport struct {
 	FramesOut, DatagramsOut, SendCalls    uint64 // client
 	FramesIn, DatagramsIn, RecvCalls      uint64 // client
 	Requests, DatagramsInSrv, SyscallsIn  uint64 // server
 	Replies, DatagramsOutSrv, SyscallsOut uint64 // server
-	hasServer                             bool
+	HasServer                             bool
 }
 
-func (a transport) sub(b transport) transport {
-	return transport{
+func (a Transport) sub(b Transport) Transport {
+	return Transport{
 		a.FramesOut - b.FramesOut, a.DatagramsOut - b.DatagramsOut, a.SendCalls - b.SendCalls,
 		a.FramesIn - b.FramesIn, a.DatagramsIn - b.DatagramsIn, a.RecvCalls - b.RecvCalls,
 		a.Requests - b.Requests, a.DatagramsInSrv - b.DatagramsInSrv, a.SyscallsIn - b.SyscallsIn,
 		a.Replies - b.Replies, a.DatagramsOutSrv - b.DatagramsOutSrv, a.SyscallsOut - b.SyscallsOut,
-		a.hasServer,
+		a.HasServer,
 	}
 }
 
-// workload is what every system is run with.
-type workload struct {
-	goroutines int
-	keys       int  // key space; goroutine g uses keys g, g+c, g+2c, ... modulo keys
-	contended  bool // every goroutine on one key
-	duration   time.Duration
-	warmup     time.Duration // run before measuring, not counted
-	prefix     string        // key prefix, unique per run
+// Workload is what every system is run with.
+type Workload struct {
+	Goroutines int
+	Keys       int  // key space; goroutine g uses keys g, g+c, g+2c, ... modulo Keys
+	Contended  bool // every goroutine on one key
+	Duration   time.Duration
+	Warmup     time.Duration // run before measuring, not counted
+	Prefix     string        // key prefix, unique per run
 }
 
 // counters are one goroutine's running totals, read by the progress printer. Padded so
@@ -85,8 +85,8 @@ type counters struct {
 // ends.
 type worker struct {
 	c        counters
-	pair     hist // lock+unlock of a granted pair
-	wait     hist // contended: first attempt to grant
+	pair     Hist // lock+unlock of a granted pair
+	wait     Hist // contended: first attempt to grant
 	firstErr atomic.Pointer[error]
 }
 
@@ -97,8 +97,8 @@ const (
 	phaseStop
 )
 
-// result is one run of one system.
-type result struct {
+// Result is one run of one system.
+type Result struct {
 	System     string  `json:"system"`
 	Note       string  `json:"note,omitempty"`
 	Goroutines int     `json:"goroutines"`
@@ -117,19 +117,21 @@ type result struct {
 	PairsPerSec    float64 `json:"pairs_per_sec"` // = acquisitions/s
 	RefusalsPerSec float64 `json:"refusals_per_sec"`
 
-	Pair latency `json:"pair_latency_us"`
-	Wait latency `json:"wait_us"` // contended only: first attempt until granted
+	Pair Latency `json:"pair_latency_us"`
+	Wait Latency `json:"wait_us"` // contended only: first attempt until granted
 
 	AllocsPerOp float64 `json:"allocs_per_op"`
 	CPUPerMop   float64 `json:"cpu_sec_per_million_ops"`
 	CPUWhat     string  `json:"cpu_includes"`
 
-	Transport *transportReport `json:"transport,omitempty"`
+	Transport *TransportReport `json:"transport,omitempty"`
 
-	pairHist, waitHist *hist
+	// The merged histograms, for charts.
+	PairHist, WaitHist *Hist `json:"-"`
 }
 
-type latency struct {
+// Latency is a distribution in µs.
+type Latency struct {
 	P50  float64 `json:"p50"`
 	P90  float64 `json:"p90"`
 	P99  float64 `json:"p99"`
@@ -138,15 +140,16 @@ type latency struct {
 	Max  float64 `json:"max"`
 }
 
-func latencyOf(h *hist) latency {
+func latencyOf(h *Hist) Latency {
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	return latency{
-		P50: us(h.quantile(0.5)), P90: us(h.quantile(0.9)), P99: us(h.quantile(0.99)),
-		P999: us(h.quantile(0.999)), Mean: us(h.mean()), Max: us(time.Duration(h.max)),
+	return Latency{
+		P50: us(h.Quantile(0.5)), P90: us(h.Quantile(0.9)), P99: us(h.Quantile(0.99)),
+		P999: us(h.Quantile(0.999)), Mean: us(h.Mean()), Max: us(time.Duration(h.max)),
 	}
 }
 
-type transportReport struct {
+// TransportReport is Transport as ratios.
+type TransportReport struct {
 	ClientFramesPerDatagramOut float64 `json:"client_frames_per_datagram_out"`
 	ClientDatagramsPerSendCall float64 `json:"client_datagrams_per_send_call"`
 	ClientFramesPerDatagramIn  float64 `json:"client_frames_per_datagram_in"`
@@ -165,8 +168,8 @@ func ratio(a, b uint64) float64 {
 	return float64(a) / float64(b)
 }
 
-func (t transport) report() *transportReport {
-	return &transportReport{
+func (t Transport) report() *TransportReport {
+	return &TransportReport{
 		ClientFramesPerDatagramOut: ratio(t.FramesOut, t.DatagramsOut),
 		ClientDatagramsPerSendCall: ratio(t.DatagramsOut, t.SendCalls),
 		ClientFramesPerDatagramIn:  ratio(t.FramesIn, t.DatagramsIn),
@@ -175,7 +178,7 @@ func (t transport) report() *transportReport {
 		ServerDatagramsPerRecvCall: ratio(t.DatagramsInSrv, t.SyscallsIn),
 		ServerFramesPerDatagramOut: ratio(t.Replies, t.DatagramsOutSrv),
 		ServerDatagramsPerSendCall: ratio(t.DatagramsOutSrv, t.SyscallsOut),
-		HasServer:                  t.hasServer,
+		HasServer:                  t.HasServer,
 	}
 }
 
@@ -185,10 +188,10 @@ type snapshot struct {
 	ops, pairs, refusals, errors uint64
 	mallocs                      uint64
 	cpu                          time.Duration
-	tr                           transport
+	tr                           Transport
 }
 
-func take(sys system, ws []*worker) snapshot {
+func take(sys System, ws []*worker) snapshot {
 	var s snapshot
 	for _, w := range ws {
 		s.ops += w.c.ops.Load()
@@ -199,14 +202,14 @@ func take(sys system, ws []*worker) snapshot {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	s.mallocs = ms.Mallocs
-	s.cpu = selfCPU()
-	if o, ok := sys.(outOfProcess); ok {
-		if d, ok := o.serverCPU(); ok {
+	s.cpu = SelfCPU()
+	if o, ok := sys.(OutOfProcess); ok {
+		if d, ok := o.ServerCPU(); ok {
 			s.cpu += d
 		}
 	}
-	if t, ok := sys.(transporter); ok {
-		s.tr = t.transport()
+	if t, ok := sys.(Transporter); ok {
+		s.tr = t.Transport()
 	}
 	s.at = time.Now()
 	return s
@@ -216,18 +219,18 @@ func take(sys system, ws []*worker) snapshot {
 // measured time; a system that hangs longer is reported and left behind.
 const stopGrace = 10 * time.Second
 
-// run drives wl against sys: one goroutine per locker (len(lockers) ==
-// wl.goroutines), each in a loop of lock (and, when granted, unlock) for wl.warmup +
-// wl.duration. progress, if not nil, gets a line per second.
-func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result, error) {
-	keys := make([]string, max(wl.keys, 1))
-	if wl.contended {
+// Run drives wl against sys: one goroutine per locker (len(lockers) ==
+// wl.Goroutines), each in a loop of lock (and, when granted, unlock) for wl.Warmup +
+// wl.Duration. progress, if not nil, gets a line per second.
+func Run(sys System, lockers []Locker, wl Workload, progress io.Writer) (*Result, error) {
+	keys := make([]string, max(wl.Keys, 1))
+	if wl.Contended {
 		keys = keys[:1]
 	}
 	for i := range keys {
-		keys[i] = wl.prefix + strconv.Itoa(i)
+		keys[i] = wl.Prefix + strconv.Itoa(i)
 	}
-	ws := make([]*worker, wl.goroutines)
+	ws := make([]*worker, wl.Goroutines)
 	for g := range ws {
 		ws[g] = new(worker)
 	}
@@ -240,21 +243,21 @@ func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result
 		go func() {
 			defer wg.Done()
 			<-start
-			loop(ws[g], lockers[g], keys, g, wl.goroutines, wl.contended, &phase)
+			loop(ws[g], lockers[g], keys, g, wl.Goroutines, wl.Contended, &phase)
 		}()
 	}
 
 	begin := time.Now()
 	close(start)
-	if wl.warmup > 0 {
-		time.Sleep(wl.warmup)
+	if wl.Warmup > 0 {
+		time.Sleep(wl.Warmup)
 	}
 	s0 := take(sys, ws)
 	phase.Store(phaseMeasure)
 
 	// One progress line a second; the last partial second is not printed.
 	prev := s0
-	end := s0.at.Add(wl.duration)
+	end := s0.at.Add(wl.Duration)
 	for {
 		now := time.Now()
 		if !now.Before(end) {
@@ -273,13 +276,13 @@ func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result
 		sec := cur.at.Sub(prev.at).Seconds()
 		all := cur.at.Sub(s0.at).Seconds()
 		what := "pairs/s"
-		if wl.contended {
+		if wl.Contended {
 			what = "acquisitions/s"
 		}
 		line := fmt.Sprintf("  %-14s %5.1fs  %s %s this second, %s so far",
-			sys.name(), all, thousands(float64(cur.pairs-prev.pairs)/sec), what, thousands(float64(cur.pairs-s0.pairs)/all))
-		if wl.contended {
-			line += fmt.Sprintf(", %s refusals/s", thousands(float64(cur.refusals-prev.refusals)/sec))
+			sys.Name(), all, Thousands(float64(cur.pairs-prev.pairs)/sec), what, Thousands(float64(cur.pairs-s0.pairs)/all))
+		if wl.Contended {
+			line += fmt.Sprintf(", %s refusals/s", Thousands(float64(cur.refusals-prev.refusals)/sec))
 		}
 		fmt.Fprintln(progress, line)
 		prev = cur
@@ -293,28 +296,28 @@ func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result
 	case <-done:
 	case <-time.After(stopGrace):
 		return nil, fmt.Errorf("%s: goroutines still busy %v after the end (started %v ago)",
-			sys.name(), stopGrace, time.Since(begin).Round(time.Second))
+			sys.Name(), stopGrace, time.Since(begin).Round(time.Second))
 	}
 
-	r := &result{
-		System:     sys.name(),
-		Goroutines: wl.goroutines,
+	r := &Result{
+		System:     sys.Name(),
+		Goroutines: wl.Goroutines,
 		Keys:       len(keys),
-		Contended:  wl.contended,
+		Contended:  wl.Contended,
 		Seconds:    s1.at.Sub(s0.at).Seconds(),
 		Ops:        s1.ops - s0.ops,
 		Pairs:      s1.pairs - s0.pairs,
 		Refusals:   s1.refusals - s0.refusals,
 		Errors:     s1.errors - s0.errors,
-		pairHist:   new(hist),
-		waitHist:   new(hist),
+		PairHist:   new(Hist),
+		WaitHist:   new(Hist),
 	}
-	if n, ok := sys.(noter); ok {
-		r.Note = n.note()
+	if n, ok := sys.(Noter); ok {
+		r.Note = n.Note()
 	}
 	for _, w := range ws {
-		r.pairHist.merge(&w.pair)
-		r.waitHist.merge(&w.wait)
+		r.PairHist.Merge(&w.pair)
+		r.WaitHist.Merge(&w.wait)
 		if e := w.firstErr.Load(); e != nil && r.FirstErr == "" {
 			r.FirstErr = (*e).Error()
 		}
@@ -322,21 +325,21 @@ func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result
 	r.OpsPerSec = float64(r.Ops) / r.Seconds
 	r.PairsPerSec = float64(r.Pairs) / r.Seconds
 	r.RefusalsPerSec = float64(r.Refusals) / r.Seconds
-	r.Pair = latencyOf(r.pairHist)
-	if wl.contended {
-		r.Wait = latencyOf(r.waitHist)
+	r.Pair = latencyOf(r.PairHist)
+	if wl.Contended {
+		r.Wait = latencyOf(r.WaitHist)
 	}
 	r.AllocsPerOp = ratio(s1.mallocs-s0.mallocs, r.Ops)
 	r.CPUPerMop = (s1.cpu - s0.cpu).Seconds() / (float64(r.Ops) / 1e6)
 	if r.Ops == 0 {
 		r.CPUPerMop = 0
 	}
-	if _, ok := sys.(outOfProcess); ok {
+	if _, ok := sys.(OutOfProcess); ok {
 		r.CPUWhat = "this process (client) + the server process"
 	} else {
 		r.CPUWhat = "this process: client and embedded server"
 	}
-	if _, ok := sys.(transporter); ok {
+	if _, ok := sys.(Transporter); ok {
 		r.Transport = s1.tr.sub(s0.tr).report()
 	}
 	return r, nil
@@ -346,7 +349,7 @@ func run(sys system, lockers []locker, wl workload, progress io.Writer) (*result
 // Histograms are filled only while measuring; counters always (the run subtracts the
 // warm-up). In contended mode a goroutine that was refused tries again at once, and its
 // wait runs from its first refused attempt to the grant.
-func loop(w *worker, l locker, keys []string, g, c int, contended bool, phase *atomic.Int32) {
+func loop(w *worker, l Locker, keys []string, g, c int, contended bool, phase *atomic.Int32) {
 	ctx := context.Background()
 	next := g % len(keys)
 	var waitFrom time.Time
@@ -361,7 +364,7 @@ func loop(w *worker, l locker, keys []string, g, c int, contended bool, phase *a
 			next %= len(keys)
 		}
 		t0 := time.Now()
-		ok, err := l.lock(ctx, key)
+		ok, err := l.Lock(ctx, key)
 		w.c.ops.Add(1)
 		if err != nil {
 			w.fail(err)
@@ -378,7 +381,7 @@ func loop(w *worker, l locker, keys []string, g, c int, contended bool, phase *a
 		if contended {
 			granted = time.Now()
 		}
-		err = l.unlock(ctx)
+		err = l.Unlock(ctx)
 		t1 := time.Now()
 		w.c.ops.Add(1)
 		if err != nil {
@@ -387,12 +390,12 @@ func loop(w *worker, l locker, keys []string, g, c int, contended bool, phase *a
 		}
 		w.c.pairs.Add(1)
 		if ph == phaseMeasure {
-			w.pair.record(t1.Sub(t0))
+			w.pair.Record(t1.Sub(t0))
 			if contended {
 				if waitFrom.IsZero() {
 					waitFrom = t0
 				}
-				w.wait.record(granted.Sub(waitFrom))
+				w.wait.Record(granted.Sub(waitFrom))
 			}
 		}
 		waitFrom = time.Time{}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/netmutex/netmutex/bench/load"
 	"go.etcd.io/etcd/api/v3/version"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -44,7 +45,7 @@ func startEtcd(conns int, ttl time.Duration, fsync bool) (*etcdSystem, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &etcdSystem{dir: dir, fsync: fsync, ttlSec: max(int((ttl+time.Second-1)/time.Second), 1), prefix: "/bench/" + runID() + "/"}
+	s := &etcdSystem{dir: dir, fsync: fsync, ttlSec: max(int((ttl+time.Second-1)/time.Second), 1), prefix: "/bench/" + load.RunID() + "/"}
 	var lastErr error
 	for range 3 { // a free port can be taken before etcd binds it
 		if lastErr = s.startServer(); lastErr == nil {
@@ -62,7 +63,7 @@ func startEtcd(conns int, ttl time.Duration, fsync bool) (*etcdSystem, error) {
 			Logger:      zap.NewNop(),
 		})
 		if err != nil {
-			s.close()
+			s.Close()
 			return nil, fmt.Errorf("etcd client: %w", err)
 		}
 		s.clients = append(s.clients, c)
@@ -108,9 +109,9 @@ func (s *etcdSystem) startServer() error {
 	return nil
 }
 
-func (s *etcdSystem) name() string { return "etcd" }
+func (s *etcdSystem) Name() string { return "etcd" }
 
-func (s *etcdSystem) note() string {
+func (s *etcdSystem) Note() string {
 	fs := "fsync ON (the default)"
 	if !s.fsync {
 		fs = "fsync OFF (UnsafeNoFsync)"
@@ -119,7 +120,7 @@ func (s *etcdSystem) note() string {
 		etcdVersion(), s.endp, fs, len(s.clients), s.ttlSec)
 }
 
-func (s *etcdSystem) newLocker(g int) (locker, error) {
+func (s *etcdSystem) NewLocker(g int) (load.Locker, error) {
 	c := s.clients[g%len(s.clients)]
 	sess, err := concurrency.NewSession(c, concurrency.WithTTL(s.ttlSec))
 	if err != nil {
@@ -129,7 +130,7 @@ func (s *etcdSystem) newLocker(g int) (locker, error) {
 	return &etcdLocker{s: s, sess: sess, mus: make(map[string]*concurrency.Mutex)}, nil
 }
 
-func (s *etcdSystem) close() error {
+func (s *etcdSystem) Close() error {
 	var errs []error
 	for _, sess := range s.sessions {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -155,7 +156,7 @@ type etcdLocker struct {
 	held *concurrency.Mutex
 }
 
-func (l *etcdLocker) lock(ctx context.Context, key string) (bool, error) {
+func (l *etcdLocker) Lock(ctx context.Context, key string) (bool, error) {
 	m := l.mus[key]
 	if m == nil {
 		m = concurrency.NewMutex(l.sess, l.s.prefix+key)
@@ -172,7 +173,7 @@ func (l *etcdLocker) lock(ctx context.Context, key string) (bool, error) {
 	return true, nil
 }
 
-func (l *etcdLocker) unlock(ctx context.Context) error {
+func (l *etcdLocker) Unlock(ctx context.Context) error {
 	return l.held.Unlock(ctx)
 }
 

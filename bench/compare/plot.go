@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/netmutex/netmutex/bench/load"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -40,12 +41,12 @@ func styleLine(l *plotter.Line, name string) {
 // writePlot draws two panels into file (.png or .svg): pairs/s against goroutines for
 // every system of the sweep, and the distribution of pair latency at latencyAt()
 // goroutines.
-func writePlot(file string, rep *report) error {
+func writePlot(file string, rep *load.Report) error {
 	if len(rep.Sweep) == 0 {
 		return fmt.Errorf("no sweep results to plot")
 	}
 	var order []string
-	byName := map[string][]*result{}
+	byName := map[string][]*load.Result{}
 	for _, r := range rep.Sweep {
 		if byName[r.System] == nil {
 			order = append(order, r.System)
@@ -104,10 +105,10 @@ func writePlot(file string, rep *report) error {
 		tp.Legend.Add(name, line, marks)
 
 		for _, r := range rs {
-			if r.Goroutines != latencyAt() || r.pairHist == nil || r.pairHist.n == 0 {
+			if r.Goroutines != latencyAt() || r.PairHist == nil || r.PairHist.Count() == 0 {
 				continue
 			}
-			xs, fs := r.pairHist.cdf()
+			xs, fs := r.PairHist.CDF()
 			cdf := make(plotter.XYs, 0, len(xs))
 			for i := range xs {
 				us := float64(xs[i]) / 1e3
@@ -126,7 +127,7 @@ func writePlot(file string, rep *report) error {
 			styleLine(l, name)
 			lp.Add(l)
 			haveLatency = true
-			lp.Legend.Add(fmt.Sprintf("%s  p50 %s  p99 %s", name, us(r.Pair.P50), us(r.Pair.P99)), l)
+			lp.Legend.Add(fmt.Sprintf("%s  p50 %s  p99 %s", name, load.Micros(r.Pair.P50), load.Micros(r.Pair.P99)), l)
 		}
 	}
 	if !haveLatency { // an empty log axis has no range of its own
@@ -181,7 +182,7 @@ func (logThousandsTicks) Ticks(lo, hi float64) []plot.Tick {
 	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
 		for _, m := range []float64{1, 2, 5} {
 			if v := p * m; v >= lo && v <= hi {
-				ts = append(ts, plot.Tick{Value: v, Label: thousands(v)})
+				ts = append(ts, plot.Tick{Value: v, Label: load.Thousands(v)})
 			}
 		}
 		for m := 2.0; m < 10; m++ {

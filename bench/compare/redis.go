@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/netmutex/netmutex/bench/load"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/rueidis"
 )
@@ -46,7 +47,7 @@ func redisInstallScript() string {
 			return p
 		}
 	}
-	for _, p := range []string{"bench/install-redis.sh", "install-redis.sh"} {
+	for _, p := range []string{"bench/compare/install-redis.sh", "install-redis.sh"} {
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
@@ -54,17 +55,26 @@ func redisInstallScript() string {
 	return ""
 }
 
-// findRedis returns the path of redis-server; when it is missing and install is set, it
-// runs install-redis.sh first, its output going to log.
+// installRedisHint says how to get redis-server.
+const installRedisHint = "bash bench/compare/install-redis.sh installs it (apt-get, as root or through sudo), or run again with -install-redis, which runs that script"
+
+// findRedis returns the path of redis-server. When it is missing, it runs
+// install-redis.sh if install is set, saying so first, its output going to log; if
+// install is not set, it returns an error that says how to get it.
 func findRedis(install bool, log io.Writer) (string, error) {
 	if p, err := exec.LookPath("redis-server"); err == nil {
 		return p, nil
 	}
-	script := redisInstallScript()
-	if !install || script == "" {
-		return "", fmt.Errorf("redis-server not found; install it with bench/install-redis.sh (apt-get, as root)")
+	if !install {
+		fmt.Fprintf(log, "redis-server not found: the Redis peers are skipped; %s.\n\n", installRedisHint)
+		return "", errors.New("redis-server not found; install it with bash bench/compare/install-redis.sh, or run with -install-redis")
 	}
-	fmt.Fprintf(log, "redis-server not found: running %s (apt-get update && apt-get install -y redis-server)\n", script)
+	script := redisInstallScript()
+	if script == "" {
+		return "", fmt.Errorf("redis-server not found, and install-redis.sh is not next to the sources to install it; install redis-server by hand")
+	}
+	fmt.Fprintf(log, "redis-server not found; -install-redis is set, so this runs bash %s now:\n"+
+		"  apt-get update && apt-get install -y --no-install-recommends redis-server (through sudo unless root)\n", script)
 	cmd := exec.Command("bash", script)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
@@ -90,6 +100,7 @@ func startRedis(install bool, log io.Writer) (*redisServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(log, "starting %s on a free loopback port ...\n", bin)
 	var lastErr error
 	for range 3 { // the free port can be taken between freePort and redis' bind
 		port, err := freePort()
@@ -155,7 +166,7 @@ func (rs *redisServer) waitReady(limit time.Duration) error {
 }
 
 // cpu returns the server process's CPU time so far.
-func (rs *redisServer) cpu() (time.Duration, bool) { return procCPU(rs.cmd.Process.Pid) }
+func (rs *redisServer) cpu() (time.Duration, bool) { return load.ProcCPU(rs.cmd.Process.Pid) }
 
 func (rs *redisServer) stop() {
 	rs.cmd.Process.Signal(syscall.SIGTERM)
@@ -184,11 +195,11 @@ type rueidisSystem struct {
 }
 
 func startRueidis(srv *redisServer, conns int, ttl time.Duration) (*rueidisSystem, error) {
-	s := &rueidisSystem{srv: srv, unlock: rueidis.NewLuaScript(redisUnlockScript), ttlMs: ttl.Milliseconds(), prefix: runID()}
+	s := &rueidisSystem{srv: srv, unlock: rueidis.NewLuaScript(redisUnlockScript), ttlMs: ttl.Milliseconds(), prefix: load.RunID()}
 	for range conns {
 		c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.addr}})
 		if err != nil {
-			s.close()
+			s.Close()
 			return nil, fmt.Errorf("rueidis: %w", err)
 		}
 		s.clients = append(s.clients, c)
@@ -196,18 +207,18 @@ func startRueidis(srv *redisServer, conns int, ttl time.Duration) (*rueidisSyste
 	return s, nil
 }
 
-func (s *rueidisSystem) name() string { return "redis-rueidis" }
-func (s *rueidisSystem) note() string {
+func (s *rueidisSystem) Name() string { return "redis-rueidis" }
+func (s *rueidisSystem) Note() string {
 	return fmt.Sprintf("%s; rueidis %d client(s), default ClientOption: auto-pipelining, PipelineMultiplex 2 (4 connections)", s.srv.settings(), len(s.clients))
 }
-func (s *rueidisSystem) serverCPU() (time.Duration, bool) { return s.srv.cpu() }
+func (s *rueidisSystem) ServerCPU() (time.Duration, bool) { return s.srv.cpu() }
 
-func (s *rueidisSystem) newLocker(g int) (locker, error) {
+func (s *rueidisSystem) NewLocker(g int) (load.Locker, error) {
 	token := s.prefix + "-" + strconv.Itoa(g)
 	return &rueidisLocker{s: s, c: s.clients[g%len(s.clients)], token: token, args: []string{token}, keys: make([]string, 1)}, nil
 }
 
-func (s *rueidisSystem) close() error {
+func (s *rueidisSystem) Close() error {
 	for _, c := range s.clients {
 		c.Close()
 	}
@@ -223,7 +234,7 @@ type rueidisLocker struct {
 	args  []string // the token, for the script's ARGV
 }
 
-func (l *rueidisLocker) lock(ctx context.Context, key string) (bool, error) {
+func (l *rueidisLocker) Lock(ctx context.Context, key string) (bool, error) {
 	err := l.c.Do(ctx, l.c.B().Set().Key(key).Value(l.token).Nx().PxMilliseconds(l.s.ttlMs).Build()).Error()
 	if rueidis.IsRedisNil(err) {
 		return false, nil
@@ -235,7 +246,7 @@ func (l *rueidisLocker) lock(ctx context.Context, key string) (bool, error) {
 	return true, nil
 }
 
-func (l *rueidisLocker) unlock(ctx context.Context) error {
+func (l *rueidisLocker) Unlock(ctx context.Context) error {
 	l.keys[0] = l.held
 	n, err := l.s.unlock.Exec(ctx, l.c, l.keys, l.args).AsInt64()
 	if err != nil {
@@ -259,7 +270,7 @@ type goredisSystem struct {
 }
 
 func startGoredis(srv *redisServer, conns, goroutines int, ttl time.Duration) (*goredisSystem, error) {
-	s := &goredisSystem{srv: srv, unlock: goredis.NewScript(redisUnlockScript), ttl: ttl, prefix: runID(),
+	s := &goredisSystem{srv: srv, unlock: goredis.NewScript(redisUnlockScript), ttl: ttl, prefix: load.RunID(),
 		poolSize: (goroutines + conns - 1) / conns}
 	for range conns {
 		c := goredis.NewClient(&goredis.Options{Addr: srv.addr, PoolSize: s.poolSize})
@@ -268,24 +279,24 @@ func startGoredis(srv *redisServer, conns, goroutines int, ttl time.Duration) (*
 		err := c.Ping(ctx).Err()
 		cancel()
 		if err != nil {
-			s.close()
+			s.Close()
 			return nil, fmt.Errorf("go-redis: %w", err)
 		}
 	}
 	return s, nil
 }
 
-func (s *goredisSystem) name() string { return "redis-goredis" }
-func (s *goredisSystem) note() string {
+func (s *goredisSystem) Name() string { return "redis-goredis" }
+func (s *goredisSystem) Note() string {
 	return fmt.Sprintf("%s; go-redis %d client(s), PoolSize %d (= goroutines per client), other Options default", s.srv.settings(), len(s.clients), s.poolSize)
 }
-func (s *goredisSystem) serverCPU() (time.Duration, bool) { return s.srv.cpu() }
+func (s *goredisSystem) ServerCPU() (time.Duration, bool) { return s.srv.cpu() }
 
-func (s *goredisSystem) newLocker(g int) (locker, error) {
+func (s *goredisSystem) NewLocker(g int) (load.Locker, error) {
 	return &goredisLocker{s: s, c: s.clients[g%len(s.clients)], token: s.prefix + "-" + strconv.Itoa(g), keys: make([]string, 1)}, nil
 }
 
-func (s *goredisSystem) close() error {
+func (s *goredisSystem) Close() error {
 	var errs []error
 	for _, c := range s.clients {
 		errs = append(errs, c.Close())
@@ -301,7 +312,7 @@ type goredisLocker struct {
 	keys  []string
 }
 
-func (l *goredisLocker) lock(ctx context.Context, key string) (bool, error) {
+func (l *goredisLocker) Lock(ctx context.Context, key string) (bool, error) {
 	// SET key token NX PX ttl (SetNX picks PX for TTLs that are not whole seconds,
 	// EX for whole seconds: the same command, the same meaning).
 	ok, err := l.c.SetNX(ctx, key, l.token, l.s.ttl).Result()
@@ -314,7 +325,7 @@ func (l *goredisLocker) lock(ctx context.Context, key string) (bool, error) {
 	return ok, nil
 }
 
-func (l *goredisLocker) unlock(ctx context.Context) error {
+func (l *goredisLocker) Unlock(ctx context.Context) error {
 	l.keys[0] = l.held
 	n, err := l.s.unlock.Run(ctx, l.c, l.keys, l.token).Int64()
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	"github.com/netmutex/netmutex/server"
 )
 
-// netmutexSystem is the system under test: an embedded server on loopback (or an
-// external one at -addr) and conns NetMutex instances.
-type netmutexSystem struct {
+// Netmutex is the system under test: an embedded server on loopback (or an external
+// one at -addr) and -conns NetMutex instances.
+type Netmutex struct {
 	srv     *server.Server // nil with an external server
 	dataDir string
 	addr    string
@@ -33,12 +33,12 @@ const (
 	openTimeout = 500 * time.Millisecond
 )
 
-// startNetmutex starts an embedded server unless o.addr is set, and opens o.conns
+// StartNetmutex starts an embedded server unless o.Addr is set, and opens o.Conns
 // NetMutex instances to it, sealing with o's keys if any.
-func startNetmutex(o *options) (*netmutexSystem, error) {
-	addr, conns, ttl := o.addr, o.conns, o.ttl
-	s := &netmutexSystem{addr: addr, ttl: ttl, keyFile: o.keyFile}
-	if o.sealed {
+func StartNetmutex(o *Options) (*Netmutex, error) {
+	addr, conns, ttl := o.Addr, o.Conns, o.TTL
+	s := &Netmutex{addr: addr, ttl: ttl, keyFile: o.KeyFile}
+	if o.Sealed {
 		f, err := os.CreateTemp("", "netmutex-bench-key-")
 		if err != nil {
 			return nil, err
@@ -53,7 +53,7 @@ func startNetmutex(o *options) (*netmutexSystem, error) {
 	if s.keyFile != "" {
 		var err error
 		if keys, err = seal.LoadKeyFile(s.keyFile); err != nil {
-			s.close()
+			s.Close()
 			return nil, err
 		}
 	}
@@ -80,7 +80,7 @@ func startNetmutex(o *options) (*netmutexSystem, error) {
 	for range max(conns, 1) {
 		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, &netmutex.Options{KeyFile: s.keyFile})
 		if err != nil {
-			s.close()
+			s.Close()
 			return nil, fmt.Errorf("netmutex: open %s: %w", s.addr, err)
 		}
 		s.nms = append(s.nms, nm)
@@ -88,9 +88,11 @@ func startNetmutex(o *options) (*netmutexSystem, error) {
 	return s, nil
 }
 
-func (s *netmutexSystem) name() string { return "netmutex" }
+// Name is "netmutex".
+func (s *Netmutex) Name() string { return "netmutex" }
 
-func (s *netmutexSystem) note() string {
+// Note says how it was set up.
+func (s *Netmutex) Note() string {
 	sealed := ""
 	if s.keyFile != "" {
 		sealed = ", sealed datagrams"
@@ -101,12 +103,14 @@ func (s *netmutexSystem) note() string {
 	return fmt.Sprintf("embedded server on %s (default config), %d NetMutex, default Options%s", s.addr, len(s.nms), sealed)
 }
 
-func (s *netmutexSystem) newLocker(g int) (locker, error) {
+// NewLocker returns goroutine g's locker, on NetMutex g % conns.
+func (s *Netmutex) NewLocker(g int) (Locker, error) {
 	return &netmutexLocker{nm: s.nms[g%len(s.nms)], ttl: s.ttl}, nil
 }
 
-func (s *netmutexSystem) transport() transport {
-	var t transport
+// Transport returns the client's counters, and the embedded server's.
+func (s *Netmutex) Transport() Transport {
+	var t Transport
 	for _, nm := range s.nms {
 		st := nm.Stats()
 		t.FramesOut += st.FramesOut
@@ -120,12 +124,13 @@ func (s *netmutexSystem) transport() transport {
 		st := s.srv.Stats()
 		t.Requests, t.DatagramsInSrv, t.SyscallsIn = st.Requests, st.Datagrams, st.SyscallsIn
 		t.Replies, t.DatagramsOutSrv, t.SyscallsOut = st.Replies, st.DatagramsOut, st.SyscallsOut
-		t.hasServer = true
+		t.HasServer = true
 	}
 	return t
 }
 
-func (s *netmutexSystem) close() error {
+// Close closes the NetMutex instances and the embedded server, and removes its files.
+func (s *Netmutex) Close() error {
 	var errs []error
 	for _, nm := range s.nms {
 		if err := nm.Close(3, openTimeout); err != nil {
@@ -151,7 +156,7 @@ type netmutexLocker struct {
 	l   netmutex.Lock
 }
 
-func (n *netmutexLocker) lock(ctx context.Context, key string) (bool, error) {
+func (n *netmutexLocker) Lock(ctx context.Context, key string) (bool, error) {
 	err := n.nm.LockContext(ctx, &n.l, key, n.ttl)
 	if err == netmutex.ErrLocked {
 		return false, nil
@@ -159,6 +164,6 @@ func (n *netmutexLocker) lock(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
-func (n *netmutexLocker) unlock(ctx context.Context) error {
+func (n *netmutexLocker) Unlock(ctx context.Context) error {
 	return n.nm.UnlockContext(ctx, &n.l)
 }

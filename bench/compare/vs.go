@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/netmutex/netmutex/bench/load"
 )
 
 // Systems by the names -vs takes. "redis" is both Redis clients.
@@ -52,25 +54,24 @@ type lab struct {
 }
 
 // open sets up the system called name.
-func (lb *lab) open(name string) (system, error) {
+func (lb *lab) open(name string) (load.System, error) {
 	switch name {
 	case "netmutex":
-		return startNetmutex(lb.o)
+		return load.StartNetmutex(&lb.o.Options)
 	case "redis-rueidis", "redis-goredis":
 		if lb.redis == nil && lb.redisErr == nil {
-			fmt.Fprintln(lb.log, "starting redis-server ...")
 			lb.redis, lb.redisErr = startRedis(lb.o.installRedis, lb.log)
 		}
 		if lb.redisErr != nil {
 			return nil, lb.redisErr
 		}
 		if name == "redis-rueidis" {
-			return startRueidis(lb.redis, lb.o.conns, lb.o.ttl)
+			return startRueidis(lb.redis, lb.o.Conns, lb.o.TTL)
 		}
-		return startGoredis(lb.redis, lb.o.conns, lb.o.goroutinesMax(), lb.o.ttl)
+		return startGoredis(lb.redis, lb.o.Conns, lb.o.goroutinesMax(), lb.o.TTL)
 	case "etcd":
 		fmt.Fprintln(lb.log, "starting embedded etcd ...")
-		return startEtcd(lb.o.conns, lb.o.ttl, lb.o.etcdFsync)
+		return startEtcd(lb.o.Conns, lb.o.TTL, lb.o.etcdFsync)
 	}
 	return nil, fmt.Errorf("unknown system %q", name)
 }
@@ -85,7 +86,7 @@ func (lb *lab) close() {
 // goroutinesMax is the most goroutines any run of this invocation uses: go-redis' pool
 // is sized to it.
 func (o *options) goroutinesMax() int {
-	n := o.goroutines
+	n := o.Goroutines
 	if o.plot != "" {
 		n = max(n, sweepGoroutines[len(sweepGoroutines)-1])
 	}
@@ -108,34 +109,10 @@ func latencyAt() int {
 	return sweepGoroutines[len(sweepGoroutines)-1]
 }
 
-// lockers returns the lockers of goroutines 0..n-1 of sys, made once and reused by
-// every later run of the same system.
-type lockerCache struct {
-	sys system
-	ls  []locker
-}
-
-func (c *lockerCache) get(n int) ([]locker, error) {
-	for g := len(c.ls); g < n; g++ {
-		l, err := c.sys.newLocker(g)
-		if err != nil {
-			return nil, fmt.Errorf("%s: locker %d: %w", c.sys.name(), g, err)
-		}
-		c.ls = append(c.ls, l)
-	}
-	return c.ls[:n], nil
-}
-
-// skip is a system that could not run, and why.
-type skip struct {
-	System string `json:"system"`
-	Reason string `json:"reason"`
-}
-
 // compare runs the workload against every system in turn: netmutex first, then each
 // peer; with -plot, also the sweep over sweepGoroutines. A peer that cannot be set up or
 // fails is reported as skipped; the others still run.
-func compare(o *options, rep *report, human io.Writer) error {
+func compare(o *options, rep *load.Report, human io.Writer) error {
 	systems := append([]string{"netmutex"}, o.vs...)
 	lb := &lab{o: o, log: human}
 	defer lb.close()
@@ -152,11 +129,11 @@ func compare(o *options, rep *report, human io.Writer) error {
 				return err
 			}
 			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
-			rep.Skipped = append(rep.Skipped, skip{name, err.Error()})
+			rep.Skipped = append(rep.Skipped, load.Skip{System: name, Reason: err.Error()})
 			step += steps / len(systems)
 			continue
 		}
-		cache := &lockerCache{sys: sys}
+		cache := &load.LockerCache{Sys: sys}
 		failed := func(err error) bool {
 			if err == nil {
 				return false
@@ -165,60 +142,52 @@ func compare(o *options, rep *report, human io.Writer) error {
 				return true
 			}
 			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
-			rep.Skipped = append(rep.Skipped, skip{name, err.Error()})
+			rep.Skipped = append(rep.Skipped, load.Skip{System: name, Reason: err.Error()})
 			return true
 		}
 
 		step++
-		fmt.Fprintf(human, "[%d/%d] %s, %d goroutines, %v (%s)\n", step, steps, name, o.goroutines, o.duration, sys.(noter).note())
-		r, err := runCached(cache, o.workload(o.goroutines, o.duration), human)
+		fmt.Fprintf(human, "[%d/%d] %s, %d goroutines, %v (%s)\n", step, steps, name, o.Goroutines, o.Duration, sys.(load.Noter).Note())
+		r, err := cache.Run(o.Workload(o.Goroutines, o.Duration), human)
 		if failed(err) {
-			sys.close()
+			sys.Close()
 			if name == "netmutex" {
 				return err
 			}
 			continue
 		}
-		r.Conns = o.conns
+		r.Conns = o.Conns
 		rep.Results = append(rep.Results, r)
-		fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n\n", thousands(r.PairsPerSec), us(r.Pair.P99))
+		fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n\n", load.Thousands(r.PairsPerSec), load.Micros(r.Pair.P99))
 
 		if o.plot != "" {
 			for _, n := range sweepGoroutines {
 				step++
 				fmt.Fprintf(human, "[%d/%d] sweep: %s, %d goroutines, %v\n", step, steps, name, n, o.sweepD)
-				r, err := runCached(cache, o.workload(n, o.sweepD), nil)
+				r, err := cache.Run(o.Workload(n, o.sweepD), nil)
 				if failed(err) {
 					break
 				}
-				r.Conns = o.conns
+				r.Conns = o.Conns
 				rep.Sweep = append(rep.Sweep, r)
-				fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n", thousands(r.PairsPerSec), us(r.Pair.P99))
+				fmt.Fprintf(human, "  → %s pairs/s, p99 %s\n", load.Thousands(r.PairsPerSec), load.Micros(r.Pair.P99))
 			}
 			fmt.Fprintln(human)
 		}
-		if err := sys.close(); err != nil {
+		if err := sys.Close(); err != nil {
 			fmt.Fprintf(human, "%s: closing: %v\n", name, err)
 		}
 	}
 	return nil
 }
 
-func runCached(c *lockerCache, wl workload, progress io.Writer) (*result, error) {
-	ls, err := c.get(wl.goroutines)
-	if err != nil {
-		return nil, err
-	}
-	return run(c.sys, ls, wl, progress)
-}
-
 // printComparison prints one table over every system, netmutex first.
-func printComparison(w io.Writer, rs []*result, skipped []skip) {
+func printComparison(w io.Writer, rs []*load.Result, skipped []load.Skip) {
 	if len(rs) == 0 {
 		return
 	}
 	nm := rs[0]
-	ratio := func(r *result) string {
+	ratio := func(r *load.Result) string {
 		if r == nm {
 			return "1.00×"
 		}
@@ -235,10 +204,10 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 				if r.Pairs == 0 {
 					return "never"
 				}
-				return us(v)
+				return load.Micros(v)
 			}
 			fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10.2f %9.2f %10s\n",
-				r.System, thousands(r.PairsPerSec), thousands(r.RefusalsPerSec), lat(r.Wait.P50), lat(r.Wait.P99), lat(r.Wait.P999),
+				r.System, load.Thousands(r.PairsPerSec), load.Thousands(r.RefusalsPerSec), lat(r.Wait.P50), lat(r.Wait.P99), lat(r.Wait.P999),
 				lat(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
 		}
 	} else {
@@ -246,7 +215,7 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 			"system", "pairs/s", "p50", "p99", "p99.9", "allocs/op", "CPU s/Mop", "netmutex ÷")
 		for _, r := range rs {
 			fmt.Fprintf(w, "%-14s %11s %10s %10s %10s %10.2f %9.2f %10s\n",
-				r.System, thousands(r.PairsPerSec), us(r.Pair.P50), us(r.Pair.P99), us(r.Pair.P999),
+				r.System, load.Thousands(r.PairsPerSec), load.Micros(r.Pair.P50), load.Micros(r.Pair.P99), load.Micros(r.Pair.P999),
 				r.AllocsPerOp, r.CPUPerMop, ratio(r))
 		}
 	}
@@ -276,15 +245,15 @@ func printComparison(w io.Writer, rs []*result, skipped []skip) {
 }
 
 // printSweep prints pairs/s per goroutine count, one row per system.
-func printSweep(w io.Writer, rs []*result) {
+func printSweep(w io.Writer, rs []*load.Result) {
 	if len(rs) == 0 {
 		return
 	}
-	byName := map[string]map[int]*result{}
+	byName := map[string]map[int]*load.Result{}
 	var order []string
 	for _, r := range rs {
 		if byName[r.System] == nil {
-			byName[r.System] = map[int]*result{}
+			byName[r.System] = map[int]*load.Result{}
 			order = append(order, r.System)
 		}
 		byName[r.System][r.Goroutines] = r
@@ -298,24 +267,24 @@ func printSweep(w io.Writer, rs []*result) {
 		fmt.Fprintf(w, "%-14s", name)
 		for _, n := range sweepGoroutines {
 			if r := byName[name][n]; r != nil {
-				fmt.Fprintf(w, " %11s", thousands(r.PairsPerSec))
+				fmt.Fprintf(w, " %11s", load.Thousands(r.PairsPerSec))
 			} else {
 				fmt.Fprintf(w, " %11s", "-")
 			}
 		}
 		if r := byName[name][latencyAt()]; r != nil {
-			fmt.Fprintf(w, "   %s", us(r.Pair.P99))
+			fmt.Fprintf(w, "   %s", load.Micros(r.Pair.P99))
 		}
 		fmt.Fprintln(w)
 	}
 }
 
-// sweepTime estimates how long the whole invocation runs, for the first line.
+// estimate estimates how long the whole invocation runs, for the first line.
 func (o *options) estimate() time.Duration {
 	n := time.Duration(1 + len(o.vs))
-	d := n * (o.warmup + o.duration)
+	d := n * (o.Warmup + o.Duration)
 	if o.plot != "" {
-		d += n * time.Duration(len(sweepGoroutines)) * (o.warmup + o.sweepD)
+		d += n * time.Duration(len(sweepGoroutines)) * (o.Warmup + o.sweepD)
 	}
 	return d
 }

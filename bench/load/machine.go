@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"bufio"
@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// machine describes where the figures came from.
-type machine struct {
+// Machine describes where the figures came from.
+type Machine struct {
 	NumCPU     int    `json:"nproc"`
 	CPU        string `json:"cpu"`
 	Kernel     string `json:"kernel"`
@@ -19,8 +19,9 @@ type machine struct {
 	GOMAXPROCS int    `json:"gomaxprocs"`
 }
 
-func describeMachine() machine {
-	m := machine{
+// DescribeMachine describes this machine.
+func DescribeMachine() Machine {
+	m := Machine{
 		NumCPU:     runtime.NumCPU(),
 		CPU:        "unknown",
 		Kernel:     "unknown",
@@ -43,9 +44,9 @@ func describeMachine() machine {
 	return m
 }
 
-// selfCPU returns the user+system CPU time this process has used (getrusage
+// SelfCPU returns the user+system CPU time this process has used (getrusage
 // RUSAGE_SELF): client and, when it runs embedded, server together.
-func selfCPU() time.Duration {
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
@@ -53,9 +54,9 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// procCPU returns the user+system CPU time of another process from /proc/PID/stat, or
+// ProcCPU returns the user+system CPU time of another process from /proc/PID/stat, or
 // false where that cannot be read.
-func procCPU(pid int) (time.Duration, bool) {
+func ProcCPU(pid int) (time.Duration, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, false

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"testing"
@@ -31,9 +31,9 @@ func TestBucketsCoverEveryValue(t *testing.T) {
 
 func TestQuantilesOfKnownInputs(t *testing.T) {
 	t.Run("uniform 1..10000 µs", func(t *testing.T) {
-		var h hist
+		var h Hist
 		for i := 1; i <= 10000; i++ {
-			h.record(time.Duration(i) * time.Microsecond)
+			h.Record(time.Duration(i) * time.Microsecond)
 		}
 		for _, c := range []struct {
 			q    float64
@@ -45,57 +45,57 @@ func TestQuantilesOfKnownInputs(t *testing.T) {
 			{0.999, 9990 * time.Microsecond},
 			{1, 10000 * time.Microsecond},
 		} {
-			assert.InDelta(t, float64(c.want), float64(h.quantile(c.q)), float64(c.want/histSub), "q%.3f, want %v ±1/%d", c.q, c.want, histSub)
+			assert.InDelta(t, float64(c.want), float64(h.Quantile(c.q)), float64(c.want/histSub), "q%.3f, want %v ±1/%d", c.q, c.want, histSub)
 		}
-		assert.Equal(t, 5000500*time.Nanosecond, h.mean(), "mean")
+		assert.Equal(t, 5000500*time.Nanosecond, h.Mean(), "mean")
 	})
 	t.Run("small values are exact", func(t *testing.T) {
-		var h hist
+		var h Hist
 		for _, v := range []time.Duration{3, 7, 7, 100} {
-			h.record(v)
+			h.Record(v)
 		}
-		assert.Equal(t, 7*time.Nanosecond, h.quantile(0.5), "p50")
-		assert.Equal(t, 3*time.Nanosecond, h.quantile(0.25), "p25")
-		assert.Equal(t, 100*time.Nanosecond, h.quantile(0.999), "p99.9")
+		assert.Equal(t, 7*time.Nanosecond, h.Quantile(0.5), "p50")
+		assert.Equal(t, 3*time.Nanosecond, h.Quantile(0.25), "p25")
+		assert.Equal(t, 100*time.Nanosecond, h.Quantile(0.999), "p99.9")
 	})
 	t.Run("tail of a skewed distribution", func(t *testing.T) {
 		// 990 fast values, 9 slow, 1 very slow: p99 is still fast, p99.9 is slow.
-		var h hist
+		var h Hist
 		for i := 0; i < 990; i++ {
-			h.record(20 * time.Microsecond)
+			h.Record(20 * time.Microsecond)
 		}
 		for i := 0; i < 9; i++ {
-			h.record(5 * time.Millisecond)
+			h.Record(5 * time.Millisecond)
 		}
-		h.record(time.Second)
+		h.Record(time.Second)
 		fast, slow := 20*time.Microsecond, 5*time.Millisecond
-		assert.InDelta(t, float64(fast), float64(h.quantile(0.99)), float64(fast/histSub), "p99")
-		assert.InDelta(t, float64(slow), float64(h.quantile(0.995)), float64(slow/histSub), "p99.5")
-		assert.Equal(t, time.Second, h.quantile(1), "max")
+		assert.InDelta(t, float64(fast), float64(h.Quantile(0.99)), float64(fast/histSub), "p99")
+		assert.InDelta(t, float64(slow), float64(h.Quantile(0.995)), float64(slow/histSub), "p99.5")
+		assert.Equal(t, time.Second, h.Quantile(1), "max")
 	})
 	t.Run("merge equals one histogram", func(t *testing.T) {
-		var a, b, all hist
+		var a, b, all Hist
 		for i := 1; i <= 1000; i++ {
 			d := time.Duration(i*i) * time.Nanosecond
-			all.record(d)
+			all.Record(d)
 			if i%2 == 0 {
-				a.record(d)
+				a.Record(d)
 			} else {
-				b.record(d)
+				b.Record(d)
 			}
 		}
-		a.merge(&b)
+		a.Merge(&b)
 		// == rather than assert.Equal, whose report would print all histBuckets counts twice.
 		assert.True(t, a == all, "merged histogram differs from the one recorded whole")
 	})
 	t.Run("empty", func(t *testing.T) {
-		var h hist
-		assert.Zero(t, h.quantile(0.5), "empty histogram's median")
-		assert.Zero(t, h.mean(), "empty histogram's mean")
+		var h Hist
+		assert.Zero(t, h.Quantile(0.5), "empty histogram's median")
+		assert.Zero(t, h.Mean(), "empty histogram's mean")
 	})
 }
 
 func TestRecordDoesNotAllocate(t *testing.T) {
-	var h hist
-	assert.Zero(t, testing.AllocsPerRun(1000, func() { h.record(1234567) }), "allocations per record")
+	var h Hist
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { h.Record(1234567) }), "allocations per record")
 }

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"math"
@@ -6,12 +6,12 @@ import (
 	"time"
 )
 
-// hist is a log-linear latency histogram in the HDR style: values below 2·histSub are
+// Hist is a log-linear latency histogram in the HDR style: values below 2·histSub are
 // counted exactly, and every power of two above that is cut into histSub equal buckets,
 // so a bucket is never wider than 1/histSub (1.6%) of the values it holds. It is a fixed
-// array: recording never allocates, and one hist per goroutine needs no locking. Merge
+// array: recording never allocates, and one Hist per goroutine needs no locking. Merge
 // them at the end.
-type hist struct {
+type Hist struct {
 	counts   [histBuckets]uint64
 	n        uint64
 	sum      uint64 // ns
@@ -50,8 +50,8 @@ func bucketRange(i int) (lo, hi uint64) {
 	return lo, lo + 1<<shift - 1
 }
 
-// record adds one value. Any goroutine may call it on its own hist.
-func (h *hist) record(d time.Duration) {
+// Record adds one value. Any goroutine may call it on its own Hist.
+func (h *Hist) Record(d time.Duration) {
 	v := uint64(max(d, 0))
 	h.counts[bucketOf(v)]++
 	if h.n == 0 || v < h.min {
@@ -64,8 +64,8 @@ func (h *hist) record(d time.Duration) {
 	h.sum += v
 }
 
-// merge adds o's values to h.
-func (h *hist) merge(o *hist) {
+// Merge adds o's values to h.
+func (h *Hist) Merge(o *Hist) {
 	if o.n == 0 {
 		return
 	}
@@ -80,9 +80,9 @@ func (h *hist) merge(o *hist) {
 	h.sum += o.sum
 }
 
-// quantile returns the value at quantile q (0 < q <= 1): the middle of the bucket that
+// Quantile returns the value at quantile q (0 < q <= 1): the middle of the bucket that
 // holds the ceil(q·n)-th smallest value, clamped to the exact min and max.
-func (h *hist) quantile(q float64) time.Duration {
+func (h *Hist) Quantile(q float64) time.Duration {
 	if h.n == 0 {
 		return 0
 	}
@@ -100,17 +100,17 @@ func (h *hist) quantile(q float64) time.Duration {
 	return time.Duration(h.max)
 }
 
-// mean returns the exact mean.
-func (h *hist) mean() time.Duration {
+// Mean returns the exact mean.
+func (h *Hist) Mean() time.Duration {
 	if h.n == 0 {
 		return 0
 	}
 	return time.Duration(h.sum / h.n)
 }
 
-// cdf returns up to points (value, fraction of values <= value) pairs, one per non-empty
+// CDF returns up to points (value, fraction of values <= value) pairs, one per non-empty
 // bucket, for plotting.
-func (h *hist) cdf() (xs []time.Duration, fs []float64) {
+func (h *Hist) CDF() (xs []time.Duration, fs []float64) {
 	var seen uint64
 	for i, c := range h.counts {
 		if c == 0 {
@@ -123,3 +123,6 @@ func (h *hist) cdf() (xs []time.Duration, fs []float64) {
 	}
 	return xs, fs
 }
+
+// Count returns how many values were recorded.
+func (h *Hist) Count() uint64 { return h.n }

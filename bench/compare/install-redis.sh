@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs redis-server from Debian's packages when it is missing, for
-# `go run ./bench -vs redis`. Needs root (or sudo) and apt-get; does nothing when
+# `go run ./bench/compare -vs redis` (which runs this script only when given
+# -install-redis). Needs root (or sudo) and apt-get; does nothing when
 # redis-server is already on PATH. The bench starts its own redis-server on a free
 # loopback port and stops it; the service the package may start is left alone.
 set -euo pipefail
