@@ -117,11 +117,13 @@ func (c *serverConn) send(r *request, now int64, session uint64) {
 		for !c.table.claim(id, r) {
 			id = c.takeID() // a slow request still holds this slot: skip the id
 		}
+		// Written before the id is published: whoever completes r by that id reads them.
+		r.id, r.session, r.firstSent = id, session, now
 		if !r.state.CompareAndSwap(stateQueued, id) {
 			c.table.release(id, r) // cancelled before it left
+			r.id = 0
 			return
 		}
-		r.id, r.session, r.firstSent = id, session, now
 	} else {
 		c.stats.retransmits.Add(1)
 	}

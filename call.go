@@ -7,6 +7,7 @@ package netmutex
 import (
 	"context"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/wire"
@@ -19,6 +20,7 @@ type pacing struct {
 	timeout  int64
 	deadline int64
 	ctx      context.Context
+	wait     bool // a waiting LOCK: parked while QUEUED
 }
 
 func contextPacing(ctx context.Context, retries int, timeout time.Duration) pacing {
@@ -77,9 +79,16 @@ func (nm *NetMutex) update(pc *pacing, l *Lock, ttl time.Duration) error {
 	if l == nil {
 		return ErrNilLock
 	}
+	_, err := nm.renew(pc, l, ttl)
+	return err
+}
+
+// renew sends an UPDATE of l for ttl and returns when it was first sent: the server's
+// new lease lasts at least until then + ttl.
+func (nm *NetMutex) renew(pc *pacing, l *Lock, ttl time.Duration) (int64, error) {
 	ttlMs, err := nm.ttlMillis(ttl)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	return nm.onHeld(pc, l, wire.OpUpdate, ttlMs)
 }
@@ -91,33 +100,35 @@ func (nm *NetMutex) unlock(pc *pacing, l *Lock) error {
 	if l == nil {
 		return ErrNilLock
 	}
-	return nm.onHeld(pc, l, wire.OpUnlock, 0)
+	_, err := nm.onHeld(pc, l, wire.OpUnlock, 0)
+	return err
 }
 
-// onHeld sends an UPDATE or UNLOCK of the lock l holds. A lock the server no longer
-// knows, or whose holder is isolated, leaves l empty; so does a successful UNLOCK.
-func (nm *NetMutex) onHeld(pc *pacing, l *Lock, op wire.Op, ttlMs uint32) error {
+// onHeld sends an UPDATE or UNLOCK of the lock l holds and returns, on success, when
+// the request was first sent. A lock the server no longer knows, or whose holder is
+// isolated, leaves l empty; so does a successful UNLOCK.
+func (nm *NetMutex) onHeld(pc *pacing, l *Lock, op wire.Op, ttlMs uint32) (int64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.id == 0 {
-		return ErrNotLocked
+		return 0, ErrNotLocked
 	}
 	if nm.lost(l) {
 		l.reset()
-		return ErrLockLost
+		return 0, ErrLockLost
 	}
 	res, _ := nm.exchange(pc, &params{op: op, key: l.key, lockID: l.id, ttlMs: ttlMs})
 	if res.err == nil && res.op == wire.OpOK {
 		if op == wire.OpUnlock {
 			l.reset()
 		}
-		return nil
+		return res.sent, nil
 	}
 	err := resultErr(res)
 	if err == ErrLockLost || err == ErrIsolated {
 		l.reset()
 	}
-	return err
+	return 0, err
 }
 
 func (nm *NetMutex) unlockAll(pc *pacing) error {
@@ -175,4 +186,110 @@ func (nm *NetMutex) ttlMillis(ttl time.Duration) (uint32, error) {
 		}
 	}
 	return uint32(ms), nil
+}
+
+// waitPacing is the pacing of a call that may wait in a queue: as long as ctx allows.
+// Attempts still count unanswered sends, to notice a server that stopped answering.
+func waitPacing(ctx context.Context, retries int, timeout time.Duration) pacing {
+	pc := contextPacing(ctx, retries, timeout)
+	pc.wait = true
+	return pc
+}
+
+// waitBound is the bound a waiting LOCK tells the server: a little past the caller's
+// deadline, so that the client gives up first and its clean-up UNLOCK settles the
+// outcome; 0 (none) without a deadline.
+func (pc *pacing) waitBound() uint32 {
+	if pc.deadline == 0 {
+		return 0
+	}
+	ms := (pc.deadline-nanotime())/int64(time.Millisecond) + waitSlackMs
+	return uint32(min(max(ms, 1), math.MaxUint32))
+}
+
+// waitSlackMs is how much longer than its caller a waiting LOCK asks the server to keep
+// it: a round trip or two on any network a lock service runs on.
+const waitSlackMs = 1000
+
+func (nm *NetMutex) checkKey(key string) error {
+	switch {
+	case key == "":
+		return ErrEmptyKey
+	case len(key) > MaxKeySize:
+		return ErrLongKey
+	}
+	return nil
+}
+
+func (nm *NetMutex) acquire(pc *pacing, l *Lock, key string, ttl time.Duration) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	if l == nil {
+		return ErrNilLock
+	}
+	if err := nm.checkKey(key); err != nil {
+		return err
+	}
+	ttlMs, err := nm.ttlMillis(ttl)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.id != 0 && !nm.lost(l) {
+		return ErrLockInUse
+	}
+	res, c := nm.exchange(pc, &params{op: wire.OpLock, key: key, ttlMs: ttlMs, wait: true, waitMs: pc.waitBound()})
+	if res.err == nil && res.op == wire.OpOK {
+		l.set(key, res.id, res.fence, res.session, c)
+		return nil
+	}
+	return resultErr(res)
+}
+
+func (nm *NetMutex) acquireMany(pc *pacing, locks []*Lock, keys []string, ttl time.Duration) error {
+	if nm.closed.Load() {
+		return ErrDisconnected
+	}
+	if len(keys) == 0 || len(keys) > MaxManyKeys || len(locks) != len(keys) {
+		return ErrTooManyKeys
+	}
+	for i, k := range keys {
+		if locks[i] == nil {
+			return ErrNilLock
+		}
+		if err := nm.checkKey(k); err != nil {
+			return err
+		}
+		for _, other := range keys[:i] {
+			if other == k {
+				return ErrDuplicateKey
+			}
+		}
+		for _, other := range locks[:i] {
+			if other == locks[i] {
+				return ErrLockInUse
+			}
+		}
+	}
+	ttlMs, err := nm.ttlMillis(ttl)
+	if err != nil {
+		return err
+	}
+	for _, l := range locks {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.id != 0 && !nm.lost(l) {
+			return ErrLockInUse
+		}
+	}
+	res, c := nm.exchange(pc, &params{op: wire.OpLockMany, keys: slices.Clone(keys), ttlMs: ttlMs, wait: true, waitMs: pc.waitBound()})
+	if res.err == nil && res.op == wire.OpOK {
+		for i, l := range locks {
+			l.set(keys[i], res.id, res.fence+uint64(i), res.session, c)
+		}
+		return nil
+	}
+	return resultErr(res)
 }

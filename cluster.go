@@ -33,7 +33,7 @@ func (nm *NetMutex) exchange(pc *pacing, p *params) (result, *serverConn) {
 				if nm.switchTo(c, []string{res.addr}, pc) {
 					continue
 				}
-			case res.op == wire.OpDisconnected && (p.op == wire.OpLock || p.op == wire.OpUnlockAll):
+			case res.op == wire.OpDisconnected && (p.op == wire.OpLock || p.op == wire.OpLockMany || p.op == wire.OpUnlockAll):
 				continue
 			case res.err == ErrTooMuchRetries:
 				nm.failover(c, pc)

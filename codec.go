@@ -11,8 +11,11 @@ import (
 type params struct {
 	op     wire.Op
 	key    string
+	keys   []string // LOCKMANY
 	lockID uint64
 	ttlMs  uint32
+	wait   bool   // LOCK, LOCKMANY: wait in the queue
+	waitMs uint32 // its bound, 0 = none
 }
 
 // encode writes p's frame into r's buffer.
@@ -20,8 +23,15 @@ func (p *params) encode(r *request) {
 	b := r.frame.B[:0]
 	switch p.op {
 	case wire.OpLock:
-		r.key = p.key // for the clean-up UNLOCK if the caller gives up on it
-		b = wire.AppendLock(b, 0, p.ttlMs, p.key)
+		r.key, r.wait = p.key, p.wait // for the clean-up UNLOCK if the caller gives up on it
+		if p.wait {
+			b = wire.AppendLockWait(b, 0, p.ttlMs, p.waitMs, p.key)
+		} else {
+			b = wire.AppendLock(b, 0, p.ttlMs, p.key)
+		}
+	case wire.OpLockMany:
+		r.keys, r.wait = p.keys, p.wait
+		b = wire.AppendLockMany(b, 0, p.ttlMs, p.wait, p.waitMs, p.keys)
 	case wire.OpUpdate:
 		b = wire.AppendUpdate(b, 0, p.lockID, p.ttlMs, p.key)
 	case wire.OpUnlock:
@@ -87,6 +97,8 @@ func resultErr(res result) error {
 			return ErrServerFull
 		case wire.CodeForbidden:
 			return ErrForbidden
+		case wire.CodeTooManyWaiters:
+			return ErrTooManyWaiters
 		}
 	}
 	return ErrRefused

@@ -143,6 +143,10 @@ func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.Pre
 	if f.Op == wire.OpIsolated && session == c.session.Load() {
 		c.isolated.Store(true)
 	}
+	if f.Op == wire.OpQueued {
+		r.queued.Store(true) // not an answer: the grant will follow
+		return
+	}
 	c.deliver(r, session, f)
 }
 
@@ -155,7 +159,9 @@ func (c *serverConn) deliver(r *request, session uint64, f *wire.Frame) bool {
 	if r.conn != c {
 		return false
 	}
-	if r.complete(f.ID, replyResult(f, session)) {
+	res := replyResult(f, session)
+	res.sent = r.firstSent // written before the send loop published the id
+	if r.complete(f.ID, res) {
 		c.table.release(f.ID, r)
 		return true
 	}

@@ -40,6 +40,8 @@ const (
 	MaxKeySize = wire.MaxKey
 	// MaxIsolationInfo is the longest Options.IsolationInfo in bytes.
 	MaxIsolationInfo = wire.MaxIsolationInfo
+	// MaxManyKeys is the most keys one AcquireMany may lock.
+	MaxManyKeys = wire.MaxManyKeys
 )
 
 // Defaults that pace the context forms when Options leaves them zero.
@@ -57,9 +59,12 @@ var (
 	ErrDisconnected = errors.New("netmutex: disconnected")
 	// ErrIsolated is returned once a lock of this client expired while it was still
 	// connected: the server has isolated it, and the program must stop working on
-	// anything it locked.
+	// anything it locked. Every answer that means "you no longer hold it, stop"
+	// satisfies errors.Is(err, ErrIsolated): ErrLockLost and ErrLeaseExpired too.
 	ErrIsolated = errors.New("netmutex: isolated by the server")
-	// ErrLocked is returned by Lock when another holder has the key.
+	// ErrLocked is returned by Lock when another holder has the key. Every refusal that
+	// means "someone may hold it, try later" satisfies errors.Is(err, ErrLocked):
+	// ErrLockDelay and ErrTooManyWaiters too.
 	ErrLocked = errors.New("netmutex: key is locked")
 	// ErrNoServers is returned by Open when no address answered, or was given.
 	ErrNoServers = errors.New("netmutex: no server answered")
@@ -85,10 +90,22 @@ var (
 	ErrLockInUse = errors.New("netmutex: Lock already holds a key")
 	// ErrLockLost is returned by Update and Unlock when the server no longer knows the
 	// lock: it restarted, or forgot this client's session. The Lock is reset.
-	ErrLockLost = errors.New("netmutex: lock lost")
+	ErrLockLost error = &kindError{"netmutex: lock lost", ErrIsolated}
 	// ErrLockDelay is returned by Lock while a server that restarted without a clean
-	// stop waits one maximum TTL before granting anything.
-	ErrLockDelay = errors.New("netmutex: server is in its start-up lock-delay")
+	// stop waits one maximum TTL before granting anything. It satisfies
+	// errors.Is(err, ErrLocked). Acquire waits through it.
+	ErrLockDelay error = &kindError{"netmutex: server is in its start-up lock-delay", ErrLocked}
+	// ErrTooManyWaiters is returned by Acquire when the key's queue, or this session's
+	// waiters, are at the server's cap. It satisfies errors.Is(err, ErrLocked).
+	ErrTooManyWaiters error = &kindError{"netmutex: too many waiters", ErrLocked}
+	// ErrLeaseExpired ends the context Hold gives fn when the lock could not be renewed
+	// before the server could let it expire. It satisfies errors.Is(err, ErrIsolated).
+	ErrLeaseExpired error = &kindError{"netmutex: lock could not be renewed in time", ErrIsolated}
+	// ErrDuplicateKey is returned by AcquireMany for a key named twice.
+	ErrDuplicateKey = errors.New("netmutex: key named twice")
+	// ErrTooManyKeys is returned by AcquireMany for more than MaxManyKeys keys, or a
+	// number of Locks other than the number of keys.
+	ErrTooManyKeys = errors.New("netmutex: wrong number of keys")
 	// ErrRefused is returned when the server rejected a request as malformed or stale.
 	ErrRefused = errors.New("netmutex: request refused by the server")
 	// ErrAuth is returned by Open when a server refused this client's authentication:
@@ -110,6 +127,15 @@ var (
 	// its key is not marked admin, or, without keys, it is not on the server's host.
 	ErrForbidden = errors.New("netmutex: not allowed by the server")
 )
+
+// kindError is an error of its own that also answers errors.Is for its kind.
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
 
 type timeoutError struct{ msg string }
 
@@ -251,6 +277,36 @@ func (nm *NetMutex) Lock(retries int, timeout time.Duration, l *Lock, key string
 func (nm *NetMutex) LockContext(ctx context.Context, l *Lock, key string, ttl time.Duration) error {
 	pc := contextPacing(ctx, nm.retries, nm.timeout)
 	return nm.lock(&pc, l, key, ttl)
+}
+
+// Acquire waits in the server's queue for key until it is granted or ctx ends. Waiters
+// are served first come, first served, and the key passes from holder to waiter in one
+// step of the server. When ctx ends first, Acquire returns ctx.Err() and the waiter has
+// left the queue, or the key it was granted meanwhile is released: never a lock left to
+// expire. Acquire waits through the server's start-up lock-delay.
+func (nm *NetMutex) Acquire(ctx context.Context, l *Lock, key string, ttl time.Duration) error {
+	pc := waitPacing(ctx, nm.retries, nm.timeout)
+	return nm.acquire(&pc, l, key, ttl)
+}
+
+// AcquireMany locks every keys[i] into locks[i] atomically: all of them or none, in one
+// request, one fence per key. It waits as Acquire does; two AcquireMany over shared keys
+// cannot deadlock, and one is not starved by single-key traffic (docs/PROTOCOL.md,
+// Waiting). Each Lock is then unlocked or updated on its own.
+func (nm *NetMutex) AcquireMany(ctx context.Context, locks []*Lock, keys []string, ttl time.Duration) error {
+	pc := waitPacing(ctx, nm.retries, nm.timeout)
+	return nm.acquireMany(&pc, locks, keys, ttl)
+}
+
+// Hold acquires key (waiting), renews it in the background, and runs fn with a context
+// that is cancelled before the server could let the lock expire; it unlocks when fn
+// returns. The client never believes it holds the lock longer than the server does: the
+// lease is counted from the send time of the request that granted or last renewed it,
+// less a margin of a tenth of ttl, and fn's context ends with ErrLeaseExpired if no
+// renewal lands in time, or at once with ErrIsolated or ErrLockLost (see
+// context.Cause). Hold returns fn's error, or else why the lock was lost.
+func (nm *NetMutex) Hold(ctx context.Context, key string, ttl time.Duration, fn func(ctx context.Context, l *Lock) error) error {
+	return nm.hold(ctx, key, ttl, fn)
 }
 
 // Update extends the lock's TTL to ttl from now: the heartbeat of a long holder.

@@ -40,7 +40,12 @@ type request struct {
 
 	frame *bytebufferpool.ByteBuffer // the frame, request id left 0 for the sender
 	op    wire.Op
-	key   string // for the clean-up UNLOCK of a LOCK given up on
+	key   string   // for the clean-up UNLOCK of a LOCK given up on
+	keys  []string // the same for a LOCKMANY
+	// wait marks a LOCK or LOCKMANY that may wait in the server's queue: once the
+	// server answers QUEUED (queued, set by the receive loop), the send loop parks it.
+	wait   bool
+	queued atomic.Bool
 
 	// Pacing, set by the caller before push.
 	attempts int
@@ -50,9 +55,10 @@ type request struct {
 	// Owned by the send loop.
 	id         uint64
 	session    uint64 // the session it was sent in
-	sent       int    // attempts made
+	sent       int    // attempts made (since the last QUEUED, when parked)
 	firstSent  int64  // nanotime of the first attempt
 	attemptEnd int64
+	parked     bool // QUEUED: kept alive by slow retransmissions until granted or given up
 
 	res result // written by the completer before it signals done
 }
@@ -66,6 +72,9 @@ type result struct {
 	code    wire.Code
 	addr    string // REDIRECT target
 	err     error  // a local outcome: time-out, cancellation, shutdown
+	// sent is when the request was first sent (nanotime): the server acted on it no
+	// earlier, so a lease it granted or renewed lasts at least until sent + ttl.
+	sent int64
 }
 
 // framePool holds encoded request frames: taken when a record is acquired, returned when
@@ -88,6 +97,8 @@ func (p *requestPool) acquire(op wire.Op, attempts int, timeout, deadline int64)
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
 	r.id, r.session, r.sent, r.firstSent, r.attemptEnd = 0, 0, 0, 0, 0
+	r.wait, r.parked = false, false
+	r.queued.Store(false)
 	r.res = result{}
 	r.refs.Store(2)
 	r.state.Store(stateQueued)
@@ -99,7 +110,11 @@ func (r *request) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
-	r.key = ""
+	r.key, r.keys = "", nil
+	select {
+	case <-r.done: // a completion nobody took: a clean-up request has no caller
+	default:
+	}
 	framePool.Put(r.frame)
 	r.frame = nil
 	r.conn.requests.pool.Put(r)

@@ -16,6 +16,18 @@ import (
 // a retransmission can be; a millisecond is far below any sensible attempt timeout.
 const scanInterval = int64(time.Millisecond)
 
+// parkedResend is how often a LOCK waiting in the server's queue is sent again: it
+// recovers a lost QUEUED or a lost pushed grant, and tells a dead server from a slow
+// queue. A copy costs the server O(1); a lost grant is recovered within this time.
+const parkedResend = int64(250 * time.Millisecond)
+
+// Clean-up UNLOCKs are requests of their own, retried like any other: a waiter that
+// leaves the queue must leave it, or its late grant would expire and isolate the session.
+const (
+	cleanupAttempts = 10
+	cleanupTimeout  = int64(200 * time.Millisecond)
+)
+
 // cleanup is an UNLOCK owed for a LOCK given up on after it was sent: it may have been
 // granted, and an orphaned lock would expire and isolate the session.
 type cleanup struct {
@@ -34,8 +46,8 @@ func (c *serverConn) scan(now int64, session uint64) {
 		st := r.state.Load()
 		switch {
 		case st == stateDone || st == stateCancelled:
-			if st == stateCancelled && r.op == wire.OpLock && r.id != 0 {
-				c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key})
+			if st == stateCancelled {
+				c.owe(r)
 			}
 			c.drop(r)
 			continue
@@ -47,6 +59,11 @@ func (c *serverConn) scan(now int64, session uint64) {
 			r.failLocal(nil) // its session is gone: the caller decides
 			c.drop(r)
 			continue
+		case r.queued.Swap(false):
+			// QUEUED: the server holds it in the key's queue. Attempts count again from
+			// here, and only to notice a server that stopped answering.
+			r.parked, r.sent = true, 0
+			r.attemptEnd = now + parkedResend
 		case now >= r.attemptEnd:
 			if r.id == 0 {
 				r.sent++ // an attempt spent waiting for a session
@@ -56,7 +73,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 				c.drop(r)
 				continue
 			}
-			if r.id != 0 && session != 0 && c.pastWindow(r, now) {
+			if r.id != 0 && session != 0 && !r.parked && c.pastWindow(r, now) {
 				// The server keeps what it needs to recognise a copy for a bounded
 				// time only; a later retransmission could be taken for a new request.
 				c.giveUp(r, ErrTooMuchRetries)
@@ -65,6 +82,9 @@ func (c *serverConn) scan(now int64, session uint64) {
 			}
 			if r.id != 0 && session != 0 {
 				c.send(r, now, session)
+				if r.parked {
+					r.attemptEnd = now + parkedResend
+				}
 			} else {
 				if r.id != 0 {
 					r.sent++ // an attempt spent waiting for the session to return
@@ -102,10 +122,26 @@ func (c *serverConn) pastWindow(r *request, now int64) bool {
 	return si != nil && si.retransmitWindow > 0 && now-r.firstSent >= int64(si.retransmitWindow)
 }
 
-// giveUp fails r; a LOCK that may have been granted gets a clean-up UNLOCK.
+// giveUp fails r; a LOCK that may have been granted, or queued, gets a clean-up UNLOCK.
 func (c *serverConn) giveUp(r *request, err error) {
-	if r.failLocal(err) && r.op == wire.OpLock && r.id != 0 {
+	if r.failLocal(err) {
+		c.owe(r)
+	}
+}
+
+// owe records the clean-up UNLOCKs of a LOCK or LOCKMANY that was sent and whose caller
+// will never learn its outcome: it may be granted, or waiting in a queue.
+func (c *serverConn) owe(r *request) {
+	if r.id == 0 {
+		return // never sent
+	}
+	switch r.op {
+	case wire.OpLock:
 		c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key})
+	case wire.OpLockMany:
+		for _, k := range r.keys {
+			c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: k})
+		}
 	}
 }
 
@@ -117,19 +153,28 @@ func (c *serverConn) drop(r *request) {
 	r.release()
 }
 
-// sendCleanups packs the UNLOCKs owed. Each is sent once: if it is lost, the lock
-// expires, which isolates the session as any lost lock would.
+// sendCleanups turns the UNLOCKs owed into requests with no caller, sent and retried
+// like any other until answered or their attempts run out.
 func (c *serverConn) sendCleanups(session uint64) {
 	if session == 0 {
 		c.cleanups = c.cleanups[:0] // the session, and its locks, are gone anyway
 		return
 	}
+	sent := 0
 	for _, u := range c.cleanups {
-		b := c.pk.reserve(session, c.floor, wire.UnlockSize(len(u.key)))
-		*b = wire.AppendUnlock(*b, c.takeID(), u.lockID, u.key)
+		if len(c.list) == cap(c.list) {
+			break // every slot is in use: the rest wait for the next round
+		}
+		r := c.requests.acquire(wire.OpUnlock, cleanupAttempts, cleanupTimeout, 0)
+		r.refs.Store(1) // the send loop's alone
+		(&params{op: wire.OpUnlock, lockID: u.lockID, key: u.key}).encode(r)
+		c.list = append(c.list, r)
+		c.send(r, nanotime(), session)
+		sent++
 	}
-	clear(c.cleanups)
-	c.cleanups = c.cleanups[:0]
+	n := copy(c.cleanups, c.cleanups[sent:])
+	clear(c.cleanups[n:])
+	c.cleanups = c.cleanups[:n]
 }
 
 // idleWait is how long the sender may sleep with nothing to send.
