@@ -124,9 +124,13 @@ func printResult(w io.Writer, r *load.Result) {
 	th, us := load.Thousands, load.Micros
 	fmt.Fprintf(w, "%s: %s\n", r.System, r.Note)
 	row("lock operations/s", th(r.OpsPerSec), "lock attempts + unlocks, each one request")
-	if r.Contended {
+	if r.Contended && r.Waiting {
+		row("handoffs/s", th(r.PairsPerSec), "Acquire waits in the server's queue; each grant unlocked at once")
+		row("fairness", fmt.Sprintf("%.3f", r.Fairness), "Jain's index over the goroutines' acquisitions (1 = equal)")
+	} else if r.Contended {
 		row("acquisitions/s", th(r.PairsPerSec), "granted locks, each unlocked at once")
 		row("refusals/s", th(r.RefusalsPerSec), "lock attempts refused: key held by another goroutine")
+		row("fairness", fmt.Sprintf("%.3f", r.Fairness), "Jain's index over the goroutines' acquisitions (1 = equal)")
 	} else {
 		row("lock+unlock pairs/s", th(r.PairsPerSec), "")
 		if r.Refusals > 0 {

@@ -54,7 +54,7 @@ func TestSmokeTable(t *testing.T) {
 		{"uncontended", []string{"-c", "4", "-keys", "16"},
 			[]string{"lock operations/s", "lock+unlock pairs/s", "pair latency p50", "p99.9", "allocations/operation", "CPU s/million operations", "client frames/datagram", "server datagrams/syscall"}},
 		{"contended", []string{"-c", "4", "-contended"},
-			[]string{"acquisitions/s", "refusals/s", "wait for the key p50"}},
+			[]string{"handoffs/s", "fairness", "wait for the key p50"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer

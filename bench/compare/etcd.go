@@ -116,7 +116,7 @@ func (s *etcdSystem) Note() string {
 	if !s.fsync {
 		fs = "fsync OFF (UnsafeNoFsync)"
 	}
-	return fmt.Sprintf("embedded etcd %s on %s, %s, otherwise defaults; %d clientv3 client(s), one concurrency.Session (TTL %ds) per goroutine, Mutex.TryLock/Unlock",
+	return fmt.Sprintf("embedded etcd %s on %s, %s, otherwise defaults; %d clientv3 client(s), one concurrency.Session (TTL %ds) per goroutine, Mutex.TryLock/Unlock (Mutex.Lock when contended)",
 		etcdVersion(), s.endp, fs, len(s.clients), s.ttlSec)
 }
 
@@ -171,6 +171,21 @@ func (l *etcdLocker) Lock(ctx context.Context, key string) (bool, error) {
 	}
 	l.held = m
 	return true, nil
+}
+
+// Acquire is etcd's waiting lock, concurrency.Mutex.Lock: the contended mode's peer of
+// netmutex's Acquire.
+func (l *etcdLocker) Acquire(ctx context.Context, key string) error {
+	m := l.mus[key]
+	if m == nil {
+		m = concurrency.NewMutex(l.sess, l.s.prefix+key)
+		l.mus[key] = m
+	}
+	if err := m.Lock(ctx); err != nil {
+		return err
+	}
+	l.held = m
+	return nil
 }
 
 func (l *etcdLocker) Unlock(ctx context.Context) error {

@@ -33,6 +33,12 @@ type Locker interface {
 	Unlock(ctx context.Context) error
 }
 
+// Waiter is a Locker that can also wait for a busy key in the server's queue. In
+// contended mode the load uses it instead of retrying Lock: each grant is a handoff.
+type Waiter interface {
+	Acquire(ctx context.Context, key string) error
+}
+
 // Optional interfaces of a system, for the report.
 type (
 	// Transporter reports frames and syscalls: netmutex only.
@@ -119,6 +125,10 @@ type Result struct {
 
 	Pair Latency `json:"pair_latency_us"`
 	Wait Latency `json:"wait_us"` // contended only: first attempt until granted
+	// Waiting: the contended run used the system's waiting lock (Waiter); Fairness is
+	// Jain's index over the goroutines' acquisition counts (1: all equal).
+	Waiting  bool    `json:"waiting,omitempty"`
+	Fairness float64 `json:"fairness,omitempty"`
 
 	AllocsPerOp float64 `json:"allocs_per_op"`
 	CPUPerMop   float64 `json:"cpu_sec_per_million_ops"`
@@ -328,6 +338,8 @@ func Run(sys System, lockers []Locker, wl Workload, progress io.Writer) (*Result
 	r.Pair = latencyOf(r.PairHist)
 	if wl.Contended {
 		r.Wait = latencyOf(r.WaitHist)
+		r.Fairness = jain(ws)
+		_, r.Waiting = lockers[0].(Waiter)
 	}
 	r.AllocsPerOp = ratio(s1.mallocs-s0.mallocs, r.Ops)
 	r.CPUPerMop = (s1.cpu - s0.cpu).Seconds() / (float64(r.Ops) / 1e6)
@@ -351,6 +363,10 @@ func Run(sys System, lockers []Locker, wl Workload, progress io.Writer) (*Result
 // wait runs from its first refused attempt to the grant.
 func loop(w *worker, l Locker, keys []string, g, c int, contended bool, phase *atomic.Int32) {
 	ctx := context.Background()
+	if waiter, ok := l.(Waiter); ok && contended {
+		waitLoop(w, l, waiter, keys[0], phase)
+		return
+	}
 	next := g % len(keys)
 	var waitFrom time.Time
 	for {
@@ -402,10 +418,68 @@ func loop(w *worker, l Locker, keys []string, g, c int, contended bool, phase *a
 	}
 }
 
+// jain is Jain's fairness index over the workers' measured acquisitions: (Σx)² / (n·Σx²),
+// 1 when every goroutine got the key equally often, 1/n when one got it every time.
+func jain(ws []*worker) float64 {
+	var sum, sq float64
+	for _, w := range ws {
+		x := float64(w.pair.Count())
+		sum += x
+		sq += x * x
+	}
+	if sq == 0 {
+		return 0
+	}
+	return sum * sum / (float64(len(ws)) * sq)
+}
+
 // fail counts an error, keeps the first, and pauses a little so that a broken system
 // is not hammered.
 func (w *worker) fail(err error) {
 	w.c.errors.Add(1)
 	w.firstErr.CompareAndSwap(nil, &err)
 	time.Sleep(time.Millisecond)
+}
+
+// waitLoop is a contended goroutine with a waiting lock: wait for the key in the
+// server's queue, unlock it at once when granted. Its wait runs from the call to the
+// grant. The last waiters are let go by a context that ends once the run stops.
+func waitLoop(w *worker, l Locker, waiter Waiter, key string, phase *atomic.Int32) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for phase.Load() != phaseStop {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+	}()
+	for {
+		ph := phase.Load()
+		if ph == phaseStop {
+			return
+		}
+		t0 := time.Now()
+		err := waiter.Acquire(ctx, key)
+		w.c.ops.Add(1)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.fail(err)
+			continue
+		}
+		granted := time.Now()
+		err = l.Unlock(context.Background())
+		t1 := time.Now()
+		w.c.ops.Add(1)
+		if err != nil {
+			w.fail(err)
+			continue
+		}
+		w.c.pairs.Add(1)
+		if ph == phaseMeasure {
+			w.pair.Record(t1.Sub(t0))
+			w.wait.Record(granted.Sub(t0))
+		}
+	}
 }

@@ -164,6 +164,11 @@ func (n *netmutexLocker) Lock(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
+// Acquire waits in the server's queue (netmutex.Acquire).
+func (n *netmutexLocker) Acquire(ctx context.Context, key string) error {
+	return n.nm.Acquire(ctx, &n.l, key, n.ttl)
+}
+
 func (n *netmutexLocker) Unlock(ctx context.Context) error {
 	return n.nm.UnlockContext(ctx, &n.l)
 }
