@@ -254,14 +254,16 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr stri
 		switch {
 		case err == nil:
 			return resOK
-		case errors.Is(err, netmutex.ErrLocked) && kind == opLock:
-			return resLocked
+		// The specific errors first: ErrLockDelay also satisfies errors.Is(ErrLocked),
+		// and ErrLockLost errors.Is(ErrIsolated).
 		case errors.Is(err, netmutex.ErrLockDelay) && kind == opLock:
 			return resLockDelay
-		case errors.Is(err, netmutex.ErrIsolated):
-			return resIsolated
+		case errors.Is(err, netmutex.ErrLocked) && kind == opLock:
+			return resLocked
 		case errors.Is(err, netmutex.ErrLockLost) && kind != opLock:
 			return resLockLost
+		case errors.Is(err, netmutex.ErrIsolated):
+			return resIsolated
 		case errors.Is(err, netmutex.ErrTooMuchRetries):
 			return resUnknown
 		}
