@@ -18,7 +18,44 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	dir, err := os.MkdirTemp("", "netmutex-tests-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sharedBinDir = dir
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }))
+}
+
+// sharedBinDir holds the binaries built once for the whole run (sharedBinary).
+var sharedBinDir string
+
+var (
+	sharedMu    sync.Mutex
+	sharedBuilt = map[string]string{} // package -> binary
+)
+
+// sharedBinary builds the main package pkg once per test process and returns its path:
+// most tests here run netmutexd, and one build serves them all.
+func sharedBinary(t testing.TB, pkg, name string) string {
+	t.Helper()
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if bin, ok := sharedBuilt[pkg]; ok {
+		return bin
+	}
+	bin := buildBinary(t, sharedBinDir, pkg, name)
+	sharedBuilt[pkg] = bin
+	return bin
+}
+
+// netmutexdBin is the netmutexd binary of this tree, built once per run, or the one
+// NETMUTEXD_BIN names (to run the suite against another build, e.g. an older one).
+func netmutexdBin(t testing.TB) string {
+	if bin := os.Getenv("NETMUTEXD_BIN"); bin != "" {
+		return bin
+	}
+	return sharedBinary(t, "github.com/netmutex/netmutex/cmd/netmutexd", "netmutexd")
 }
 
 // buildBinary builds the main package pkg into dir, with the go command found on PATH

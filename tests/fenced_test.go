@@ -55,7 +55,7 @@ const isolateDelay = 300 * time.Millisecond
 // end, with the IsolationInfo and wall-clock nanoseconds, to the returned file.
 func isolationDaemon(t *testing.T) (*daemon, string) {
 	t.Helper()
-	bin := buildBinary(t, t.TempDir(), "github.com/netmutex/netmutex/cmd/netmutexd", "netmutexd")
+	bin := netmutexdBin(t)
 	isoLog := filepath.Join(t.TempDir(), "isolations")
 	cmd := fmt.Sprintf(`info=$(cat); echo "start $info $(date +%%s%%N)" >> %s; sleep %g; echo "end $info $(date +%%s%%N)" >> %s`,
 		isoLog, isolateDelay.Seconds(), isoLog)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/netmutex/netmutex"
 	"github.com/netmutex/netmutex/internal/faultproxy"
+	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/server"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -30,13 +31,21 @@ func openFDs() map[string]string {
 }
 
 // TestNoLeakAfterClose runs a server, a lossy proxy and several clients with locks held,
-// then closes everything (the server once cleanly, once as a crash) and checks that no
-// goroutine and no socket or file is left behind.
+// then closes everything (the server once cleanly, once as a crash; each with keys and
+// without) and checks that no goroutine and no socket or file is left behind.
 func TestNoLeakAfterClose(t *testing.T) {
-	for _, crash := range []bool{false, true} {
+	for _, tc := range []struct {
+		crash, keys bool
+	}{{false, true}, {true, true}, {false, false}, {true, false}} {
+		crash := tc.crash
 		name := "Close"
 		if crash {
 			name = "Abort"
+		}
+		if tc.keys {
+			name += "/keys"
+		} else {
+			name += "/plain"
 		}
 		t.Run(name, func(t *testing.T) {
 			before := openFDs()
@@ -47,6 +56,14 @@ func TestNoLeakAfterClose(t *testing.T) {
 			cfg.ListenAddr = "127.0.0.1:0"
 			cfg.DataDir = t.TempDir()
 			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			var opts *netmutex.Options
+			if tc.keys {
+				keyFile := newKeyFile(t)
+				keys, err := seal.LoadKeyFile(keyFile)
+				require.NoError(t, err)
+				cfg.Keys, cfg.KeyFile = keys, keyFile
+				opts = &netmutex.Options{KeyFile: keyFile}
+			}
 			srv, err := server.New(cfg)
 			require.NoError(t, err)
 			lossy := faultproxy.Faults{Drop: 0.2, Duplicate: 0.1, Delay: 0.2, MaxDelay: 50 * time.Millisecond}
@@ -54,7 +71,7 @@ func TestNoLeakAfterClose(t *testing.T) {
 			require.NoError(t, err)
 			var clients []*netmutex.NetMutex
 			for i := 0; i < 4; i++ {
-				nm, err := netmutex.Open(20, 50*time.Millisecond, []string{px.Addr().String()}, nil)
+				nm, err := netmutex.Open(20, 50*time.Millisecond, []string{px.Addr().String()}, opts)
 				require.NoError(t, err)
 				clients = append(clients, nm)
 				var l netmutex.Lock

@@ -34,11 +34,20 @@ type linParams struct {
 }
 
 // linSize is the CI size, scaled down under the race detector and up with
-// NETMUTEX_SOAK=1 (see tests/README.md).
-func linSize() linParams {
-	p := linParams{workers: 16, keys: 8, minOps: 10000, restarts: 3, maxRun: 100 * time.Second, checkTime: 60 * time.Second}
+// NETMUTEX_SOAK=1 (see tests/README.md). The run with keys (every datagram sealed, the
+// way a deployment runs) takes most of the operations; the plain run keeps the path
+// without keys covered under the same faults, at a fifth of the size, so that the two
+// together cost what one run did.
+func linSize(keyed bool) linParams {
+	p := linParams{workers: 16, keys: 8, minOps: 8000, restarts: 3, maxRun: 100 * time.Second, checkTime: 60 * time.Second}
+	if !keyed {
+		p.minOps, p.restarts = 2000, 1
+	}
 	if raceEnabled {
 		p.minOps, p.restarts, p.maxRun = 2000, 2, 100*time.Second
+		if !keyed {
+			p.minOps, p.restarts = 1000, 1
+		}
 	}
 	if os.Getenv("NETMUTEX_SOAK") != "" {
 		p.workers, p.keys, p.minOps, p.restarts, p.maxRun, p.checkTime = 32, 16, 100000, 20, 20*time.Minute, 10*time.Minute
@@ -94,14 +103,26 @@ func (r *recorder) add(client int, in lockInput, out lockOutput) {
 // TestLinearizability runs workers through a lossy, duplicating, reordering, corrupting
 // proxy against netmutexd in its own process, kills the server with SIGKILL and
 // restarts it from its data directory several times, and checks the recorded history
-// with porcupine, plus the fences per key across the restarts.
+// with porcupine, plus the fences per key across the restarts. It runs with keys (the
+// server and every client share a random key: every datagram is sealed, corrupted ones
+// fail to open) and, smaller, without.
 func TestLinearizability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long")
 	}
-	p := linSize()
-	bin := buildBinary(t, t.TempDir(), "github.com/netmutex/netmutex/cmd/netmutexd", "netmutexd")
-	d := newDaemon(t, bin, "-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "info")
+	t.Run("keys", func(t *testing.T) { testLinearizability(t, newKeyFile(t)) })
+	t.Run("plain", func(t *testing.T) { testLinearizability(t, "") })
+}
+
+// testLinearizability is one run; keyFile "" means plain datagrams.
+func testLinearizability(t *testing.T, keyFile string) {
+	p := linSize(keyFile != "")
+	bin := netmutexdBin(t)
+	args := []string{"-max-ttl", linMaxTTL.String(), "-session-timeout", "5s", "-log-level", "info"}
+	if keyFile != "" {
+		args = append(args, "-key-file", keyFile)
+	}
+	d := newDaemon(t, bin, args...)
 	d.start()
 
 	lossy := linFaults
@@ -123,7 +144,7 @@ func TestLinearizability(t *testing.T) {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			linWorker(ctx, stop, w, p.keys, px.Addr().String(), rec, func(s string) {
+			linWorker(ctx, stop, w, p.keys, px.Addr().String(), keyFile, rec, func(s string) {
 				unexpected.Add(1)
 				firstUnexpected.CompareAndSwap(nil, &s)
 			})
@@ -175,6 +196,7 @@ func TestLinearizability(t *testing.T) {
 	pst := px.Stats()
 
 	ops := rec.ops
+	t.Logf("keys: %v", keyFile != "")
 	t.Logf("run: %v, %d operations (%d restarts) from %d connections over %d keys", runTime.Round(time.Millisecond), len(ops)-restarts, restarts, p.workers, p.keys)
 	t.Logf("outcomes: %v", sortedCounts(rec.counts))
 	t.Logf("faults: %v", pst)
@@ -212,15 +234,15 @@ func TestLinearizability(t *testing.T) {
 			}
 		}
 		t.Fatalf("porcupine says %v (want Ok) for %d operations; visualisation in %s, history in %s "+
-			"(NETMUTEX_HISTORY=%s NETMUTEX_HISTORY_KEY=<key> go test -run TestAnalyzeHistory -v ./tests); proxy seed %d (%s), server log %s",
-			res, len(ops), path, hist, hist, px.Seed(), faultproxy.SeedEnv, d.logPath)
+			"(NETMUTEX_HISTORY=%s NETMUTEX_HISTORY_KEY=<key> go test -run TestAnalyzeHistory -v ./tests); proxy seed %d (%s, with -run %s), server log %s",
+			res, len(ops), path, hist, hist, px.Seed(), faultproxy.SeedEnv, t.Name(), d.logPath)
 	}
 }
 
 // linWorker runs random operations on one connection, reopening it after an unknown
 // outcome (which may have left a lock behind that would isolate the session) or an
 // isolation.
-func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr string, rec *recorder, unexpected func(string)) {
+func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, keyFile string, rec *recorder, unexpected func(string)) {
 	rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 	var nm *netmutex.NetMutex
 	defer func() {
@@ -242,7 +264,7 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr stri
 			nm = nil
 		}
 		for !stopped() {
-			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{IsolationInfo: fmt.Sprintf("worker %d", w)})
+			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{IsolationInfo: fmt.Sprintf("worker %d", w), KeyFile: keyFile})
 			if err == nil {
 				nm = c
 				return

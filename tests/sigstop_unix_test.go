@@ -21,7 +21,7 @@ import (
 // SIGSTOP for longer than its TTL and resumed with SIGCONT.
 func TestSIGSTOPHolderIsFenced(t *testing.T) {
 	d, isoLog := isolationDaemon(t)
-	holderBin := buildBinary(t, t.TempDir(), "github.com/netmutex/netmutex/tests/holder", "holder")
+	holderBin := sharedBinary(t, "github.com/netmutex/netmutex/tests/holder", "holder")
 	const key, ttl = "sigstop", 300 * time.Millisecond
 	var store fencedStore
 
