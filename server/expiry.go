@@ -10,6 +10,7 @@ func (m *Machine) expireLocks(now int64) {
 	for m.budget > 0 && len(m.expiry) > 0 && m.expiry[0].deadline <= now {
 		m.budget--
 		m.expire(m.expiry[0])
+		m.settle(now)
 	}
 }
 
@@ -28,7 +29,13 @@ func overdue(e *entry, now int64) bool {
 }
 
 // Expiry heap: a binary min-heap of entries by deadline; each entry knows its index, so
-// UPDATE and release fix or remove it in O(log n) without lazy garbage.
+// UPDATE and release fix or remove it in O(log n) without lazy garbage. Equal deadlines
+// are ordered by fence (unique among held entries), so the order of expiries, and of the
+// grants they hand on, is a function of the machine's inputs.
+
+func expiresBefore(a, b *entry) bool {
+	return a.deadline < b.deadline || (a.deadline == b.deadline && a.fence < b.fence)
+}
 
 func (m *Machine) heapPush(e *entry) {
 	e.heapIdx = len(m.expiry)
@@ -72,7 +79,7 @@ func (m *Machine) heapUp(i int) {
 	h := m.expiry
 	for i > 0 {
 		p := (i - 1) / 2
-		if h[p].deadline <= h[i].deadline {
+		if !expiresBefore(h[i], h[p]) {
 			break
 		}
 		m.heapSwap(i, p)
@@ -89,10 +96,10 @@ func (m *Machine) heapDown(i int) {
 			return
 		}
 		c := l
-		if r := l + 1; r < n && h[r].deadline < h[l].deadline {
+		if r := l + 1; r < n && expiresBefore(h[r], h[l]) {
 			c = r
 		}
-		if h[i].deadline <= h[c].deadline {
+		if !expiresBefore(h[c], h[i]) {
 			return
 		}
 		m.heapSwap(i, c)

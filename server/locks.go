@@ -21,8 +21,16 @@ type entry struct {
 	fence    uint64
 	deadline int64
 	heapIdx  int // index in Machine.expiry, -1 when not in it
-	// The session's list of held entries.
+	// The session's list of held entries (hot: its list of held entries with waiters).
 	prev, next *entry
+	hot        bool
+	// The key's queue of waiters (waiters.go), head first. A free entry with waiters is
+	// reserved for its head, or stalled (listed from Machine.stallHead by snext) until
+	// grants may resume.
+	qhead, qtail *qnode
+	nwait        int
+	stalled      bool
+	snext        *entry
 }
 
 // applyBudget bounds the work of one Apply beyond its commands: expiries looked at,
@@ -38,12 +46,16 @@ const applyBudget = 4096
 // quarter of that peak, so that Go frees the buckets a flood left behind.
 const shrinkMin = 4096
 
-// grant links e, just given to s.
+// grant links e, just given to s: on its hot list if waiters queue behind.
 func (m *Machine) grant(s *session, e *entry) {
 	if s.nlocks == 0 {
 		m.holdersPush(s)
 	}
-	s.link(e)
+	if e.qhead != nil {
+		s.linkHot(e)
+	} else {
+		s.link(e)
+	}
 	m.held++
 	m.heapPush(e)
 }
@@ -58,19 +70,32 @@ func (m *Machine) release(e *entry) {
 	}
 }
 
-// freeEntry unlinks e from its session and the expiry heap and marks it free.
+// freeEntry unlinks e from its session and the expiry heap and marks it free; a key
+// with waiters goes on the hand-on list (settle grants its head).
 func (m *Machine) freeEntry(e *entry) {
 	e.sess.unlink(e)
 	m.heapRemove(e)
 	e.sess = nil
 	e.lockID, e.fence, e.deadline = 0, 0, 0
 	m.free++
+	if e.qhead != nil {
+		m.handQ = append(m.handQ, e)
+	}
 }
 
 // beginRelease releases every lock s holds: at once for Locks, Holder and LOCK, and
-// entry by entry within the budget of each Apply (drain). O(1).
+// entry by entry within the budget of each Apply (drain). The entries with waiters are
+// freed at once, so that settle hands them on in the same step: O(those), each paid for
+// by the waiter it grants; the rest is O(1).
 func (m *Machine) beginRelease(s *session) {
-	if s.nlocks == 0 || s.draining {
+	if s.draining {
+		return
+	}
+	for s.hotHead != nil {
+		m.release(s.hotHead)
+		m.budget--
+	}
+	if s.nlocks == 0 {
 		return
 	}
 	s.draining = true
@@ -106,12 +131,17 @@ func (m *Machine) drain() {
 // sweep deletes the free entries from the lock table, and rebuilds the table when a
 // flood left it far below its peak.
 func (m *Machine) sweep() {
+	free := 0
 	for k, e := range m.locks {
-		if e.sess == nil {
+		switch {
+		case e.sess != nil:
+		case e.qhead != nil || e.stalled:
+			free++ // reserved for its waiters
+		default:
 			delete(m.locks, k)
 		}
 	}
-	m.free = 0
+	m.free = free
 	if n := len(m.locks); m.locksPeak >= shrinkMin && n < m.locksPeak/4 {
 		locks := make(map[string]*entry, n)
 		for k, e := range m.locks {

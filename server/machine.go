@@ -1,7 +1,7 @@
 // The state machine: Apply and the operations it applies (CONNECT, PING, TOUCH,
-// DISCONNECT, LOCK, UPDATE, UNLOCK, UNLOCKALL, the end of an isolation). Sessions, the
-// lock table, the released-id lists, the expiry heap and the fence limit are in files of
-// their own.
+// DISCONNECT, LOCK, UPDATE, UNLOCK, UNLOCKALL, the end of an isolation). LOCKMANY,
+// sessions, the lock table, the wait queues, the released-id lists, the expiry heap and
+// the fence limit are in files of their own.
 
 package server
 
@@ -27,6 +27,7 @@ const (
 	KindUnlock
 	KindUnlockAll
 	KindIsolationDone
+	KindLockMany
 )
 
 // Command is one input of Machine.Apply. Key and Info may alias a receive buffer: the
@@ -46,17 +47,28 @@ type Command struct {
 	Floor   uint64 // the datagram header's ack floor
 	ID      uint64 // request id; the nonce for KindConnect
 	LockID  uint64 // UPDATE, UNLOCK
-	TTLMs   uint32 // LOCK, UPDATE
+	TTLMs   uint32 // LOCK, LOCKMANY, UPDATE
 	Key     []byte // LOCK, UPDATE, UNLOCK
 	Info    []byte // CONNECT: IsolationInfo
+	// LOCK, LOCKMANY: wait in the keys' queues (wire.LockWait) for at most WaitMs
+	// milliseconds (0: no bound but the session's life).
+	Wait   bool
+	WaitMs uint32
+	// LOCKMANY: KeyCount keys as on the wire, each a u8 length and its bytes (read with
+	// wire.NextKey). It may alias a receive buffer, like Key.
+	Keys     []byte
+	KeyCount int
 }
 
 // Result is one reply produced by Machine.Apply. A command draws at most one Result;
-// commands that are dropped (below the ack floor, KindIsolationDone) draw none.
+// commands that are dropped (below the ack floor, KindIsolationDone) draw none. A grant
+// to a waiter is a pushed Result: Op OpOK, Tag -1, the waiter's Session, its LOCK's ID
+// and the grant's Fence (of the first key for LOCKMANY); the network stage sends it to
+// the session's address (Machine.Peer) unasked.
 type Result struct {
-	Op      wire.Op   // OpConnected, OpPong, OpOK, OpLocked, OpIsolated, OpDisconnected, OpError
+	Op      wire.Op   // OpConnected, OpPong, OpOK, OpQueued, OpLocked, OpIsolated, OpDisconnected, OpError
 	Code    wire.Code // OpError
-	Tag     int32     // the command's Tag
+	Tag     int32     // the command's Tag; -1 for a pushed grant
 	Session uint64    // the session the reply belongs to (the new one for OpConnected)
 	ID      uint64    // the request id answered
 	Fence   uint64    // OpOK
@@ -82,6 +94,12 @@ type MachineConfig struct {
 	MaxSessionsPerAddr int
 	MaxLocksPerSession int
 	MaxLocks           int
+	// Waiter caps (0: none), refused TOO_MANY_WAITERS: waiters in one key's queue, and
+	// waiting requests of one session. The keys a session waits for count as held against
+	// MaxLocksPerSession and MaxLocks, so a grant to a waiter never exceeds those caps and
+	// all the waiters of the server take at most MaxLocks keys' worth of memory.
+	MaxWaitersPerKey     int
+	MaxWaitersPerSession int
 	// Isolate says an isolation command is configured: isolated sessions keep their keys
 	// until KindIsolationDone. Without one, their locks are released at once.
 	Isolate bool
@@ -120,6 +138,19 @@ type Machine struct {
 	grants     uint64
 	isolations uint64
 	effects    []Isolation
+	out        []Result // the results of the running Apply, pushed grants included
+
+	// Waiting: see waiters.go.
+	waiters   map[waitKey]*waiter
+	bounds    []*waiter // min-heap by (bound, seq)
+	handQ     []*entry  // keys to hand on at the end of the step (settle)
+	stallHead *entry    // free keys whose head waits for the lock-delay's end or fences
+	stallTail *entry
+	nstalled  int
+	waitKeys  int    // keys of all waiters: they count as held against MaxLocks
+	wseq      uint64 // waiters enqueued so far
+	es        [wire.MaxManyKeys]*entry
+	manyKeys  [wire.MaxManyKeys][]byte
 }
 
 // NewMachine returns an empty machine. It hands out no fence until SetFenceLimit.
@@ -133,6 +164,7 @@ func NewMachine(cfg MachineConfig) *Machine {
 		nonces:   make(map[uint64]*session),
 		perAddr:  make(map[netip.Addr]int),
 		locks:    make(map[string]*entry),
+		waiters:  make(map[waitKey]*waiter),
 		fence:    cfg.FirstFence,
 		fenceEnd: cfg.FirstFence,
 	}
@@ -141,27 +173,38 @@ func NewMachine(cfg MachineConfig) *Machine {
 // Apply advances the machine to now, then applies cmds in order. It appends one Result
 // per answered command to out and one Isolation per session whose isolation command must
 // run to iso, and returns both. now must not go backwards.
+//
+// Grants to waiters are appended to out where they happen, as pushed Results (Tag -1):
+// after each step (an expiry, a bound, a timeout, a command), the keys it freed are
+// handed on (settle).
 func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation) ([]Result, []Isolation) {
 	m.effects = iso
+	m.out = out
 	m.budget = applyBudget
 	m.expireLocks(now)
+	m.expireWaiters(now)
 	m.drain()
+	m.settle(now)
 	m.expireSessions(now)
+	m.unstall(now)
 	for i := range cmds {
 		c := &cmds[i]
 		if r, ok := m.apply(now, c); ok {
 			r.Tag = c.Tag
 			r.ID = c.ID
-			out = append(out, r)
+			m.out = append(m.out, r)
 		}
+		m.settle(now)
 	}
 	m.drain()
+	m.settle(now)
 	if m.free > minFreeEntries && m.free > m.held {
 		m.sweep()
 	}
 	m.shrink()
 	m.work = applyBudget - m.budget
 	iso, m.effects = m.effects, nil
+	out, m.out = m.out, nil
 	return out, iso
 }
 
@@ -181,6 +224,7 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 	s := m.sessions[c.Session]
 	if s != nil && m.timedOut(s, now) {
 		m.timeout(s, now) // left over by the budget: as if done before the commands
+		m.settle(now)
 		s = m.sessions[c.Session]
 	}
 	if s == nil {
@@ -207,6 +251,8 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 		r.Op = wire.OpDisconnected
 	case KindLock:
 		m.lock(now, s, c, &r)
+	case KindLockMany:
+		m.lockMany(now, s, c, &r)
 	case KindUpdate:
 		m.update(now, s, c, &r)
 	case KindUnlock:
@@ -289,6 +335,48 @@ func (m *Machine) checkTTL(ttl uint32, r *Result) bool {
 	return false
 }
 
+// answered sets r to the final answer already given to LOCK or LOCKMANY id of s, if
+// any: a copy then gets it again, never a late grant to a client told it holds nothing.
+func (m *Machine) answered(s *session, id uint64, r *Result) bool {
+	how, done := s.released.get(id)
+	if !done {
+		return false
+	}
+	switch how {
+	case answeredLocked:
+		r.Op = wire.OpLocked
+	case answeredDelay:
+		r.Op, r.Code = wire.OpError, wire.CodeLockDelay
+	case answeredTooMany:
+		r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
+	case answeredFull:
+		r.Op, r.Code = wire.OpError, wire.CodeServerFull
+	case answeredTooManyWaiters:
+		r.Op, r.Code = wire.OpError, wire.CodeTooManyWaiters
+	default:
+		r.Op, r.Code = wire.OpError, wire.CodeStale
+	}
+	return true
+}
+
+// current brings e up to date before s's request looks at it: an expiry the budget left
+// is done (false, r ISOLATED, if that isolated s), and an entry of a released session
+// is freed (it was free already; its entry was waiting for the budget).
+func (m *Machine) current(e *entry, s *session, now int64, r *Result) bool {
+	if overdue(e, now) {
+		m.expire(e)
+		m.settle(now)
+		if s.isolated {
+			r.Op = wire.OpIsolated
+			return false
+		}
+	}
+	if e.sess != nil && e.sess.draining {
+		m.freeEntry(e)
+	}
+	return true
+}
+
 func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if len(c.Key) == 0 || c.ID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
@@ -297,73 +385,60 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if !m.checkTTL(c.TTLMs, r) {
 		return
 	}
-	if how, done := s.released.get(c.ID); done {
-		// A copy of a LOCK already answered: repeat a refusal, never grant it late to
-		// a client that was told it holds nothing.
-		switch how {
-		case answeredLocked:
-			r.Op = wire.OpLocked
-		case answeredDelay:
-			r.Op, r.Code = wire.OpError, wire.CodeLockDelay
-		case answeredTooMany:
-			r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
-		case answeredFull:
-			r.Op, r.Code = wire.OpError, wire.CodeServerFull
-		default:
-			r.Op, r.Code = wire.OpError, wire.CodeStale
-		}
+	if m.answered(s, c.ID, r) {
+		return
+	}
+	if m.waiterOf(s, c.ID) != nil {
+		r.Op = wire.OpQueued // a copy of a queued LOCK
 		return
 	}
 	e := m.locks[string(c.Key)] // no allocation: the compiler does not copy for a lookup
-	if e != nil && overdue(e, now) {
-		m.expire(e)
-		if s.isolated {
-			r.Op = wire.OpIsolated
-			return
-		}
+	if e != nil && !m.current(e, s, now, r) {
+		return
 	}
-	if e != nil && e.sess != nil && e.sess.draining {
-		m.freeEntry(e) // released already; its entry was waiting for the budget
+	if e != nil && e.sess == s && e.lockID == c.ID {
+		r.Fence = e.fence // a retransmission of the grant
+		return
 	}
-	if e != nil && e.sess != nil {
-		if e.sess == s && e.lockID == c.ID {
-			r.Fence = e.fence // a retransmission of the grant
-		} else {
+	if e != nil && (e.sess != nil || e.qhead != nil) {
+		// Held, or waiters first.
+		if !c.Wait {
 			r.Op = wire.OpLocked
 			s.released.add(c.ID, answeredLocked, &m.leafPool)
+			return
+		}
+		m.es[0] = e
+		if m.mayHold(s, c.ID, 1, r) && m.waiterRoom(s, c.ID, m.es[:1], r) {
+			m.enqueue(now, s, c, m.es[:1])
+			r.Op = wire.OpQueued
 		}
 		return
 	}
 	// Caps. Each refusal is final for this id, like LOCKED (see answeredTooMany).
-	if max := m.cfg.MaxLocksPerSession; max > 0 && s.nlocks >= max {
-		r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
-		s.released.add(c.ID, answeredTooMany, &m.leafPool)
-		return
-	}
-	if max := m.cfg.MaxLocks; max > 0 && m.held >= max {
-		r.Op, r.Code = wire.OpError, wire.CodeServerFull
-		s.released.add(c.ID, answeredFull, &m.leafPool)
+	if !m.mayHold(s, c.ID, 1, r) {
 		return
 	}
 	// The loop may have failed to reserve fences: never hand out one that is not
-	// durable. Either way the answer is final for this id.
-	if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
-		r.Op, r.Code = wire.OpError, wire.CodeLockDelay
-		s.released.add(c.ID, answeredDelay, &m.leafPool)
+	// durable. Either way the answer is final for this id; a waiting LOCK waits.
+	if !m.canGrant(1, now) {
+		if !c.Wait {
+			r.Op, r.Code = wire.OpError, wire.CodeLockDelay
+			s.released.add(c.ID, answeredDelay, &m.leafPool)
+			return
+		}
+		m.es[0] = e
+		if m.waiterRoom(s, c.ID, m.es[:1], r) {
+			m.es[0] = m.entryFor(c.Key)
+			m.enqueue(now, s, c, m.es[:1])
+			r.Op = wire.OpQueued
+		}
 		return
 	}
 	if e == nil {
-		e = &entry{key: string(c.Key), heapIdx: -1}
-		m.locks[e.key] = e
-		m.locksPeak = max(m.locksPeak, len(m.locks))
-	} else {
-		m.free--
+		e = m.entryFor(c.Key)
 	}
-	e.sess, e.lockID, e.fence = s, c.ID, m.fence
-	e.deadline = now + int64(c.TTLMs)*1e6
-	m.fence++
-	m.grants++
-	m.grant(s, e)
+	m.free--
+	m.take(s, e, c.ID, now+int64(c.TTLMs)*1e6)
 	r.Fence = e.fence
 }
 
@@ -395,6 +470,10 @@ func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
 	}
+	if w := m.waiterOf(s, c.LockID); w != nil && w.hasKey(c.Key) {
+		m.giveUp(w) // a queued LOCK cancelled: it leaves the queue, answered for good
+		return
+	}
 	e := m.locks[string(c.Key)]
 	if e == nil || e.sess != s || e.lockID != c.LockID {
 		return // already gone: OK, and a newer holder is left alone
@@ -411,11 +490,17 @@ func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
 }
 
 // unlockAll releases every lock and isolates every session that held one: O(sessions
-// holding locks), the entries themselves freed by drain.
+// holding locks, their waiters and their keys with waiters), the other entries freed by
+// drain. The holders are all isolated (their waiters leave the queues) before any key is
+// released, and the keys are handed on after the command (settle), so no holder is
+// granted a key by the UNLOCKALL that isolates it.
 func (m *Machine) unlockAll() {
-	for s := m.holders; s != nil; {
+	first := m.holders
+	for s := first; s != nil; s = s.hnext {
+		m.markIsolated(s)
+	}
+	for s := first; s != nil; {
 		next := s.hnext
-		m.isolate(s)
 		m.beginRelease(s) // the operator asked: the keys are free now, isolation or not
 		s = next
 	}
@@ -426,17 +511,25 @@ func (m *Machine) unlockAll() {
 // entries stay in the expiry heap and leave it at their deadlines doing nothing else.
 // Without one they are released at once.
 func (m *Machine) isolate(s *session) {
-	if !s.isolated {
-		s.isolated = true
-		m.isolations++
-		if m.cfg.Isolate {
-			s.isolating = true
-			m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
-		}
-	}
+	m.markIsolated(s)
 	if !s.isolating {
 		m.beginRelease(s)
 	}
+}
+
+// markIsolated marks s isolated, asks for its isolation command and takes its waiters
+// out of the queues.
+func (m *Machine) markIsolated(s *session) {
+	if s.isolated {
+		return
+	}
+	s.isolated = true
+	m.isolations++
+	if m.cfg.Isolate {
+		s.isolating = true
+		m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
+	}
+	m.dropWaiters(s)
 }
 
 // Read-only views, for the loop and for tests.

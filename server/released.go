@@ -19,11 +19,12 @@ const maxReleased = 1 << 18
 // gives up the id, so a late copy must not be granted to a client that no longer waits
 // for it (it would expire and isolate the client); the client asks again with a new id.
 const (
-	answeredReleased uint8 = iota // granted, then released: copies get STALE
-	answeredLocked                // LOCKED
-	answeredDelay                 // LOCK_DELAY
-	answeredTooMany               // TOO_MANY_LOCKS
-	answeredFull                  // SERVER_FULL
+	answeredReleased       uint8 = iota // granted, then released: copies get STALE
+	answeredLocked                      // LOCKED
+	answeredDelay                       // LOCK_DELAY
+	answeredTooMany                     // TOO_MANY_LOCKS
+	answeredFull                        // SERVER_FULL
+	answeredTooManyWaiters              // TOO_MANY_WAITERS
 )
 
 // releasedSet is a two-level B-tree: a sorted index of leaves, each a sorted run of at

@@ -20,8 +20,16 @@ type session struct {
 	// entries are still linked, freed a budget at a time (see drain).
 	draining bool
 	released releasedSet
-	nlocks   int    // entries linked on locks
-	locks    *entry // head of the linked entries
+	nlocks   int    // entries linked on locks and hot
+	locks    *entry // head of the linked entries without waiters
+	// The held entries with waiters, in the order they got them: freed at once when the
+	// session's locks are released, so their waiters are granted in the same step.
+	hotHead, hotTail *entry
+	// Its waiters (waiters.go), in enqueue order; waitKeys counts their keys, which
+	// count as held against the lock caps.
+	whead, wtail *waiter
+	nwaiters     int
+	waitKeys     int
 	// LRU list ordered by lastSeen, oldest first.
 	prev, next *session
 	// The list of sessions that hold locks (nlocks > 0, not draining), for UNLOCKALL.
@@ -32,7 +40,7 @@ type session struct {
 
 // link adds e to the entries s holds.
 func (s *session) link(e *entry) {
-	e.prev, e.next = nil, s.locks
+	e.prev, e.next, e.hot = nil, s.locks, false
 	if s.locks != nil {
 		s.locks.prev = e
 	}
@@ -40,17 +48,33 @@ func (s *session) link(e *entry) {
 	s.nlocks++
 }
 
+// linkHot adds e, which has waiters, to the end of the hot entries s holds.
+func (s *session) linkHot(e *entry) {
+	e.prev, e.next, e.hot = s.hotTail, nil, true
+	if s.hotTail != nil {
+		s.hotTail.next = e
+	} else {
+		s.hotHead = e
+	}
+	s.hotTail = e
+	s.nlocks++
+}
+
 // unlink removes e from the entries s holds.
 func (s *session) unlink(e *entry) {
 	if e.prev != nil {
 		e.prev.next = e.next
+	} else if e.hot {
+		s.hotHead = e.next
 	} else {
 		s.locks = e.next
 	}
 	if e.next != nil {
 		e.next.prev = e.prev
+	} else if e.hot {
+		s.hotTail = e.prev
 	}
-	e.prev, e.next = nil, nil
+	e.prev, e.next, e.hot = nil, nil, false
 	s.nlocks--
 }
 
@@ -120,6 +144,7 @@ func (m *Machine) expireSessions(now int64) {
 	for s := m.lruHead; s != nil && m.budget > 0 && m.timedOut(s, now); s = m.lruHead {
 		m.budget--
 		m.timeout(s, now)
+		m.settle(now)
 	}
 }
 
@@ -141,8 +166,10 @@ func (m *Machine) timeout(s *session, now int64) {
 	}
 }
 
-// deleteSession ends s: its locks are released and it is forgotten.
+// deleteSession ends s: its waiters leave their queues, its locks are released and it
+// is forgotten.
 func (m *Machine) deleteSession(s *session) {
+	m.dropWaiters(s)
 	m.beginRelease(s)
 	m.lruRemove(s)
 	delete(m.sessions, s.id)
