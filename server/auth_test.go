@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -353,8 +354,11 @@ func TestServerConnectRate(t *testing.T) {
 	assert.Equal(t, wire.CodeRateLimited, f[0].Code)
 	assert.Equal(t, nonce, f[0].ID)
 	assert.Equal(t, uint64(1), s.Stats().RateLimited)
-	// Another address has its own rate.
-	newClient(t, s.Addr()).connect("y")
+	// Another address has its own rate: 127.0.0.2 is loopback too.
+	other, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}, net.UDPAddrFromAddrPort(s.Addr()))
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+	(&client{t: t, conn: other, nextID: 1, buf: make([]byte, 2048)}).connect("y")
 	time.Sleep(time.Second)
 	c.connect("x") // a token back
 }
