@@ -83,6 +83,10 @@ func (s *Server) parse(i int) {
 			c.Kind = KindDisconnect
 		case wire.OpLock:
 			c.Kind, c.TTLMs, c.Key = KindLock, f.TTLMs, f.Key
+			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
+		case wire.OpLockMany:
+			c.Kind, c.TTLMs, c.Keys, c.KeyCount = KindLockMany, f.TTLMs, f.Keys, f.KeyCount
+			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpUpdate:
 			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key
 		case wire.OpUnlock:

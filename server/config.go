@@ -58,6 +58,10 @@ type Config struct {
 	MaxLocks           int // locks held in all: SERVER_FULL
 	ConnectRate        int // CONNECTs per second from one IP address: RATE_LIMITED
 	MaxIsolations      int // isolation commands running at once; the rest queue
+	// Waiters (docs/PROTOCOL.md, Waiting), refused TOO_MANY_WAITERS. The keys a session
+	// waits for also count as held against MaxLocksPerSession and MaxLocks.
+	MaxWaitersPerKey     int // waiting LOCKs in one key's queue
+	MaxWaitersPerSession int // waiting LOCKs and LOCKMANYs of one session
 }
 
 // Defaults, each filled in by New for a zero field of Config (withDefaults is the one
@@ -104,6 +108,14 @@ const (
 	// ssh or an API call); more at once only competes for the same host, and a flood of
 	// isolations must not exhaust processes or threads.
 	DefaultMaxIsolations = 8
+	// DefaultMaxWaitersPerKey is 1,024: as many workers as one host's sessions may wait
+	// for one key (a pool contending for a job), while one key cannot hold a queue that
+	// takes longer to serve than any client would wait.
+	DefaultMaxWaitersPerKey = 1024
+	// DefaultMaxWaitersPerSession is 4,096: a scheduler waiting for a key per pending
+	// job, with room to spare; bounded, so one session's end (which takes its waiters
+	// out of every queue in one step) stays short.
+	DefaultMaxWaitersPerSession = 4096
 )
 
 // Configuration errors, returned by Validate and New.
@@ -119,7 +131,7 @@ var (
 	// ErrInsecureListen: without keys anyone who can reach the server can act for any
 	// client on the path, so it serves loopback only unless told Insecure.
 	ErrInsecureListen = errors.New("server: without keys (-key-file) the server listens on loopback only, unless Insecure (-insecure)")
-	ErrBadCap         = errors.New("server: MaxSessions, MaxSessionsPerAddr, MaxLocksPerSession, MaxLocks, ConnectRate and MaxIsolations must not be negative")
+	ErrBadCap         = errors.New("server: MaxSessions, MaxSessionsPerAddr, MaxLocksPerSession, MaxLocks, ConnectRate, MaxIsolations, MaxWaitersPerKey and MaxWaitersPerSession must not be negative")
 )
 
 // DefaultConfig returns a configuration with every default filled in but DataDir.
@@ -165,6 +177,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxIsolations == 0 {
 		c.MaxIsolations = DefaultMaxIsolations
 	}
+	if c.MaxWaitersPerKey == 0 {
+		c.MaxWaitersPerKey = DefaultMaxWaitersPerKey
+	}
+	if c.MaxWaitersPerSession == 0 {
+		c.MaxWaitersPerSession = DefaultMaxWaitersPerSession
+	}
 	return c
 }
 
@@ -202,7 +220,7 @@ func (c *Config) Validate() error {
 		return ErrBadRedirect
 	}
 	if c.MaxSessions < 0 || c.MaxSessionsPerAddr < 0 || c.MaxLocksPerSession < 0 || c.MaxLocks < 0 ||
-		c.ConnectRate < 0 || c.MaxIsolations < 0 {
+		c.ConnectRate < 0 || c.MaxIsolations < 0 || c.MaxWaitersPerKey < 0 || c.MaxWaitersPerSession < 0 {
 		return ErrBadCap
 	}
 	if c.Keys == nil && !c.Insecure && !loopbackListen(c.ListenAddr) {

@@ -93,6 +93,11 @@ func (h *recvHarness) digest() string {
 		}
 	}
 	sort.Strings(lines)
+	for k := range m.locks {
+		if q := m.Queue(k); len(q) > 0 {
+			lines = append(lines, fmt.Sprintf("q %q %v", k, q))
+		}
+	}
 	lines = append(lines, fmt.Sprintf("fence=%d end=%d grants=%d isolations=%d", m.fence, m.fenceEnd, m.grants, m.isolations))
 	return strings.Join(lines, "\n")
 }
@@ -114,10 +119,16 @@ func (h *recvHarness) check(t *testing.T, d []byte) {
 		return
 	}
 	n := min(len(d), len(h.s.in[0].Buf))
-	total, connected := 0, false
+	total, connected, pushed := 0, false, 0
 	for _, r := range h.s.results {
 		connected = connected || r.Op == wire.OpConnected
+		if r.Tag < 0 {
+			// A grant pushed to a waiter: it answers that waiter's LOCK (and goes to the
+			// address its session's cookie validated), not this datagram.
+			pushed++
+		}
 	}
+	total -= pushed * (wire.FrameHeaderSize + 8 + wire.HeaderSize + wire.TrailerSize)
 	for _, o := range h.s.out {
 		if len(o.Buf) > wire.MaxDatagram {
 			t.Fatalf("reply datagram of %d bytes", len(o.Buf))
@@ -163,6 +174,10 @@ func recvSeeds(h *recvHarness) [][]byte {
 		one(s1, 2, func(b []byte) []byte { return wire.AppendUnlock(b, 7, 3, "k") }),
 		one(s1, 0, func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpUnlockAll, 8) }),
 		one(s1, 0, func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpDisconnect, 9) }),
+		one(s1, 0, func(b []byte) []byte { return wire.AppendLockWait(b, 10, 1000, 50, "held") }),
+		one(s1, 0, func(b []byte) []byte { return wire.AppendLockMany(b, 11, 1000, true, 0, []string{"held", "k"}) }),
+		one(s1, 0, func(b []byte) []byte { return wire.AppendLockMany(b, 12, 1000, false, 0, []string{"m", "n"}) }),
+		one(s0, 0, func(b []byte) []byte { return wire.AppendUnlock(b, 13, 1, "held") }),
 		one(s0, 0, func(b []byte) []byte {
 			for i := uint64(0); i < 20; i++ {
 				b = wire.AppendLock(b, 100+i, 500, fmt.Sprintf("key-%d", i))

@@ -77,11 +77,17 @@ func (s *Server) encode(busy bool) {
 	if busy {
 		flags = wire.FlagBusy
 	}
-	last := -1
+	last, dropped := -1, 0
 	for i := range s.results {
 		r := &s.results[i]
-		rt := &s.routes[r.Tag]
-		k := replyKey{rt.addr, r.Session, rt.key}
+		var k replyKey
+		if r.Tag >= 0 {
+			rt := &s.routes[r.Tag]
+			k = replyKey{rt.addr, r.Session, rt.key}
+		} else if !s.pushRoute(r.Session, &k) {
+			dropped++
+			continue
+		}
 		bi := last
 		if bi < 0 || s.builders[bi].replyKey != k {
 			bi = s.builderFor(k, flags)
@@ -99,7 +105,28 @@ func (s *Server) encode(busy bool) {
 	for _, b := range s.builders {
 		s.finish(b.msg, b.key)
 	}
-	s.stats.replies.Add(uint64(len(s.results)))
+	s.stats.replies.Add(uint64(len(s.results) - dropped))
+}
+
+// pushRoute sets k to where a pushed result (a grant to a waiter, Tag -1) of session
+// goes: the address of the session's CONNECT, which its cookie proved receives, sealed
+// under the session's key. It needs no route of the batch: nothing of the batch asked
+// for it. false: the session ended in the same Apply, and the push is dropped.
+func (s *Server) pushRoute(session uint64, k *replyKey) bool {
+	p := s.m.Peer(session)
+	if p == nil {
+		s.stats.pushDropped.Add(1)
+		return false
+	}
+	*k = replyKey{addr: p.Addr, session: session}
+	if s.keys != nil {
+		if k.key = s.keys.Lookup(p.KeyID); k.key == nil {
+			s.stats.pushDropped.Add(1)
+			return false
+		}
+	}
+	s.stats.pushed.Add(1)
+	return true
 }
 
 // scanBuilders is how many builders a batch may have before their keys go into a map.

@@ -143,6 +143,9 @@ func newServer(cfg Config) (*Server, error) {
 		MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
 		MaxLocksPerSession: cfg.MaxLocksPerSession,
 		MaxLocks:           cfg.MaxLocks,
+
+		MaxWaitersPerKey:     cfg.MaxWaitersPerKey,
+		MaxWaitersPerSession: cfg.MaxWaitersPerSession,
 	}
 	if st.lockDelay {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch

@@ -625,6 +625,9 @@ func TestConfigDefaults(t *testing.T) {
 		MaxLocks:           DefaultMaxLocks,
 		ConnectRate:        DefaultConnectRate,
 		MaxIsolations:      DefaultMaxIsolations,
+
+		MaxWaitersPerKey:     DefaultMaxWaitersPerKey,
+		MaxWaitersPerSession: DefaultMaxWaitersPerSession,
 	}, DefaultConfig())
 	s := startServer(t, Config{ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), Logger: quiet})
 	defer s.Close()

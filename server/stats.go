@@ -27,12 +27,15 @@ type Stats struct {
 	SyscallsIn       uint64 // ReadBatch calls (one recvmmsg each on Linux)
 	SyscallsOut      uint64 // WriteBatch calls (one sendmmsg each on Linux, if it takes all)
 	SendErrors       uint64 // reply datagrams that could not be sent
+	Pushed           uint64 // grants sent to waiters unasked (included in Replies)
+	PushDropped      uint64 // grants to waiters not sent: the session ended in the same batch
 }
 
 type counters struct {
 	datagrams, bad, requests, replies, batches, ticks, grants, isolations atomic.Uint64
 	isoRun, isoFailed, datagramsOut, syscallsIn, syscallsOut, sendErrors  atomic.Uint64
 	badAuth, badPeer, replays, authRefused, cookies, rateLimited          atomic.Uint64
+	pushed, pushDropped                                                   atomic.Uint64
 }
 
 // Stats returns the counters.
@@ -59,5 +62,7 @@ func (s *Server) Stats() Stats {
 		SyscallsIn:       c.syscallsIn.Load(),
 		SyscallsOut:      c.syscallsOut.Load(),
 		SendErrors:       c.sendErrors.Load(),
+		Pushed:           c.pushed.Load(),
+		PushDropped:      c.pushDropped.Load(),
 	}
 }

@@ -65,6 +65,8 @@ func run(args []string) error {
 	id := fs.Uint("id", uint(def.ServerID), "this server's `id` (1-65535), advertised to clients")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	keyFile := fs.String("key-file", "", "seal every datagram with the pre-shared keys of `file` (lines 'ID HEX [admin]': the first key seals, all open; admin keys may send UNLOCKALL); without it the server serves loopback only")
+	maxWaitKey := fs.Int("max-waiters-per-key", def.MaxWaitersPerKey, "most LOCKs waiting in one key's queue; more are refused TOO_MANY_WAITERS")
+	maxWaitSess := fs.Int("max-waiters-per-session", def.MaxWaitersPerSession, "most waiting LOCKs and LOCKMANYs of one session; more are refused TOO_MANY_WAITERS")
 	insecure := fs.Bool("insecure", false, "without -key-file, serve a non-loopback address anyway: anyone on the network path can then act for a client")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -92,6 +94,8 @@ func run(args []string) error {
 	cfg.ServerID = uint16(*id)
 	cfg.Logger = log
 	cfg.Insecure = *insecure
+	cfg.MaxWaitersPerKey = *maxWaitKey
+	cfg.MaxWaitersPerSession = *maxWaitSess
 	if *keyFile != "" {
 		keys, err := seal.LoadKeyFile(*keyFile)
 		if err != nil {
