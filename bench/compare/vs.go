@@ -197,8 +197,8 @@ func printComparison(w io.Writer, rs []*load.Result, skipped []load.Skip) {
 		return fmt.Sprintf("%.2f×", nm.PairsPerSec/r.PairsPerSec)
 	}
 	if nm.Contended {
-		fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10s %9s %10s\n",
-			"system", "acquisitions/s", "refusals/s", "wait p50", "wait p99", "wait p99.9", "pair p50", "allocs/op", "CPU s/Mop", "netmutex ÷")
+		fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %8s %10s %10s %9s %10s\n",
+			"system", "acquisitions/s", "refusals/s", "wait p50", "wait p99", "wait p99.9", "fairness", "pair p50", "allocs/op", "CPU s/Mop", "netmutex ÷")
 		for _, r := range rs {
 			lat := func(v float64) string {
 				if r.Pairs == 0 {
@@ -206,9 +206,9 @@ func printComparison(w io.Writer, rs []*load.Result, skipped []load.Skip) {
 				}
 				return load.Micros(v)
 			}
-			fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %10s %10.2f %9.2f %10s\n",
+			fmt.Fprintf(w, "%-14s %14s %14s %10s %10s %10s %8.3f %10s %10.2f %9.2f %10s\n",
 				r.System, load.Thousands(r.PairsPerSec), load.Thousands(r.RefusalsPerSec), lat(r.Wait.P50), lat(r.Wait.P99), lat(r.Wait.P999),
-				lat(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
+				r.Fairness, lat(r.Pair.P50), r.AllocsPerOp, r.CPUPerMop, ratio(r))
 		}
 	} else {
 		fmt.Fprintf(w, "%-14s %11s %10s %10s %10s %10s %9s %10s\n",
@@ -224,8 +224,10 @@ func printComparison(w io.Writer, rs []*load.Result, skipped []load.Skip) {
 	}
 	fmt.Fprintln(w)
 	if nm.Contended {
-		fmt.Fprintln(w, "netmutex ÷: netmutex's acquisitions/s divided by the system's. Wait: from a goroutine's first")
-		fmt.Fprintln(w, "attempt until it is granted; every attempt is a try-lock, retried at once when refused.")
+		fmt.Fprintln(w, "netmutex ÷: netmutex's acquisitions/s (handoffs/s) divided by the system's. Wait: from a")
+		fmt.Fprintln(w, "goroutine's first attempt until it is granted. Each system with a waiting lock waits in it")
+		fmt.Fprintln(w, "(netmutex Acquire, etcd Mutex.Lock); the Redis clients have none and retry a try-lock at")
+		fmt.Fprintln(w, "once. Fairness: Jain's index over the goroutines' acquisition counts (1 = equal).")
 	} else {
 		fmt.Fprintln(w, "netmutex ÷: netmutex's pairs/s divided by the system's. Latency is of one lock+unlock pair.")
 	}
