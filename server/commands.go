@@ -85,7 +85,7 @@ func (s *Server) parse(i int) {
 			c.Kind, c.TTLMs, c.Key = KindLock, f.TTLMs, f.Key
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpLockMany:
-			c.Kind, c.TTLMs, c.Keys, c.KeyCount = KindLockMany, f.TTLMs, f.Keys, f.KeyCount
+			c.Kind, c.TTLMs, c.Key, c.KeyCount = KindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpUpdate:
 			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key

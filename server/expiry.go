@@ -3,38 +3,72 @@
 
 package server
 
+import (
+	"cmp"
+	"slices"
+)
+
 // expireLocks isolates the holder of every lock whose deadline is not after now, within
-// the budget. Entries of a session already isolated just leave the heap: its keys wait
-// for its isolation command, or are being released.
+// the budget. Entries of a session already isolated (or released) just leave the heap:
+// its keys wait for its isolation command, or are being released.
+//
+// The locks due at one deadline (a batch's LOCKs share their time) are expired in fence
+// order: an isolation hands the session's keys with waiters on (without an isolation
+// command), so the order decides the grants' fences, and fence order makes it a
+// function of the machine's inputs that the simulation's model can follow. The heap
+// itself compares deadlines only: a tie-break there made every release of a lock sift
+// through the batch's equal deadlines (BenchmarkMachineLockUnlock).
 func (m *Machine) expireLocks(now int64) {
 	for m.budget > 0 && len(m.expiry) > 0 && m.expiry[0].deadline <= now {
-		m.budget--
-		m.expire(m.expiry[0])
-		m.settle(now)
+		d := m.expiry[0].deadline
+		due := m.due[:0]
+		for m.budget > 0 && len(m.expiry) > 0 && m.expiry[0].deadline == d {
+			m.budget--
+			e := m.expiry[0]
+			m.heapRemove(e)
+			due = append(due, dueLock{e, e.fence})
+		}
+		if len(due) > 1 {
+			slices.SortFunc(due, func(a, b dueLock) int { return cmp.Compare(a.fence, b.fence) })
+		}
+		for _, x := range due {
+			// Skip a lock an earlier expiry released (and perhaps handed on since).
+			if s := x.e.sess; s != nil && x.e.fence == x.fence && !s.isolated && !s.draining {
+				m.isolate(s)
+				m.settle(now)
+			}
+		}
+		clear(due)
+		m.due = due[:0]
 	}
+}
+
+// dueLock is a lock taken from the heap at its deadline, with its fence then.
+type dueLock struct {
+	e     *entry
+	fence uint64
 }
 
 // expire takes e out of the heap and isolates its holder.
 func (m *Machine) expire(e *entry) {
 	m.heapRemove(e)
-	if !e.sess.isolated {
+	if !e.sess.isolated && !e.sess.draining {
 		m.isolate(e.sess)
 	}
 }
 
-// overdue tells that e is held by a session not yet isolated although its deadline
-// passed: an expiry the budget left for a later Apply, to be done before e is looked at.
+// overdue tells that e is held by a session not yet isolated (nor released) although
+// its deadline passed: an expiry the budget left for a later Apply, to be done before e
+// is looked at.
 func overdue(e *entry, now int64) bool {
-	return e.sess != nil && !e.sess.isolated && e.deadline <= now
+	return e.sess != nil && !e.sess.isolated && !e.sess.draining && e.deadline <= now
 }
 
 // Expiry heap: a binary min-heap of entries by deadline; each entry knows its index, so
-// UPDATE and release fix or remove it in O(log n) without lazy garbage. Equal deadlines
-// are ordered by fence (unique among held entries), so the order of expiries, and of the
-// grants they hand on, is a function of the machine's inputs.
+// UPDATE and release fix or remove it in O(log n) without lazy garbage.
 
 func expiresBefore(a, b *entry) bool {
-	return a.deadline < b.deadline || (a.deadline == b.deadline && a.fence < b.fence)
+	return a.deadline < b.deadline
 }
 
 func (m *Machine) heapPush(e *entry) {

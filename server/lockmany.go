@@ -87,15 +87,15 @@ func (m *Machine) lockMany(now int64, s *session, c *Command, r *Result) {
 	}
 }
 
-// parseKeys reads the keys of a LOCKMANY into m.manyKeys (aliasing c.Keys): false if the
+// parseKeys reads the keys of a LOCKMANY into m.manyKeys (aliasing c.Key): false if the
 // list is malformed, has an empty key or names a key twice.
 func (m *Machine) parseKeys(c *Command) ([][]byte, bool) {
 	if c.KeyCount < 1 || c.KeyCount > wire.MaxManyKeys {
 		return nil, false
 	}
 	keys := m.manyKeys[:0]
-	rest := c.Keys
-	for i := 0; i < c.KeyCount; i++ {
+	rest := c.Key
+	for i := 0; i < int(c.KeyCount); i++ {
 		if len(rest) == 0 || len(rest) < 1+int(rest[0]) || rest[0] == 0 {
 			return nil, false
 		}

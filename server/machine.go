@@ -34,30 +34,29 @@ const (
 // machine copies what it keeps.
 type Command struct {
 	Kind Kind
+	// Admin: the sender may send UNLOCKALL (an admin key, or loopback without keys).
+	Admin bool
+	// LOCK, LOCKMANY: wait in the keys' queues (wire.LockWait) for at most WaitMs
+	// milliseconds (0: no bound but the session's life).
+	Wait     bool
+	KeyCount uint8 // LOCKMANY: the number of keys in Key
+	Tag      int32 // opaque to the machine, copied into the Result (the loop: the index of the sender's address in its batch)
 	// NewSession is the id a CONNECT's session gets if the machine creates one: drawn at
 	// random by the loop (the machine reads no randomness), never 0.
 	NewSession uint64
 	// Peer is the far end of a CONNECT, kept with the session it creates (Machine.Peer);
 	// the machine reads only Peer.Addr, for the per-address session cap.
-	Peer *Peer
-	// Admin: the sender may send UNLOCKALL (an admin key, or loopback without keys).
-	Admin   bool
-	Tag     int32  // opaque to the machine, copied into the Result (the loop: the index of the sender's address in its batch)
+	Peer    *Peer
 	Session uint64 // the datagram header's session; for KindIsolationDone the isolated session
 	Floor   uint64 // the datagram header's ack floor
 	ID      uint64 // request id; the nonce for KindConnect
 	LockID  uint64 // UPDATE, UNLOCK
 	TTLMs   uint32 // LOCK, LOCKMANY, UPDATE
-	Key     []byte // LOCK, UPDATE, UNLOCK
-	Info    []byte // CONNECT: IsolationInfo
-	// LOCK, LOCKMANY: wait in the keys' queues (wire.LockWait) for at most WaitMs
-	// milliseconds (0: no bound but the session's life).
-	Wait   bool
-	WaitMs uint32
-	// LOCKMANY: KeyCount keys as on the wire, each a u8 length and its bytes (read with
-	// wire.NextKey). It may alias a receive buffer, like Key.
-	Keys     []byte
-	KeyCount int
+	WaitMs  uint32 // LOCK, LOCKMANY with Wait
+	// Key: LOCK, UPDATE, UNLOCK; for LOCKMANY its KeyCount keys as on the wire, each a u8
+	// length and its bytes (read with wire.NextKey).
+	Key  []byte
+	Info []byte // CONNECT: IsolationInfo
 }
 
 // Result is one reply produced by Machine.Apply. A command draws at most one Result;
@@ -138,7 +137,7 @@ type Machine struct {
 	grants     uint64
 	isolations uint64
 	effects    []Isolation
-	out        []Result // the results of the running Apply, pushed grants included
+	pushed     []Result // grants pushed by the running step, moved to Apply's out after it
 
 	// Waiting: see waiters.go.
 	waiters   map[waitKey]*waiter
@@ -147,8 +146,9 @@ type Machine struct {
 	stallHead *entry    // free keys whose head waits for the lock-delay's end or fences
 	stallTail *entry
 	nstalled  int
-	waitKeys  int    // keys of all waiters: they count as held against MaxLocks
-	wseq      uint64 // waiters enqueued so far
+	waitKeys  int       // keys of all waiters: they count as held against MaxLocks
+	wseq      uint64    // waiters enqueued so far
+	due       []dueLock // expireLocks' scratch
 	es        [wire.MaxManyKeys]*entry
 	manyKeys  [wire.MaxManyKeys][]byte
 }
@@ -179,7 +179,6 @@ func NewMachine(cfg MachineConfig) *Machine {
 // handed on (settle).
 func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation) ([]Result, []Isolation) {
 	m.effects = iso
-	m.out = out
 	m.budget = applyBudget
 	m.expireLocks(now)
 	m.expireWaiters(now)
@@ -187,25 +186,46 @@ func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation
 	m.settle(now)
 	m.expireSessions(now)
 	m.unstall(now)
+	out = m.takePushed(out)
 	for i := range cmds {
 		c := &cmds[i]
-		if r, ok := m.apply(now, c); ok {
+		r, ok := m.apply(now, c)
+		if len(m.pushed) > 0 {
+			out = m.takePushed(out) // pushed while the command was applied: before its answer
+		}
+		if ok {
 			r.Tag = c.Tag
 			r.ID = c.ID
-			m.out = append(m.out, r)
+			out = append(out, r)
 		}
-		m.settle(now)
+		if len(m.handQ) > 0 {
+			m.settle(now)
+			out = m.takePushed(out)
+		}
 	}
 	m.drain()
 	m.settle(now)
+	out = m.takePushed(out)
 	if m.free > minFreeEntries && m.free > m.held {
 		m.sweep()
 	}
 	m.shrink()
 	m.work = applyBudget - m.budget
 	iso, m.effects = m.effects, nil
-	out, m.out = m.out, nil
 	return out, iso
+}
+
+// takePushed appends the grants pushed so far to out. The Machine keeps them apart
+// (rather than appending to out as it goes) so that the hot path of Apply appends its
+// answers to a local slice: a slice kept in the Machine costs a write barrier per append.
+func (m *Machine) takePushed(out []Result) []Result {
+	if len(m.pushed) == 0 {
+		return out
+	}
+	out = append(out, m.pushed...)
+	clear(m.pushed)
+	m.pushed = m.pushed[:0]
+	return out
 }
 
 func (m *Machine) apply(now int64, c *Command) (Result, bool) {
@@ -342,6 +362,12 @@ func (m *Machine) answered(s *session, id uint64, r *Result) bool {
 	if !done {
 		return false
 	}
+	setAnswer(how, r)
+	return true
+}
+
+// setAnswer sets r to the final answer how.
+func setAnswer(how uint8, r *Result) {
 	switch how {
 	case answeredLocked:
 		r.Op = wire.OpLocked
@@ -356,7 +382,6 @@ func (m *Machine) answered(s *session, id uint64, r *Result) bool {
 	default:
 		r.Op, r.Code = wire.OpError, wire.CodeStale
 	}
-	return true
 }
 
 // current brings e up to date before s's request looks at it: an expiry the budget left
@@ -385,7 +410,8 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	if !m.checkTTL(c.TTLMs, r) {
 		return
 	}
-	if m.answered(s, c.ID, r) {
+	if how, done := s.released.get(c.ID); done {
+		setAnswer(how, r)
 		return
 	}
 	if m.waiterOf(s, c.ID) != nil {
@@ -393,7 +419,7 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 		return
 	}
 	e := m.locks[string(c.Key)] // no allocation: the compiler does not copy for a lookup
-	if e != nil && !m.current(e, s, now, r) {
+	if e != nil && e.sess != nil && (e.sess.draining || overdue(e, now)) && !m.current(e, s, now, r) {
 		return
 	}
 	if e != nil && e.sess == s && e.lockID == c.ID {
@@ -415,12 +441,12 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 		return
 	}
 	// Caps. Each refusal is final for this id, like LOCKED (see answeredTooMany).
-	if !m.mayHold(s, c.ID, 1, r) {
+	if m.overCap(s, 1) && !m.mayHold(s, c.ID, 1, r) {
 		return
 	}
 	// The loop may have failed to reserve fences: never hand out one that is not
 	// durable. Either way the answer is final for this id; a waiting LOCK waits.
-	if !m.canGrant(1, now) {
+	if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
 		if !c.Wait {
 			r.Op, r.Code = wire.OpError, wire.CodeLockDelay
 			s.released.add(c.ID, answeredDelay, &m.leafPool)
@@ -435,10 +461,17 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 		return
 	}
 	if e == nil {
-		e = m.entryFor(c.Key)
+		e = &entry{key: string(c.Key), heapIdx: -1}
+		m.locks[e.key] = e
+		m.locksPeak = max(m.locksPeak, len(m.locks))
+	} else {
+		m.free--
 	}
-	m.free--
-	m.take(s, e, c.ID, now+int64(c.TTLMs)*1e6)
+	e.sess, e.lockID, e.fence = s, c.ID, m.fence
+	e.deadline = now + int64(c.TTLMs)*1e6
+	m.fence++
+	m.grants++
+	m.grant(s, e)
 	r.Fence = e.fence
 }
 
@@ -470,13 +503,19 @@ func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
 	}
-	if w := m.waiterOf(s, c.LockID); w != nil && w.hasKey(c.Key) {
-		m.giveUp(w) // a queued LOCK cancelled: it leaves the queue, answered for good
+	if w := m.waiterOf(s, c.LockID); w != nil {
+		m.giveUp(w) // a queued LOCK cancelled, whichever key it names: it leaves the queue, answered for good
 		return
 	}
 	e := m.locks[string(c.Key)]
 	if e == nil || e.sess != s || e.lockID != c.LockID {
-		return // already gone: OK, and a newer holder is left alone
+		// Already gone: OK, and a newer holder is left alone. Or not there yet: an
+		// UNLOCK that overtook its LOCK (the client gave up on it). Either way a copy
+		// of the LOCK arriving later is not to be queued or granted.
+		if c.LockID >= s.floor {
+			s.released.add(c.LockID, answeredLocked, &m.leafPool)
+		}
+		return
 	}
 	if overdue(e, now) {
 		m.expire(e) // released too late: the expiry the budget had left

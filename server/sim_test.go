@@ -32,17 +32,31 @@ type refSession struct {
 	floor               uint64
 	isolated, isolating bool
 	released            map[uint64]answer // LOCK id answered for good → how
+	waiters             []*refWaiter      // in enqueue order
+	waitKeys            int
+	holderSince         uint64 // when it last went from no lock to one (UNLOCKALL's order)
+}
+
+// refWaiter is a queued LOCK or LOCKMANY.
+type refWaiter struct {
+	sess  *refSession
+	id    uint64
+	ttl   int64
+	bound int64 // 0: none
+	seq   uint64
+	keys  []string
 }
 
 // answer is how a LOCK was answered for good.
 type answer uint8
 
 const (
-	answerReleased answer = iota // granted, then released: copies get STALE
-	answerLocked                 // refused with LOCKED: copies get LOCKED
-	answerDelayed                // LOCK_DELAY: copies get LOCK_DELAY (lockDelayIsFinal)
-	answerTooMany                // TOO_MANY_LOCKS: copies get it again
-	answerFull                   // SERVER_FULL: copies get it again
+	answerReleased       answer = iota // granted, then released: copies get STALE
+	answerLocked                       // refused with LOCKED: copies get LOCKED
+	answerDelayed                      // LOCK_DELAY: copies get LOCK_DELAY (lockDelayIsFinal)
+	answerTooMany                      // TOO_MANY_LOCKS: copies get it again
+	answerFull                         // SERVER_FULL: copies get it again
+	answerTooManyWaiters               // TOO_MANY_WAITERS: copies get it again
 )
 
 // lockDelayIsFinal says that the Machine remembers LOCKs answered LOCK_DELAY so that
@@ -54,6 +68,7 @@ type refLock struct {
 	lockID   uint64
 	fence    uint64
 	deadline int64
+	hot      uint64 // held with waiters: since when (the order a session's release hands them on); 0: no waiters
 }
 
 type refMachine struct {
@@ -70,6 +85,17 @@ type refMachine struct {
 	// that answered it (the simulation draws session ids that collide, so an id may
 	// name a session that ended and then another).
 	answeredBy map[int32]uint64
+
+	// Waiting: FIFO queues of waiters per key, the keys to hand on at the end of a step,
+	// the keys whose grant waits for the lock-delay's end or fences, and the grants
+	// pushed by the last apply with the serials of their sessions.
+	queues     map[string][]*refWaiter
+	handQ      []string
+	stalled    []string
+	isStalled  map[string]bool
+	waitKeys   int
+	out        []Result
+	pushSerial []uint64
 }
 
 func newRef(cfg MachineConfig) *refMachine {
@@ -77,7 +103,8 @@ func newRef(cfg MachineConfig) *refMachine {
 		cfg.FirstFence = 1
 	}
 	return &refMachine{cfg: cfg, sessions: map[uint64]*refSession{}, nonces: map[uint64]*refSession{},
-		locks: map[string]*refLock{}, fence: cfg.FirstFence, fenceEnd: cfg.FirstFence}
+		locks: map[string]*refLock{}, fence: cfg.FirstFence, fenceEnd: cfg.FirstFence,
+		queues: map[string][]*refWaiter{}, isStalled: map[string]bool{}}
 }
 
 func (m *refMachine) setFenceLimit(end uint64) { m.fenceEnd = max(m.fenceEnd, end) }
@@ -98,40 +125,63 @@ func (m *refMachine) held(s *refSession) []*refLock {
 	return out
 }
 
+// releaseAll releases every lock of s; those with waiters are handed on, in the order
+// they got waiters.
 func (m *refMachine) releaseAll(s *refSession) {
+	type hotKey struct {
+		key string
+		hot uint64
+	}
+	var hot []hotKey
 	for k, l := range m.locks {
 		if l.sess == s {
+			if l.hot != 0 {
+				hot = append(hot, hotKey{k, l.hot})
+			}
 			delete(m.locks, k)
 		}
+	}
+	slices.SortFunc(hot, func(a, b hotKey) int { return cmp.Compare(a.hot, b.hot) })
+	for _, h := range hot {
+		m.handQ = append(m.handQ, h.key)
 	}
 }
 
 func (m *refMachine) isolate(s *refSession) {
-	if !s.isolated {
-		s.isolated = true
-		m.isolations++
-		if m.cfg.Isolate {
-			s.isolating = true
-			m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
-		}
-	}
+	m.markIsolated(s)
 	if !s.isolating {
 		m.releaseAll(s)
 	}
 }
 
+func (m *refMachine) markIsolated(s *refSession) {
+	if s.isolated {
+		return
+	}
+	s.isolated = true
+	m.isolations++
+	if m.cfg.Isolate {
+		s.isolating = true
+		m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
+	}
+	m.dropWaiters(s)
+}
+
 func (m *refMachine) apply(now int64, cmds []Command) ([]Result, []Isolation) {
 	m.effects = nil
+	m.out = nil
+	m.pushSerial = nil
 	m.answeredBy = map[int32]uint64{}
-	// Locks whose deadline passed isolate their session, earliest first. Keys of a
-	// session whose isolation command runs no longer expire.
+	// Locks whose deadline passed isolate their session, earliest first (equal deadlines:
+	// lowest fence first). Keys of a session whose isolation command runs no longer
+	// expire.
 	for {
 		var first *refLock
 		for _, l := range m.locks {
 			if l.sess.isolating || l.deadline > now {
 				continue
 			}
-			if first == nil || l.deadline < first.deadline {
+			if first == nil || l.deadline < first.deadline || (l.deadline == first.deadline && l.fence < first.fence) {
 				first = l
 			}
 		}
@@ -139,6 +189,26 @@ func (m *refMachine) apply(now int64, cmds []Command) ([]Result, []Isolation) {
 			break
 		}
 		m.isolate(first.sess)
+		m.settle(now)
+	}
+	// Waiters whose bound passed, earliest first (equal bounds: first queued first).
+	for {
+		var first *refWaiter
+		for _, q := range m.queues {
+			for _, w := range q {
+				if w.bound == 0 || w.bound > now {
+					continue
+				}
+				if first == nil || w.bound < first.bound || (w.bound == first.bound && w.seq < first.seq) {
+					first = w
+				}
+			}
+		}
+		if first == nil {
+			break
+		}
+		m.giveUp(first)
+		m.settle(now)
 	}
 	// Silent sessions, least recently seen first.
 	if m.cfg.SessionTimeout > 0 {
@@ -161,20 +231,266 @@ func (m *refMachine) apply(now int64, cmds []Command) ([]Result, []Isolation) {
 			default:
 				m.deleteSession(oldest)
 			}
+			m.settle(now)
 		}
 	}
-	var out []Result
+	// Keys stalled by the lock-delay or by fences, once grants may resume.
+	if len(m.stalled) > 0 && m.canGrant(1, now) {
+		for n := len(m.stalled); n > 0; n-- {
+			k := m.stalled[0]
+			m.stalled = m.stalled[1:]
+			delete(m.isStalled, k)
+			m.handQ = append(m.handQ, k)
+			m.settle(now)
+		}
+	}
 	for i := range cmds {
 		c := &cmds[i]
 		if r, ok := m.one(now, c); ok {
 			r.Tag, r.ID = c.Tag, c.ID
-			out = append(out, r)
+			m.out = append(m.out, r)
+		}
+		m.settle(now)
+	}
+	return m.out, m.effects
+}
+
+// Waiting, as docs/PROTOCOL.md tells it.
+
+func (m *refMachine) canGrant(n int, now int64) bool {
+	return now >= m.cfg.LockDelayUntil && m.fenceEnd-m.fence >= uint64(n)
+}
+
+func (m *refMachine) findWaiter(s *refSession, id uint64) *refWaiter {
+	for _, w := range s.waiters {
+		if w.id == id {
+			return w
 		}
 	}
-	return out, m.effects
+	return nil
+}
+
+// enqueue queues a waiter in every key's queue; a free key it heads is handed on (the
+// grant then stalls: it would have been granted at once otherwise).
+func (m *refMachine) enqueue(now int64, s *refSession, c *Command, keys []string) {
+	m.seq++
+	w := &refWaiter{sess: s, id: c.ID, ttl: int64(c.TTLMs) * 1e6, seq: uint64(m.seq), keys: keys}
+	if c.WaitMs > 0 {
+		w.bound = now + int64(c.WaitMs)*1e6
+	}
+	for _, k := range keys {
+		if l := m.locks[k]; l != nil && len(m.queues[k]) == 0 {
+			m.seq++
+			l.hot = uint64(m.seq)
+		}
+		m.queues[k] = append(m.queues[k], w)
+	}
+	s.waiters = append(s.waiters, w)
+	s.waitKeys += len(keys)
+	m.waitKeys += len(keys)
+	if m.locks[keys[0]] == nil && m.queues[keys[0]][0] == w {
+		m.handQ = append(m.handQ, keys[0])
+	}
+}
+
+// removeWaiter takes w out of every queue, in its key order; a free key it headed is
+// handed on.
+func (m *refMachine) removeWaiter(w *refWaiter) {
+	for _, k := range w.keys {
+		q := m.queues[k]
+		i := slices.Index(q, w)
+		q = slices.Delete(q, i, i+1)
+		if len(q) == 0 {
+			delete(m.queues, k)
+		} else {
+			m.queues[k] = q
+		}
+		l := m.locks[k]
+		switch {
+		case l != nil && len(q) == 0:
+			l.hot = 0
+		case l == nil && i == 0 && len(q) > 0:
+			m.handQ = append(m.handQ, k)
+		}
+	}
+	s := w.sess
+	i := slices.Index(s.waiters, w)
+	s.waiters = slices.Delete(s.waiters, i, i+1)
+	s.waitKeys -= len(w.keys)
+	m.waitKeys -= len(w.keys)
+}
+
+func (m *refMachine) giveUp(w *refWaiter) {
+	m.removeWaiter(w)
+	if w.id >= w.sess.floor {
+		m.addReleased(w.sess, w.id, answerLocked)
+	}
+}
+
+func (m *refMachine) dropWaiters(s *refSession) {
+	for len(s.waiters) > 0 {
+		m.removeWaiter(s.waiters[0])
+	}
+}
+
+func (m *refMachine) settle(now int64) {
+	for i := 0; i < len(m.handQ); i++ {
+		m.handOn(m.handQ[i], now)
+	}
+	m.handQ = nil
+}
+
+// handOn grants free key k to the head of its queue when it heads every queue of its
+// keys and each is free; waiters past their bound are removed first.
+func (m *refMachine) handOn(k string, now int64) {
+	for m.locks[k] == nil && len(m.queues[k]) > 0 {
+		w := m.queues[k][0]
+		if w.bound != 0 && w.bound <= now {
+			m.giveUp(w)
+			continue
+		}
+		for _, o := range w.keys {
+			if m.locks[o] != nil || m.queues[o][0] != w {
+				return
+			}
+		}
+		if !m.canGrant(len(w.keys), now) {
+			if !m.isStalled[k] {
+				m.isStalled[k] = true
+				m.stalled = append(m.stalled, k)
+			}
+			return
+		}
+		first := m.fence
+		s := w.sess
+		for _, o := range w.keys {
+			q := m.queues[o][1:]
+			if len(q) == 0 {
+				delete(m.queues, o)
+			} else {
+				m.queues[o] = q
+			}
+			m.grantKey(s, o, w.id, now+w.ttl)
+		}
+		i := slices.Index(s.waiters, w)
+		s.waiters = slices.Delete(s.waiters, i, i+1)
+		s.waitKeys -= len(w.keys)
+		m.waitKeys -= len(w.keys)
+		m.out = append(m.out, Result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
+		m.pushSerial = append(m.pushSerial, s.serial)
+		return
+	}
+}
+
+// grantKey gives free key k to (s, id) with the next fence.
+func (m *refMachine) grantKey(s *refSession, k string, id uint64, deadline int64) {
+	if len(m.held(s)) == 0 {
+		m.seq++
+		s.holderSince = uint64(m.seq)
+	}
+	l := &refLock{sess: s, lockID: id, fence: m.fence, deadline: deadline}
+	if len(m.queues[k]) > 0 {
+		m.seq++
+		l.hot = uint64(m.seq)
+	}
+	m.locks[k] = l
+	m.fence++
+	m.grants++
+}
+
+// mayHold: the lock caps, waiting keys counted as held.
+func (m *refMachine) mayHold(s *refSession, n int) (wire.Code, bool) {
+	if m.cfg.MaxLocksPerSession > 0 && len(m.held(s))+s.waitKeys+n > m.cfg.MaxLocksPerSession {
+		return wire.CodeTooManyLocks, false
+	}
+	if m.cfg.MaxLocks > 0 && len(m.locks)+m.waitKeys+n > m.cfg.MaxLocks {
+		return wire.CodeServerFull, false
+	}
+	return 0, true
+}
+
+func (m *refMachine) waiterRoom(s *refSession, keys []string) bool {
+	if m.cfg.MaxWaitersPerSession > 0 && len(s.waiters) >= m.cfg.MaxWaitersPerSession {
+		return false
+	}
+	for _, k := range keys {
+		if m.cfg.MaxWaitersPerKey > 0 && len(m.queues[k]) >= m.cfg.MaxWaitersPerKey {
+			return false
+		}
+	}
+	return true
+}
+
+// lockKeys is LOCK (one key) and LOCKMANY (keys, checked).
+func (m *refMachine) lockKeys(now int64, s *refSession, c *Command, keys []string, r *Result) {
+	bad := func(code wire.Code) { r.Op, r.Code = wire.OpError, code }
+	refuse := func(code wire.Code, how answer) {
+		bad(code)
+		m.addReleased(s, c.ID, how)
+	}
+	capCode := map[wire.Code]answer{wire.CodeTooManyLocks: answerTooMany, wire.CodeServerFull: answerFull}
+	if how, done := s.released[c.ID]; done {
+		switch how {
+		case answerLocked:
+			r.Op = wire.OpLocked
+		case answerDelayed:
+			bad(wire.CodeLockDelay)
+		case answerTooMany:
+			bad(wire.CodeTooManyLocks)
+		case answerFull:
+			bad(wire.CodeServerFull)
+		case answerTooManyWaiters:
+			bad(wire.CodeTooManyWaiters)
+		default:
+			bad(wire.CodeStale)
+		}
+		return
+	}
+	if m.findWaiter(s, c.ID) != nil {
+		r.Op = wire.OpQueued
+		return
+	}
+	if l := m.locks[keys[0]]; l != nil && l.sess == s && l.lockID == c.ID {
+		r.Fence = l.fence
+		return
+	}
+	busy := false
+	for _, k := range keys {
+		busy = busy || m.locks[k] != nil || len(m.queues[k]) > 0
+	}
+	if busy && !c.Wait {
+		r.Op = wire.OpLocked
+		m.addReleased(s, c.ID, answerLocked)
+		return
+	}
+	if code, ok := m.mayHold(s, len(keys)); !ok {
+		refuse(code, capCode[code])
+		return
+	}
+	if !busy && !m.canGrant(len(keys), now) && !c.Wait {
+		if lockDelayIsFinal {
+			m.addReleased(s, c.ID, answerDelayed)
+		}
+		bad(wire.CodeLockDelay)
+		return
+	}
+	if busy || !m.canGrant(len(keys), now) {
+		if !m.waiterRoom(s, keys) {
+			refuse(wire.CodeTooManyWaiters, answerTooManyWaiters)
+			return
+		}
+		m.enqueue(now, s, c, keys)
+		r.Op = wire.OpQueued
+		return
+	}
+	r.Fence = m.fence
+	for _, k := range keys {
+		m.grantKey(s, k, c.ID, now+int64(c.TTLMs)*1e6)
+	}
 }
 
 func (m *refMachine) deleteSession(s *refSession) {
+	m.dropWaiters(s)
 	m.releaseAll(s)
 	delete(m.sessions, s.id)
 	delete(m.nonces, s.nonce)
@@ -231,7 +547,10 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		return Result{Op: wire.OpDisconnected, Session: c.Session}, true
 	}
 	m.touch(s, now)
-	if c.Kind == KindLock {
+	if c.Kind == KindLock || c.Kind == KindLockMany {
+		m.answeredBy[c.Tag] = s.serial
+	}
+	if c.Kind == KindUnlock {
 		m.answeredBy[c.Tag] = s.serial
 	}
 	if c.Floor > s.floor {
@@ -276,47 +595,27 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		if code, isBad := ttlBad(c.TTLMs); isBad {
 			return bad(code)
 		}
-		if how, done := s.released[c.ID]; done {
-			switch how {
-			case answerLocked:
-				r.Op = wire.OpLocked
-				return r, true
-			case answerDelayed:
-				return bad(wire.CodeLockDelay)
-			case answerTooMany:
-				return bad(wire.CodeTooManyLocks)
-			case answerFull:
-				return bad(wire.CodeServerFull)
+		m.lockKeys(now, s, c, []string{string(c.Key)}, &r)
+	case KindLockMany:
+		var keys []string
+		rest, ok := c.Key, c.KeyCount >= 1 && c.KeyCount <= wire.MaxManyKeys
+		for i := 0; ok && i < int(c.KeyCount); i++ {
+			if len(rest) == 0 || rest[0] == 0 || len(rest) < 1+int(rest[0]) {
+				ok = false
+				break
 			}
-			return bad(wire.CodeStale)
+			k := string(rest[1 : 1+int(rest[0])])
+			rest = rest[1+int(rest[0]):]
+			ok = !slices.Contains(keys, k)
+			keys = append(keys, k)
 		}
-		if l := m.locks[string(c.Key)]; l != nil {
-			if l.sess == s && l.lockID == c.ID {
-				r.Fence = l.fence
-			} else {
-				r.Op = wire.OpLocked
-				m.addReleased(s, c.ID, answerLocked)
-			}
-			return r, true
+		if !ok || len(rest) != 0 || c.ID == 0 {
+			return bad(wire.CodeBadRequest)
 		}
-		if m.cfg.MaxLocksPerSession > 0 && len(m.held(s)) >= m.cfg.MaxLocksPerSession {
-			m.addReleased(s, c.ID, answerTooMany)
-			return bad(wire.CodeTooManyLocks)
+		if code, isBad := ttlBad(c.TTLMs); isBad {
+			return bad(code)
 		}
-		if m.cfg.MaxLocks > 0 && len(m.locks) >= m.cfg.MaxLocks {
-			m.addReleased(s, c.ID, answerFull)
-			return bad(wire.CodeServerFull)
-		}
-		if now < m.cfg.LockDelayUntil || m.fence >= m.fenceEnd {
-			if lockDelayIsFinal {
-				m.addReleased(s, c.ID, answerDelayed)
-			}
-			return bad(wire.CodeLockDelay)
-		}
-		m.locks[string(c.Key)] = &refLock{sess: s, lockID: c.ID, fence: m.fence, deadline: now + int64(c.TTLMs)*1e6}
-		r.Fence = m.fence
-		m.fence++
-		m.grants++
+		m.lockKeys(now, s, c, keys, &r)
 	case KindUpdate:
 		if len(c.Key) == 0 || c.LockID == 0 {
 			return bad(wire.CodeBadRequest)
@@ -334,22 +633,40 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		if len(c.Key) == 0 || c.LockID == 0 {
 			return bad(wire.CodeBadRequest)
 		}
+		if w := m.findWaiter(s, c.LockID); w != nil {
+			m.giveUp(w) // a queued LOCK cancelled
+			break
+		}
 		l := m.locks[string(c.Key)]
 		if l != nil && l.sess == s && l.lockID == c.LockID {
 			delete(m.locks, string(c.Key))
+			if len(m.queues[string(c.Key)]) > 0 {
+				m.handQ = append(m.handQ, string(c.Key))
+			}
 			if c.LockID >= s.floor {
 				m.addReleased(s, c.LockID, answerReleased)
 			}
+		} else if c.LockID >= s.floor {
+			m.addReleased(s, c.LockID, answerLocked) // gone, or its LOCK not here yet
 		}
 	case KindUnlockAll:
 		if !c.Admin {
 			return bad(wire.CodeForbidden)
 		}
+		// The holders, the latest to start holding first: all are isolated (their
+		// waiters leave), then all released; the keys are handed on after the command.
+		var holders []*refSession
 		for _, o := range m.sessions {
 			if len(m.held(o)) > 0 {
-				m.isolate(o)
-				m.releaseAll(o)
+				holders = append(holders, o)
 			}
+		}
+		slices.SortFunc(holders, func(a, b *refSession) int { return cmp.Compare(b.holderSince, a.holderSince) })
+		for _, o := range holders {
+			m.markIsolated(o)
+		}
+		for _, o := range holders {
+			m.releaseAll(o)
 		}
 		r.Op = wire.OpPong
 	default:
@@ -449,6 +766,11 @@ func simulate(program []byte) error {
 	if flags&8 != 0 {
 		cfg.FirstFence = 1 << 40
 	}
+	if w := p.byte(); w&1 != 0 {
+		cfg.MaxWaitersPerKey = 1 + int(w>>1&3)
+	} else if w&8 != 0 {
+		cfg.MaxWaitersPerSession = 1 + int(w>>4&3)
+	}
 	m := NewMachine(cfg)
 	ref := newRef(cfg)
 	limit := m.NextFence() + uint64(p.pick(8))
@@ -468,6 +790,15 @@ func simulate(program []byte) error {
 		lockAnswers = map[[3]uint64]uint64{}
 		fenceOf     = map[uint64][2]uint64{} // fence → the (session serial, LOCK id) granted it
 		allKeys     = simKeys[:len(simKeys)-1]
+		// Waiting, observed from the answers alone: each request answered QUEUED (by
+		// client, session serial and id), per key in the order they were queued; the
+		// ids the client cancelled (UNLOCK applied); the sessions that ended.
+		// Keyed by session serial and id: a client whose session ended may speak under
+		// an id drawn again for another's session.
+		waiting   = map[[2]uint64]*simWait{}
+		fifo      = map[string][][2]uint64{}
+		cancelled = map[[2]uint64]bool{}
+		ended     = map[uint64]bool{}
 	)
 	fail := func(format string, args ...any) error {
 		if len(trace) > 40 {
@@ -523,55 +854,158 @@ func simulate(program []byte) error {
 			}
 			pending = append(pending, iso.Session)
 		}
-		// What the clients learn.
+		// What the clients learn. First the sessions connected and the requests queued
+		// by this step (a request queued may be granted later in the same step), then
+		// every answer and pushed grant in the order they were given.
+		granted := map[[2]uint64]bool{} // waiters granted by this step
+		cancelNow := map[[2]uint64]bool{}
 		for _, r := range got {
+			if r.Tag < 0 {
+				continue
+			}
 			c := cmds[r.Tag]
-			if c.Kind == KindConnect && r.Op == wire.OpConnected {
+			sender := senders[r.Tag]
+			switch {
+			case c.Kind == KindConnect && r.Op == wire.OpConnected:
 				for _, cl := range clients {
 					if cl.nonce == c.ID && cl.session == 0 {
 						cl.session = r.Session
 					}
 				}
-				if ps := ref.sessions[r.Session]; ps != nil && m.Peer(r.Session) != ps.peer {
-					return fail("step %d: session %x: Peer %v, CONNECT's %v", step, r.Session, m.Peer(r.Session), ps.peer)
+				if ps := ref.sessions[r.Session]; ps != nil {
+					if m.Peer(r.Session) != ps.peer {
+						return fail("step %d: session %x: Peer %v, CONNECT's %v", step, r.Session, m.Peer(r.Session), ps.peer)
+					}
+				}
+			case c.Kind == KindUnlock && r.Op == wire.OpOK:
+				if serial, ok := ref.answeredBy[r.Tag]; ok {
+					cancelNow[[2]uint64{serial, c.LockID}] = true
+				}
+			case r.Op == wire.OpQueued:
+				wk := [2]uint64{ref.answeredBy[r.Tag], r.ID}
+				if !c.Wait && waiting[wk] == nil {
+					return fail("step %d: a LOCK without WAIT answered QUEUED", step)
+				}
+				if _, answered := lockAnswers[[3]uint64{sender.nonce, wk[0], wk[1]}]; answered {
+					return fail("step %d: LOCK %d of session %x answered QUEUED after its final answer", step, r.ID, r.Session)
+				}
+				if waiting[wk] == nil {
+					simSeen.queued++
+					keys := reqKeys(c)
+					w := &simWait{keys: keys, cl: sender}
+					if c.WaitMs > 0 {
+						w.bound = now + int64(c.WaitMs)*ms
+					}
+					waiting[wk] = w
+					for _, key := range keys {
+						fifo[key] = append(fifo[key], wk)
+					}
+					sender.learn(r.ID, keys) // so that it may cancel it
 				}
 			}
-			if c.Kind != KindLock {
+		}
+		pushIdx := 0
+		for _, r := range got {
+			if r.Tag < 0 {
+				// A pushed grant: to a waiter, in each key's FIFO order, never after its
+				// bound, its cancellation or its session's end.
+				serial := ref.pushSerial[pushIdx]
+				pushIdx++
+				wk := [2]uint64{serial, r.ID}
+				w := waiting[wk]
+				if w == nil {
+					return fail("step %d: grant pushed to LOCK %d of session %x, which was never queued", step, r.ID, r.Session)
+				}
+				cl := w.cl
+				k := [3]uint64{cl.nonce, serial, r.ID}
+				switch {
+				case ended[serial]:
+					return fail("step %d: grant pushed to session %x, ended or isolated earlier", step, r.Session)
+				case cancelled[wk]:
+					return fail("step %d: grant pushed to LOCK %d of session %x after its UNLOCK", step, r.ID, r.Session)
+				case w.bound != 0 && w.bound <= now:
+					return fail("step %d: grant pushed to LOCK %d of session %x after its bound", step, r.ID, r.Session)
+				}
+				prev, answered := lockAnswers[k]
+				if answered {
+					return fail("step %d: LOCK %d of session %x granted twice", step, r.ID, r.Session)
+				}
+				if err := checkGrant(r, k, len(w.keys), answered, prev, &maxFence, fenceOf); err != nil {
+					return fail("step %d: pushed: %v", step, err)
+				}
+				lockAnswers[k] = r.Fence
+				cl.learn(r.ID, w.keys)
+				granted[wk] = true
+				simSeen.pushed++
+				if len(w.keys) > 1 {
+					simSeen.pushedMany++
+				}
+				for _, key := range w.keys {
+					q := fifo[key]
+					i := slices.Index(q, wk)
+					for _, x := range q[:i] {
+						xw := waiting[x]
+						if !granted[x] && !cancelled[x] && !cancelNow[x] && !ended[x[0]] &&
+							(xw.bound == 0 || xw.bound > now) && ref.sessionAlive(x[0]) {
+							return fail("step %d: key %q granted to LOCK %d of session %x before an earlier waiter %v", step, key, r.ID, r.Session, x)
+						}
+					}
+				}
+				continue
+			}
+			c := cmds[r.Tag]
+			if c.Kind != KindLock && c.Kind != KindLockMany {
 				continue
 			}
 			sender := senders[r.Tag]
 			k := [3]uint64{sender.nonce, ref.answeredBy[r.Tag], r.ID}
+			keys := reqKeys(c)
 			prev, answered := lockAnswers[k]
 			switch r.Op {
 			case wire.OpOK:
-				// Invariants: a LOCK is granted once, with one fence, and never after it
-				// was refused; fences strictly increase over all grants.
-				switch {
-				case r.Fence == 0:
-					return fail("step %d: LOCK granted with fence 0", step)
-				case answered && prev == 0:
-					return fail("step %d: LOCK %d of session %x granted after it was refused", step, r.ID, r.Session)
-				case answered && prev != r.Fence:
-					return fail("step %d: LOCK %d of session %x granted fence %d, earlier %d", step, r.ID, r.Session, r.Fence, prev)
-				case !answered && r.Fence <= maxFence && fenceOf[r.Fence] != [2]uint64{k[1], k[2]}:
-					return fail("step %d: fence %d granted after %d", step, r.Fence, maxFence)
+				if err := checkGrant(r, k, len(keys), answered, prev, &maxFence, fenceOf); err != nil {
+					return fail("step %d: %v", step, err)
+				}
+				if w := waiting[[2]uint64{k[1], k[2]}]; w != nil && w.cl == sender && !answered {
+					return fail("step %d: LOCK %d of session %x, queued, answered OK rather than pushed", step, r.ID, r.Session)
 				}
 				if !answered {
-					maxFence = max(maxFence, r.Fence)
-					fenceOf[r.Fence] = [2]uint64{k[1], k[2]}
 					lockAnswers[k] = r.Fence
-					sender.lockIDs = append(sender.lockIDs, r.ID)
-					sender.lockKey = append(sender.lockKey, string(c.Key))
+					sender.learn(r.ID, keys)
+					if len(keys) > 1 {
+						simSeen.grantedMany++
+					}
 				}
 			case wire.OpLocked, wire.OpError:
 				// LOCKED, LOCK_DELAY and the caps are final refusals: the client gives up
 				// the id.
 				final := r.Op == wire.OpLocked || (lockDelayIsFinal && r.Code == wire.CodeLockDelay) ||
-					r.Code == wire.CodeTooManyLocks || r.Code == wire.CodeServerFull
+					r.Code == wire.CodeTooManyLocks || r.Code == wire.CodeServerFull || r.Code == wire.CodeTooManyWaiters
 				if !answered && final {
 					lockAnswers[k] = 0
 				}
 			}
+		}
+		for k := range cancelNow {
+			if waiting[k] != nil && !granted[k] && !cancelled[k] {
+				simSeen.cancelled++
+			}
+			cancelled[k] = true
+		}
+		for wk := range waiting {
+			if !ref.sessionAlive(wk[0]) {
+				ended[wk[0]] = true
+			}
+		}
+		for key, q := range fifo {
+			q = slices.DeleteFunc(q, func(x [2]uint64) bool {
+				w := waiting[x]
+				return granted[x] || cancelled[x] || ended[x[0]] || (w.bound != 0 && w.bound <= now)
+			})
+			fifo[key] = q
+		}
+		if err := checkQueues(m, now); err != nil {
+			return fail("step %d: %v", step, err)
 		}
 		if err := compareState(m, ref, allKeys, clients); err != nil {
 			return fail("step %d: %v", step, err)
@@ -579,6 +1013,148 @@ func simulate(program []byte) error {
 		if err := checkCaps(m, cfg); err != nil {
 			return fail("step %d: %v", step, err)
 		}
+	}
+	return nil
+}
+
+// simSeen counts what the simulation exercised, so that a change of the generator that
+// stops reaching waiting is noticed (TestSimulateMachine).
+var simSeen struct {
+	queued, pushed, pushedMany, cancelled, grantedMany int
+}
+
+// simWait is a request the simulation saw answered QUEUED.
+type simWait struct {
+	keys  []string
+	bound int64      // 0: none
+	cl    *simClient // the client that sent it
+}
+
+// learn records that the client's request id was granted (or queued) for keys: later
+// UPDATEs and UNLOCKs name it.
+func (cl *simClient) learn(id uint64, keys []string) {
+	for _, k := range keys {
+		cl.lockIDs = append(cl.lockIDs, id)
+		cl.lockKey = append(cl.lockKey, k)
+	}
+}
+
+// reqKeys lists the keys of a LOCK or LOCKMANY as sent (a malformed list as far as it
+// reads).
+func reqKeys(c Command) []string {
+	if c.Kind == KindLock {
+		return []string{string(c.Key)}
+	}
+	var keys []string
+	rest := c.Key
+	for i := 0; i < int(c.KeyCount) && len(rest) > 0 && len(rest) >= 1+int(rest[0]); i++ {
+		keys = append(keys, string(rest[1:1+int(rest[0])]))
+		rest = rest[1+int(rest[0]):]
+	}
+	return keys
+}
+
+// checkGrant checks an OK to a LOCK or LOCKMANY of n keys: granted once, with one fence
+// (n consecutive ones), never after it was refused; fences strictly increase over all
+// grants.
+func checkGrant(r Result, k [3]uint64, n int, answered bool, prev uint64, maxFence *uint64, fenceOf map[uint64][2]uint64) error {
+	switch {
+	case r.Fence == 0:
+		return fmt.Errorf("LOCK granted with fence 0")
+	case answered && prev == 0:
+		return fmt.Errorf("LOCK %d of session %x granted after it was refused", r.ID, r.Session)
+	case answered && prev != r.Fence:
+		return fmt.Errorf("LOCK %d of session %x granted fence %d, earlier %d", r.ID, r.Session, r.Fence, prev)
+	case !answered && r.Fence <= *maxFence && fenceOf[r.Fence] != [2]uint64{k[1], k[2]}:
+		return fmt.Errorf("fence %d granted after %d", r.Fence, *maxFence)
+	}
+	if !answered && r.Fence > *maxFence {
+		// A new grant (not a copy of one answered to another client speaking under
+		// the same session id and request id).
+		*maxFence = max(*maxFence, r.Fence+uint64(n)-1)
+		for i := 0; i < n; i++ {
+			fenceOf[r.Fence+uint64(i)] = [2]uint64{k[1], k[2]}
+		}
+	}
+	return nil
+}
+
+// sessionAlive tells whether the session with serial exists and is not isolated.
+func (m *refMachine) sessionAlive(serial uint64) bool {
+	for _, s := range m.sessions {
+		if s.serial == serial {
+			return !s.isolated
+		}
+	}
+	return false
+}
+
+// checkQueues checks the Machine's queues on their own: links and counts agree, a held
+// key has waiters exactly when it is hot, waiters of a session are linked and counted
+// with it, and no free key is left with a head that could be granted now (it is
+// reserved for a multi-key head, or stalled until grants may resume).
+func checkQueues(m *Machine, now int64) error {
+	nodes, waitKeys := 0, 0
+	for k, e := range m.locks {
+		n := 0
+		var prev *qnode
+		for q := e.qhead; q != nil; q = q.next {
+			if q.prev != prev || q.e != e {
+				return fmt.Errorf("key %q: queue links broken", k)
+			}
+			if m.waiters[waitKey{q.w.sess, q.w.id}] != q.w {
+				return fmt.Errorf("key %q: a waiter not in the index", k)
+			}
+			if q.w.sess.isolated || m.sessions[q.w.sess.id] != q.w.sess {
+				return fmt.Errorf("key %q: a waiter of an ended or isolated session", k)
+			}
+			prev = q
+			n++
+		}
+		if e.qtail != prev || e.nwait != n {
+			return fmt.Errorf("key %q: tail or count (%d, %d counted) wrong", k, e.nwait, n)
+		}
+		nodes += n
+		held := e.sess != nil && !e.sess.draining
+		if e.sess != nil && e.hot != (n > 0) {
+			return fmt.Errorf("key %q: hot=%v with %d waiters", k, e.hot, n)
+		}
+		if e.sess != nil && e.sess.draining && n > 0 {
+			return fmt.Errorf("key %q: waiters behind a released holder", k)
+		}
+		if !held && n > 0 && !e.stalled {
+			w := e.qhead.w
+			grantable := w.bound == 0 || w.bound > now
+			for i := range w.nodes {
+				if o := &w.nodes[i]; o.e.sess != nil || o.e.qhead != o {
+					grantable = false
+				}
+			}
+			stalled := false
+			for i := range w.nodes {
+				stalled = stalled || w.nodes[i].e.stalled
+			}
+			switch {
+			case grantable && m.canGrant(len(w.nodes), now):
+				return fmt.Errorf("key %q: free, its head (%x, %d) grantable and not granted", k, w.sess.id, w.id)
+			case grantable && !stalled:
+				return fmt.Errorf("key %q: free, its head (%x, %d) waits for grants to resume, not stalled", k, w.sess.id, w.id)
+			}
+		}
+	}
+	for _, s := range m.sessions {
+		n, keys := 0, 0
+		for w := s.whead; w != nil; w = w.snext {
+			n++
+			keys += len(w.nodes)
+		}
+		if n != s.nwaiters || keys != s.waitKeys {
+			return fmt.Errorf("session %x: %d waiters of %d keys, counted %d of %d", s.id, n, keys, s.nwaiters, s.waitKeys)
+		}
+		waitKeys += keys
+	}
+	if nodes != waitKeys || waitKeys != m.waitKeys {
+		return fmt.Errorf("%d queue nodes, %d waiting keys by session, %d counted", nodes, waitKeys, m.waitKeys)
 	}
 	return nil
 }
@@ -620,10 +1196,30 @@ func compareState(m *Machine, ref *refMachine, keys []string, clients []*simClie
 			return fmt.Errorf("session %x: machine isolated=%v, model %v", c.session, m.Isolated(c.session), want)
 		}
 	}
+	for _, k := range keys {
+		var want [][2]uint64
+		for _, w := range ref.queues[k] {
+			want = append(want, [2]uint64{w.sess.id, w.id})
+		}
+		if got := m.Queue(k); !slices.Equal(got, want) {
+			return fmt.Errorf("key %q: machine queue %v, model %v", k, got, want)
+		}
+	}
+	if m.Waiters() != countWaiters(ref) {
+		return fmt.Errorf("machine has %d waiters, model %d", m.Waiters(), countWaiters(ref))
+	}
 	if m.Idle() != (len(ref.sessions) == 0 && len(ref.locks) == 0) {
 		return fmt.Errorf("machine idle=%v, model disagrees", m.Idle())
 	}
 	return nil
+}
+
+func countWaiters(ref *refMachine) int {
+	n := 0
+	for _, s := range ref.sessions {
+		n += len(s.waiters)
+	}
+	return n
 }
 
 // checkCaps checks the spec's caps on the Machine itself.
@@ -710,7 +1306,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 		return c, cl
 	}
 	c := Command{Session: session, Floor: cl.floor, Tag: tag}
-	kinds := []Kind{KindLock, KindLock, KindLock, KindUpdate, KindUnlock, KindUnlock, KindTouch, KindPing, KindDisconnect, KindUnlockAll, Kind(200)}
+	kinds := []Kind{KindLock, KindLock, KindLock, KindLockMany, KindUpdate, KindUnlock, KindUnlock, KindTouch, KindPing, KindDisconnect, KindUnlockAll, Kind(200)}
 	c.Kind = kinds[p.pick(len(kinds))]
 	if c.Kind == KindDisconnect && p.byte() < 200 {
 		c.Kind = KindTouch // keep sessions alive most of the time
@@ -723,6 +1319,29 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 	cl.nextID++
 	c.Key = []byte(simKeys[p.pick(len(simKeys))])
 	c.TTLMs = simTTLs[p.pick(len(simTTLs))]
+	if c.Kind == KindLock || c.Kind == KindLockMany {
+		if w := p.byte(); w < 128 {
+			c.Wait, c.WaitMs = true, []uint32{0, 0, 0, 50, 300, 1000}[w%6]
+		}
+	}
+	if c.Kind == KindLockMany {
+		// 1 to 3 keys, mostly distinct and valid; "" and duplicates are bad requests.
+		var keys []string
+		for n, tries := 1+p.pick(3), 0; len(keys) < n && tries < 8; tries++ {
+			k := simKeys[p.pick(len(simKeys))]
+			if slices.Contains(keys, k) && p.byte() < 240 {
+				continue
+			}
+			if k == "" && p.byte() < 200 {
+				continue
+			}
+			keys = append(keys, k)
+		}
+		if len(keys) == 0 {
+			keys = []string{"a"}
+		}
+		c.Key, c.KeyCount = manyKeys(keys...), uint8(len(keys))
+	}
 	if c.Kind == KindUpdate || c.Kind == KindUnlock {
 		if len(cl.lockIDs) > 0 && p.byte() < 220 {
 			i := len(cl.lockIDs) - 1 - p.pick(min(len(cl.lockIDs), 4))
@@ -745,12 +1364,21 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 
 func fmtCmd(c Command) string {
 	names := map[Kind]string{KindConnect: "CONNECT", KindPing: "PING", KindTouch: "TOUCH", KindDisconnect: "DISCONNECT",
-		KindLock: "LOCK", KindUpdate: "UPDATE", KindUnlock: "UNLOCK", KindUnlockAll: "UNLOCKALL", KindIsolationDone: "ISOLATION-DONE"}
+		KindLock: "LOCK", KindUpdate: "UPDATE", KindUnlock: "UNLOCK", KindUnlockAll: "UNLOCKALL", KindIsolationDone: "ISOLATION-DONE",
+		KindLockMany: "LOCKMANY"}
 	n, ok := names[c.Kind]
 	if !ok {
 		n = fmt.Sprintf("KIND(%d)", c.Kind)
 	}
-	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%q new=%d peer=%v admin=%v", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, c.Key, c.NewSession, c.Peer != nil, c.Admin)
+	key := fmt.Sprintf("%q", c.Key)
+	if c.Kind == KindLockMany {
+		key = fmt.Sprintf("%q", reqKeys(c))
+	}
+	wait := ""
+	if c.Wait {
+		wait = fmt.Sprintf(" wait=%dms", c.WaitMs)
+	}
+	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%s%s new=%d peer=%v admin=%v", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, key, wait, c.NewSession, c.Peer != nil, c.Admin)
 }
 
 func fmtRes(r Result) string {
@@ -786,6 +1414,10 @@ func TestSimulateMachine(t *testing.T) {
 		if err := simulate(program); err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
+	}
+	t.Logf("exercised: %+v", simSeen)
+	if simSeen.queued == 0 || simSeen.pushed == 0 || simSeen.pushedMany == 0 || simSeen.cancelled == 0 || simSeen.grantedMany == 0 {
+		t.Fatalf("the simulation no longer exercises waiting: %+v", simSeen)
 	}
 }
 

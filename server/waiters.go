@@ -76,14 +76,11 @@ func (m *Machine) waiterRoom(s *session, id uint64, es []*entry, r *Result) bool
 	return true
 }
 
-// hasKey tells whether key is one of w's keys.
-func (w *waiter) hasKey(key []byte) bool {
-	for i := range w.nodes {
-		if w.nodes[i].e.key == string(key) {
-			return true
-		}
-	}
-	return false
+// overCap tells, cheaply, whether n more keys of s might pass a lock cap (mayHold then
+// decides and refuses).
+func (m *Machine) overCap(s *session, n int) bool {
+	return (m.cfg.MaxLocksPerSession > 0 && s.nlocks+s.waitKeys+n > m.cfg.MaxLocksPerSession) ||
+		(m.cfg.MaxLocks > 0 && m.held+m.waitKeys+n > m.cfg.MaxLocks)
 }
 
 // mayHold checks the lock caps for n more keys of s (waiting keys count as held), and
@@ -294,7 +291,7 @@ func (m *Machine) grantWaiter(w *waiter, now int64) {
 		m.take(s, e, w.id, now+w.ttl)
 	}
 	m.forget(w)
-	m.out = append(m.out, Result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
+	m.pushed = append(m.pushed, Result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
 }
 
 // take gives free entry e to s as lock id with the next fence.
