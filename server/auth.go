@@ -24,6 +24,7 @@ type guard struct {
 	authReplies *rateTable // ERROR AUTH replies per (not validated) address
 	clock       int64      // the loop's clock for the batch being processed
 	nEarly      int        // reply datagrams of the batch queued by the receive stage
+	manyFences  int        // fences the batch's LOCKMANYs may take beyond one per command
 }
 
 // initGuard sets up the receive stage's defences for cfg.
@@ -52,6 +53,7 @@ func (s *Server) beginBatch(now int64) {
 	s.routes = s.routes[:0]
 	s.out = s.out[:0]
 	s.nEarly = 0
+	s.manyFences = 0
 	s.clock = now
 	s.connects.age(now, 2)
 	s.authReplies.age(now, 2)

@@ -86,6 +86,7 @@ func (s *Server) parse(i int) {
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpLockMany:
 			c.Kind, c.TTLMs, c.Key, c.KeyCount = KindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
+			s.manyFences += f.KeyCount - 1 // a fence per key
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpUpdate:
 			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key

@@ -14,8 +14,10 @@ import (
 const fenceBlock = 1 << 16
 
 // FencesLeft is how many fences can be handed out before SetFenceLimit must be called
-// again. The loop makes sure it is at least the number of commands of a batch (each
-// command grants at most one fence) before Apply.
+// again. The loop makes sure it is at least what the commands of a batch may take (one
+// per LOCK, one per key of a LOCKMANY) before Apply. Grants handed on to waiters take
+// what is left; when none is, they wait for the next reservation (the machine stalls
+// them, see waiters.go), never for a fence that is not durable.
 func (m *Machine) FencesLeft() uint64 { return m.fenceEnd - m.fence }
 
 // NextFence is the fence the next grant gets.
@@ -40,8 +42,8 @@ type reservation struct {
 	err error
 }
 
-// reserveBatch reserves fences for a batch of need commands before Apply (each grants
-// at most one). When no durable fence is left (the state file cannot be written: a full
+// reserveBatch reserves fences for a batch before Apply: need is what its commands may
+// take (one per command, one per key of a LOCKMANY). When no durable fence is left (the state file cannot be written: a full
 // disk), the machine refuses grants with LOCK_DELAY rather than use a fence that is not
 // durable, while UPDATE, UNLOCK and the rest are served as usual; the write is tried
 // again every reserveRetry, and grants resume once it succeeds. The failure is logged

@@ -321,7 +321,7 @@ func (s *Server) process(n int, now int64) {
 		s.redirect()
 	} else {
 		s.collectIsolations()
-		s.reserveBatch(len(s.cmds))
+		s.reserveBatch(len(s.cmds) + s.manyFences)
 		s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
 		s.stats.grants.Store(s.m.Grants())
 		s.stats.isolations.Store(s.m.Isolations())
