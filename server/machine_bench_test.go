@@ -16,9 +16,9 @@ func BenchmarkMachineLockUnlock(b *testing.B) {
 		cmds = append(cmds, Command{Kind: KindConnect, ID: uint64(i + 1), NewSession: uint64(i + 1)})
 	}
 	out, _ := m.Apply(0, cmds, nil, nil)
-	keys := make([]string, perBatch)
+	keys := make([][]byte, perBatch)
 	for i := range keys {
-		keys[i] = "key-" + strconv.Itoa(i)
+		keys[i] = []byte("key-" + strconv.Itoa(i))
 	}
 	cmds = make([]Command, 2*perBatch)
 	id := uint64(1)
@@ -27,9 +27,8 @@ func BenchmarkMachineLockUnlock(b *testing.B) {
 	for b.Loop() {
 		for i := 0; i < perBatch; i++ {
 			s := uint64(i%sessions + 1)
-			cmds[i] = lockCmd(s, id+uint64(i), 10000, keys[i])
-			cmds[perBatch+i] = unlockCmd(s, id+uint64(perBatch+i), id+uint64(i), keys[i])
-			cmds[i].Floor, cmds[perBatch+i].Floor = id, id
+			cmds[i] = Command{Kind: KindLock, Session: s, Floor: id, ID: id + uint64(i), TTLMs: 10000, Key: keys[i]}
+			cmds[perBatch+i] = Command{Kind: KindUnlock, Session: s, Floor: id, ID: id + uint64(perBatch+i), LockID: id + uint64(i), Key: keys[i]}
 		}
 		id += 2 * perBatch
 		now++
