@@ -264,7 +264,7 @@ func idleSessions(tb testing.TB, n, holders int) *Machine {
 	for i := n; i < n+holders; i++ {
 		cmds = append(cmds, lockCmd(uint64(i+1), 1, 60000, fmt.Sprint("k", i)))
 	}
-	out, _ = m.Apply(0, cmds, out[:0], nil)
+	_, _ = m.Apply(0, cmds, out[:0], nil)
 	require.Equal(tb, holders, m.Locks())
 	return m
 }
