@@ -8,33 +8,97 @@
 // into a command line: with 'ssh "$(cat)" reboot', an IsolationInfo of
 // -oProxyCommand=... runs the client's command as the server's user.
 //
-// SIGINT or SIGTERM stops it cleanly: the clean stop is recorded in the data directory,
-// so the next start has no lock-delay if no lock was held.
+// SIGINT, SIGTERM or SIGHUP stops it cleanly: running isolation commands are waited for
+// (each at most -isolate-timeout), the clean stop is recorded in the data directory, so
+// the next start has no lock-delay if no lock was held, and it exits 0. SIGHUP stops
+// rather than reopening logs because netmutexd writes its logs to standard error only
+// (a terminal, or journald under systemd): it has no log file to reopen, and a hangup is
+// what a terminal sends when it closes. Signals that arrive while it stops are ignored.
+//
+// Exit statuses: 0 after a clean stop, -h or -version; 1 if the server could not start
+// (address in use, data directory in use or damaged, unreadable -key-file, a non-loopback
+// -listen without keys) or did not stop cleanly; 2 for a bad flag, with one line naming
+// the flag and the rule it broke.
+//
+// dist/netmutexd.service is a hardened systemd unit for it.
 package main
 
 import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/server"
 )
 
+// Exit statuses.
+const (
+	exitFailed = 1 // the server could not start, or did not stop cleanly
+	exitUsage  = 2 // a bad flag
+)
+
+// defaultHTTPAddr is where /metrics, /locks, /healthz and /readyz are served by default:
+// loopback, one port above the default UDP port (netmutex locks assumes it).
+const defaultHTTPAddr = "127.0.0.1:15664"
+
+// exitError carries the exit status of an error that ends run.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErr is a bad flag: exit status 2.
+func usageErr(format string, a ...any) error {
+	return &exitError{exitUsage, fmt.Errorf(format, a...)}
+}
+
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "netmutexd:", err)
-		os.Exit(1)
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	if err == nil {
+		return
 	}
+	code := exitFailed
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, "netmutexd:", oneLine(err))
+	}
+	os.Exit(code)
+}
+
+// oneLine is err's message as one line without the "server: " prefixes the server
+// package puts on its errors and on the errors it wraps (the line already starts with
+// "netmutexd:"), so "server: DIR: server: data directory in use" reads
+// "DIR: data directory in use".
+func oneLine(err error) string {
+	msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " ")
+	parts := strings.Split(msg, ": ")
+	kept := parts[:0]
+	for _, p := range parts {
+		if p != "server" {
+			kept = append(kept, p)
+		}
+	}
+	return strings.Join(kept, ": ")
 }
 
 // defaultDataDir is $XDG_STATE_HOME/netmutexd, else ~/.local/state/netmutexd.
@@ -48,80 +112,360 @@ func defaultDataDir() string {
 	return "netmutexd-state"
 }
 
-func run(args []string) error {
-	def := server.DefaultConfig()
-	fs := flag.NewFlagSet("netmutexd", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: netmutexd [flags]\n\nThe netmutex lock server.\n\nFlags:\n")
-		fs.PrintDefaults()
+// durationLimit is the first duration too long for the protocol's millisecond fields (uint32).
+const durationLimit = time.Duration(math.MaxUint32+1) * time.Millisecond
+
+// durationValue is a duration flag that accepts only what the protocol can carry:
+// at least 1ms and less than 2^32 ms.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil || v < time.Millisecond || v >= durationLimit {
+		return fmt.Errorf("must be a duration (such as 500ms, 30s or 1m) from 1ms to less than %v (2^32 ms)", durationLimit)
 	}
-	listen := fs.String("listen", def.ListenAddr, "UDP `address` to serve on")
-	dataDir := fs.String("data", defaultDataDir(), "data `directory` (boot count, fence high-water mark, clean-stop flag); created if missing")
-	maxTTL := fs.Duration("max-ttl", def.MaxTTL, "longest lock TTL granted; also the lock-delay after an unclean start")
-	sessTimeout := fs.Duration("session-timeout", def.SessionTimeout, "close a session silent for this long (isolating it first if it holds locks)")
-	retransmit := fs.Duration("retransmit-window", def.RetransmitWindow, "advertised limit on how long clients retransmit a request")
-	isolateCmd := fs.String("isolate-cmd", "", "`command` run with /bin/sh -c when a session is isolated, its IsolationInfo on stdin only; 8 run at once at most, the rest queue. The info is the client's: never interpolate it into a command line ('ssh \"$(cat)\" reboot' runs an info of -oProxyCommand=...). Safe example: /usr/local/bin/netmutex-isolate, a copy of examples/isolate/isolate.sh. Empty: release the locks at once")
-	isolateTimeout := fs.Duration("isolate-timeout", def.IsolateTimeout, "kill the isolation command after this long and release the keys")
-	id := fs.Uint("id", uint(def.ServerID), "this server's `id` (1-65535), advertised to clients")
-	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
-	keyFile := fs.String("key-file", "", "seal every datagram with the pre-shared keys of `file` (lines 'ID HEX [admin]': the first key seals, all open; admin keys may send UNLOCKALL); without it the server serves loopback only")
-	maxWaitKey := fs.Int("max-waiters-per-key", def.MaxWaitersPerKey, "most LOCKs waiting in one key's queue; more are refused TOO_MANY_WAITERS")
-	maxWaitSess := fs.Int("max-waiters-per-session", def.MaxWaitersPerSession, "most waiting LOCKs and LOCKMANYs of one session; more are refused TOO_MANY_WAITERS")
-	insecure := fs.Bool("insecure", false, "without -key-file, serve a non-loopback address anyway: anyone on the network path can then act for a client")
-	if err := fs.Parse(args); err != nil {
+	*d = durationValue(v)
+	return nil
+}
+
+// capValue is a cap: a count that must not be negative; 0 means the default.
+type capValue int
+
+func (c *capValue) String() string { return strconv.Itoa(int(*c)) }
+
+func (c *capValue) Set(s string) error {
+	v, err := strconv.ParseInt(s, 10, 0)
+	if err != nil || v < 0 {
+		return errors.New("must be a whole number, 0 or more (0: the default)")
+	}
+	*c = capValue(v)
+	return nil
+}
+
+// idValue is a server id, 1 to 65535.
+type idValue uint16
+
+func (i *idValue) String() string { return strconv.Itoa(int(*i)) }
+
+func (i *idValue) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || v == 0 {
+		return errors.New("must be a whole number from 1 to 65535")
+	}
+	*i = idValue(v)
+	return nil
+}
+
+// choiceValue is one word out of a fixed list.
+type choiceValue struct {
+	v      string
+	ok     []string
+	choice string // the rule, as the error states it
+}
+
+func (c *choiceValue) String() string {
+	if c == nil {
+		return ""
+	}
+	return c.v
+}
+
+func (c *choiceValue) Set(s string) error {
+	for _, w := range c.ok {
+		if s == w {
+			c.v = s
+			return nil
+		}
+	}
+	return fmt.Errorf("must be %s", c.choice)
+}
+
+// addrValue is a host:port address; empty only if allowed.
+type addrValue struct {
+	v          string
+	emptyOK    bool
+	emptyMeans string
+}
+
+func (a *addrValue) String() string {
+	if a == nil {
+		return ""
+	}
+	return a.v
+}
+
+func (a *addrValue) Set(s string) error {
+	if s == "" && a.emptyOK {
+		a.v = s
+		return nil
+	}
+	if err := checkHostPort(s); err != nil {
+		if a.emptyOK {
+			return fmt.Errorf("%v, or empty (%s)", err, a.emptyMeans)
+		}
 		return err
 	}
+	a.v = s
+	return nil
+}
+
+// checkHostPort accepts host:port with a port number 0-65535 (0: any free port) and a
+// host that may be empty (every address), an IP address or a name.
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return errors.New("must be host:port, such as 127.0.0.1:15663 or [::1]:15663, with a port from 0 to 65535")
+	}
+	return nil
+}
+
+// boolValue is a boolean flag whose error states its rule.
+type boolValue bool
+
+func (b *boolValue) String() string   { return strconv.FormatBool(bool(*b)) }
+func (b *boolValue) IsBoolFlag() bool { return true }
+
+func (b *boolValue) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("must be true or false")
+	}
+	*b = boolValue(v)
+	return nil
+}
+
+// nonEmptyValue is a string that must not be empty.
+type nonEmptyValue string
+
+func (n *nonEmptyValue) String() string { return string(*n) }
+
+func (n *nonEmptyValue) Set(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	*n = nonEmptyValue(s)
+	return nil
+}
+
+// flags are netmutexd's command line, each already checked by its Set.
+type flags struct {
+	listen         addrValue
+	http           addrValue
+	data           nonEmptyValue
+	maxTTL         durationValue
+	sessionTimeout durationValue
+	retransmit     durationValue
+	isolateTimeout durationValue
+	isolateCmd     string
+	id             idValue
+	logLevel       choiceValue
+	logFormat      choiceValue
+	keyFile        string
+	insecure       boolValue
+	version        boolValue
+
+	maxSessions, maxSessionsPerAddr, maxLocksPerSession, maxLocks capValue
+	connectRate, maxIsolations, maxWaitersPerKey, maxWaitersSess  capValue
+}
+
+// newFlagSet defines every flag of netmutexd on a FlagSet that reports nothing itself:
+// run prints one line for a bad flag, and the usage for -h only.
+func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
+	f := &flags{
+		listen:         addrValue{v: def.ListenAddr},
+		http:           addrValue{v: defaultHTTPAddr, emptyOK: true, emptyMeans: "no HTTP server"},
+		data:           nonEmptyValue(defaultDataDir()),
+		maxTTL:         durationValue(def.MaxTTL),
+		sessionTimeout: durationValue(def.SessionTimeout),
+		retransmit:     durationValue(def.RetransmitWindow),
+		isolateTimeout: durationValue(def.IsolateTimeout),
+		id:             idValue(def.ServerID),
+		logLevel:       choiceValue{v: "info", ok: []string{"debug", "info", "warn", "error"}, choice: "debug, info, warn or error"},
+		logFormat:      choiceValue{v: "text", ok: []string{"text", "json"}, choice: "text or json"},
+
+		maxSessions:        capValue(def.MaxSessions),
+		maxSessionsPerAddr: capValue(def.MaxSessionsPerAddr),
+		maxLocksPerSession: capValue(def.MaxLocksPerSession),
+		maxLocks:           capValue(def.MaxLocks),
+		connectRate:        capValue(def.ConnectRate),
+		maxIsolations:      capValue(def.MaxIsolations),
+		maxWaitersPerKey:   capValue(def.MaxWaitersPerKey),
+		maxWaitersSess:     capValue(def.MaxWaitersPerSession),
+	}
+	fs := flag.NewFlagSet("netmutexd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // run prints the usage for -h, and one line for a bad flag
+
+	fs.Var(&f.listen, "listen", "UDP `host:port` to serve on; without -key-file a loopback address only (unless -insecure)")
+	fs.Var(&f.http, "http", "TCP `host:port` serving /metrics, /locks, /healthz and /readyz, without authentication (keep it on loopback or a trusted network); empty: none")
+	fs.Var(&f.data, "data", "data `directory` (boot count, fence high-water mark, clean-stop flag); created if missing")
+	fs.Var(&f.maxTTL, "max-ttl", "longest lock TTL granted; also the lock-delay after an unclean start (a `duration`, 1ms to 2^32 ms)")
+	fs.Var(&f.sessionTimeout, "session-timeout", "close a session silent for this long, isolating it first if it holds locks (a `duration`, 1ms to 2^32 ms)")
+	fs.Var(&f.retransmit, "retransmit-window", "advertised limit on how long clients retransmit a request (a `duration`, 1ms to 2^32 ms)")
+	fs.StringVar(&f.isolateCmd, "isolate-cmd", "", "`command` run with /bin/sh -c when a session is isolated, its IsolationInfo on stdin only; -max-isolations run at once at most, the rest queue. The info is the client's: never interpolate it into a command line ('ssh \"$(cat)\" reboot' runs an info of -oProxyCommand=...). Safe example: /usr/local/bin/netmutex-isolate, a copy of examples/isolate/isolate.sh. Empty: release the locks at once")
+	fs.Var(&f.isolateTimeout, "isolate-timeout", "kill the isolation command after this long and release the keys (a `duration`, 1ms to 2^32 ms)")
+	fs.Var(&f.id, "id", "this server's `id` (1-65535), advertised to clients")
+	fs.Var(&f.logLevel, "log-level", "log `level`: debug, info, warn or error")
+	fs.Var(&f.logFormat, "log-format", "log `format` on standard error: text (key=value) or json (one object a line)")
+	fs.StringVar(&f.keyFile, "key-file", "", "seal every datagram with the pre-shared keys of `file` (lines 'ID HEX [admin]': the first key seals, all open; admin keys may send UNLOCKALL); without it the server serves loopback only")
+	fs.Var(&f.insecure, "insecure", "without -key-file, serve a non-loopback address anyway: anyone on the network path can then act for a client")
+	fs.Var(&f.version, "version", "print the version and the Go version, and exit")
+
+	fs.Var(&f.maxSessions, "max-sessions", "at most `n` sessions in all; more CONNECTs are refused TOO_MANY_SESSIONS; 0: the default")
+	fs.Var(&f.maxSessionsPerAddr, "max-sessions-per-addr", "at most `n` sessions from one IP address; more are refused TOO_MANY_SESSIONS; 0: the default")
+	fs.Var(&f.maxLocksPerSession, "max-locks-per-session", "at most `n` locks one session holds or waits for; more are refused TOO_MANY_LOCKS; 0: the default")
+	fs.Var(&f.maxLocks, "max-locks", "at most `n` locks held or waited for in all; more are refused SERVER_FULL; 0: the default")
+	fs.Var(&f.connectRate, "connect-rate", "at most `n` CONNECTs per second from one IP address; more are refused RATE_LIMITED; 0: the default")
+	fs.Var(&f.maxIsolations, "max-isolations", "at most `n` isolation commands running at once; the rest queue; 0: the default")
+	fs.Var(&f.maxWaitersPerKey, "max-waiters-per-key", "at most `n` LOCKs waiting in one key's queue; more are refused TOO_MANY_WAITERS; 0: the default")
+	fs.Var(&f.maxWaitersSess, "max-waiters-per-session", "at most `n` waiting LOCKs and LOCKMANYs of one session; more are refused TOO_MANY_WAITERS; 0: the default")
+	return fs, f
+}
+
+// printUsage writes the help of -h.
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `usage: netmutexd [flags]
+
+The netmutex lock server. It logs to standard error.
+
+SIGINT, SIGTERM or SIGHUP stops it cleanly: running isolation commands are waited
+for (each at most -isolate-timeout), then the clean stop is recorded in -data, so
+the next start has no lock-delay if no lock was held. SIGHUP stops rather than
+reopening logs: there is no log file to reopen.
+
+Exit statuses: 0 clean stop, -h or -version; 1 failed to start or to stop
+cleanly; 2 bad flag.
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// version is netmutexd's version as the build recorded it: the module version (a tag, or
+// the pseudo-version go build stamps from the VCS), else the VCS revision, else "devel".
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, modified string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if modified == "true" {
+		rev += "+dirty"
+	}
+	return rev
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	def := server.DefaultConfig()
+	fs, f := newFlagSet(def)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs)
+			return nil
+		}
+		return &exitError{exitUsage, err}
+	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return usageErr("unexpected arguments %q: netmutexd takes flags only", fs.Args())
 	}
+	if f.version {
+		fmt.Fprintf(stdout, "netmutexd %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return nil
+	}
+
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+	if err := level.UnmarshalText([]byte(f.logLevel.v)); err != nil {
+		return usageErr("-log-level %q: must be %s", f.logLevel.v, f.logLevel.choice)
 	}
-	if *id == 0 || *id > 0xffff {
-		return fmt.Errorf("-id %d: must be 1 to 65535", *id)
+	hopts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	if f.logFormat.v == "json" {
+		log = slog.New(slog.NewJSONHandler(stderr, hopts))
+	} else {
+		log = slog.New(slog.NewTextHandler(stderr, hopts))
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	cfg := def
-	cfg.ListenAddr = *listen
-	cfg.DataDir = *dataDir
-	cfg.MaxTTL = *maxTTL
-	cfg.SessionTimeout = *sessTimeout
-	cfg.RetransmitWindow = *retransmit
-	cfg.IsolateCmd = *isolateCmd
-	cfg.IsolateTimeout = *isolateTimeout
-	cfg.ServerID = uint16(*id)
+	cfg.ListenAddr = f.listen.v
+	cfg.DataDir = string(f.data)
+	cfg.MaxTTL = time.Duration(f.maxTTL)
+	cfg.SessionTimeout = time.Duration(f.sessionTimeout)
+	cfg.RetransmitWindow = time.Duration(f.retransmit)
+	cfg.IsolateCmd = f.isolateCmd
+	cfg.IsolateTimeout = time.Duration(f.isolateTimeout)
+	cfg.ServerID = uint16(f.id)
 	cfg.Logger = log
-	cfg.Insecure = *insecure
-	cfg.MaxWaitersPerKey = *maxWaitKey
-	cfg.MaxWaitersPerSession = *maxWaitSess
-	if *keyFile != "" {
-		keys, err := seal.LoadKeyFile(*keyFile)
+	cfg.Insecure = bool(f.insecure)
+	cfg.MaxSessions = int(f.maxSessions)
+	cfg.MaxSessionsPerAddr = int(f.maxSessionsPerAddr)
+	cfg.MaxLocksPerSession = int(f.maxLocksPerSession)
+	cfg.MaxLocks = int(f.maxLocks)
+	cfg.ConnectRate = int(f.connectRate)
+	cfg.MaxIsolations = int(f.maxIsolations)
+	cfg.MaxWaitersPerKey = int(f.maxWaitersPerKey)
+	cfg.MaxWaitersPerSession = int(f.maxWaitersSess)
+	setHTTPAddr(&cfg, f.http.v)
+	if f.keyFile != "" {
+		keys, err := seal.LoadKeyFile(f.keyFile)
 		if err != nil {
 			return fmt.Errorf("-key-file: %w", err)
 		}
-		cfg.Keys, cfg.KeyFile = keys, *keyFile
-		log.Info("keys loaded", "file", *keyFile, "ids", keyIDs(keys), "sealing", keys.Sealing().ID)
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
+		cfg.Keys, cfg.KeyFile = keys, f.keyFile
+		log.Info("keys loaded", "file", f.keyFile, "ids", keyIDs(keys), "sealing", keys.Sealing().ID)
 	}
 
+	// From here a signal stops the server cleanly; before New returns it is noted and
+	// acted on once the server serves.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	srv, err := server.New(cfg)
 	if err != nil {
+		if errors.Is(err, server.ErrInsecureListen) {
+			return fmt.Errorf("-listen %s is not a loopback address: serve it with -key-file (or, with no keys, -insecure)", cfg.ListenAddr)
+		}
 		return err
 	}
+	if a := httpAddr(srv); a != "" {
+		log.Info("netmutexd http serving", "addr", a, "paths", "/metrics /locks /healthz /readyz")
+	}
 	if srv.LockDelay() {
-		log.Warn("lock-delay in force: the last stop may have lost locks; LOCK answers LOCK_DELAY", "for", cfg.MaxTTL)
+		log.Warn("lock-delay in force: the last stop may have lost locks; LOCK answers LOCK_DELAY", "for", srv.LockDelayLength())
 	} else {
 		log.Info("no lock-delay")
 	}
 	sig := <-sigs
 	log.Info("stopping", "signal", sig.String())
-	return srv.Close()
+	go func() { // later signals do not interrupt the clean stop
+		for s := range sigs {
+			log.Info("already stopping", "signal", s.String())
+		}
+	}()
+	if err := srv.Close(); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	return nil
 }
 
 // keyIDs lists the ids of the keys in r, admin keys marked: what a log may say of keys.

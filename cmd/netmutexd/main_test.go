@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// bin is netmutexd built from this tree, once for the package's tests.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "netmutexd-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "netmutexd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runOnce runs netmutexd to its end and returns its standard output, its standard
+// error and its exit status.
+func runOnce(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	require.NoError(t, ctx.Err(), "netmutexd %q did not exit; stderr:\n%s", args, e.String())
+	if err != nil {
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "netmutexd %q", args)
+	}
+	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+}
+
+// lines splits s into its lines, without the trailing empty one.
+func lines(s string) []string {
+	s = strings.TrimSuffix(s, "\n")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+// daemon is a netmutexd that serves until the test signals it.
+type daemon struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	serving string // the "netmutexd serving" log line
+	exited  chan struct{}
+
+	mu  sync.Mutex
+	log []string
+}
+
+// servingRE finds the line netmutexd logs once it serves, in either log format.
+var servingRE = regexp.MustCompile(`netmutexd serving`)
+
+// startDaemon starts netmutexd with args (on a free loopback port, without HTTP, unless
+// args say otherwise) and returns once it serves.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	args = append([]string{"-listen", "127.0.0.1:0", "-http", ""}, args...)
+	d := &daemon{t: t, cmd: exec.Command(bin, args...), exited: make(chan struct{})}
+	stderr, err := d.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, d.cmd.Start())
+	serving := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			d.mu.Lock()
+			d.log = append(d.log, line)
+			d.mu.Unlock()
+			if servingRE.MatchString(line) {
+				select {
+				case serving <- line:
+				default:
+				}
+			}
+		}
+		d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+		default:
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	select {
+	case d.serving = <-serving:
+	case <-d.exited:
+		t.Fatalf("netmutexd %q exited at start: %v\n%s", args, d.cmd.ProcessState, d.logText())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("netmutexd %q did not serve within 10s\n%s", args, d.logText())
+	}
+	return d
+}
+
+func (d *daemon) logText() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return strings.Join(d.log, "\n")
+}
+
+func (d *daemon) logLines() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.log...)
+}
+
+// stop sends sig and waits for netmutexd to exit; it returns the exit status.
+func (d *daemon) stop(sig os.Signal) int {
+	d.t.Helper()
+	require.NoError(d.t, d.cmd.Process.Signal(sig))
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		d.t.Fatalf("netmutexd did not stop within 10s of %v\n%s", sig, d.logText())
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// TestBadFlags: each bad flag gives one line on standard error that names the flag and
+// the rule, nothing on standard output, and exit status 2.
+func TestBadFlags(t *testing.T) {
+	const durRule = "from 1ms to less than 1193h2m47.296s (2^32 ms)"
+	const capRule = "0 or more"
+	for _, c := range []struct {
+		args []string
+		want []string // substrings of the one line
+	}{
+		{[]string{"-session-timeout", "0"}, []string{"-session-timeout", durRule}},
+		{[]string{"-max-ttl", "-1"}, []string{"-max-ttl", durRule}},
+		{[]string{"-max-ttl", "0s"}, []string{"-max-ttl", durRule}},
+		{[]string{"-max-ttl", "soon"}, []string{"-max-ttl", durRule}},
+		{[]string{"-retransmit-window", "4294967296ms"}, []string{"-retransmit-window", durRule}},
+		{[]string{"-isolate-timeout", "999us"}, []string{"-isolate-timeout", durRule}},
+		{[]string{"-id", "0"}, []string{"-id", "from 1 to 65535"}},
+		{[]string{"-id", "65536"}, []string{"-id", "from 1 to 65535"}},
+		{[]string{"-id", "one"}, []string{"-id", "from 1 to 65535"}},
+		{[]string{"-log-level", "verbose"}, []string{"-log-level", "debug, info, warn or error"}},
+		{[]string{"-log-level", "info+2"}, []string{"-log-level", "debug, info, warn or error"}},
+		{[]string{"-log-format", "xml"}, []string{"-log-format", "text or json"}},
+		{[]string{"-max-sessions", "-1"}, []string{"-max-sessions", capRule}},
+		{[]string{"-max-sessions-per-addr", "-1"}, []string{"-max-sessions-per-addr", capRule}},
+		{[]string{"-max-locks-per-session", "-1"}, []string{"-max-locks-per-session", capRule}},
+		{[]string{"-max-locks", "many"}, []string{"-max-locks", capRule}},
+		{[]string{"-connect-rate", "-5"}, []string{"-connect-rate", capRule}},
+		{[]string{"-max-isolations", "-1"}, []string{"-max-isolations", capRule}},
+		{[]string{"-max-waiters-per-key", "-1"}, []string{"-max-waiters-per-key", capRule}},
+		{[]string{"-max-waiters-per-session", "-1"}, []string{"-max-waiters-per-session", capRule}},
+		{[]string{"-http", "localhost"}, []string{"-http", "host:port", "or empty"}},
+		{[]string{"-http", "127.0.0.1:65536"}, []string{"-http", "host:port"}},
+		{[]string{"-listen", ""}, []string{"-listen", "host:port"}},
+		{[]string{"-listen", "127.0.0.1"}, []string{"-listen", "host:port"}},
+		{[]string{"-data", ""}, []string{"-data", "must not be empty"}},
+		{[]string{"-insecure=maybe"}, []string{"-insecure", "true or false"}},
+		{[]string{"-max-ttl"}, []string{"-max-ttl", "needs an argument"}},
+		{[]string{"-no-such-flag"}, []string{"-no-such-flag", "not defined"}},
+		{[]string{"serve"}, []string{"unexpected arguments", "flags only"}},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			t.Parallel()
+			// Good flags first, so a bad flag let through would not touch the user's
+			// data directory or port; the flag under test comes last and wins.
+			args := append([]string{"-data", t.TempDir(), "-listen", "127.0.0.1:0", "-http", ""}, c.args...)
+			stdout, stderr, code := runOnce(t, args...)
+			assert.Equal(t, 2, code, "exit status; stderr:\n%s", stderr)
+			assert.Empty(t, stdout)
+			ls := lines(stderr)
+			require.Len(t, ls, 1, "want one line, got:\n%s", stderr)
+			assert.True(t, strings.HasPrefix(ls[0], "netmutexd: "), ls[0])
+			for _, w := range c.want {
+				assert.Contains(t, ls[0], w)
+			}
+			assert.NotRegexp(t, `[A-Z][a-z]+[A-Z][a-z]+`, ls[0], "names a Go identifier, not a flag")
+			assert.NotContains(t, ls[0], "server:")
+		})
+	}
+}
+
+// TestHelp: -h prints the usage, every flag and the signals, and exits 0.
+func TestHelp(t *testing.T) {
+	stdout, stderr, code := runOnce(t, "-h")
+	assert.Equal(t, 0, code)
+	assert.Empty(t, stderr)
+	for _, f := range []string{"-listen", "-http", "-data", "-max-ttl", "-session-timeout", "-retransmit-window",
+		"-isolate-cmd", "-isolate-timeout", "-id", "-log-level", "-log-format", "-key-file", "-insecure", "-version",
+		"-max-sessions", "-max-sessions-per-addr", "-max-locks-per-session", "-max-locks", "-connect-rate",
+		"-max-isolations", "-max-waiters-per-key", "-max-waiters-per-session"} {
+		assert.Regexp(t, `\n  `+f+`[ \n]`, stdout, "flag %s", f)
+	}
+	assert.Contains(t, stdout, "SIGHUP")
+	assert.Contains(t, stdout, "(default 127.0.0.1:15664)")
+	assert.Contains(t, stdout, "(default 100000)") // -max-sessions, from server.DefaultConfig
+}
+
+// TestVersion: -version prints one line with the version and the Go version, exit 0.
+func TestVersion(t *testing.T) {
+	stdout, stderr, code := runOnce(t, "-version")
+	assert.Equal(t, 0, code)
+	assert.Empty(t, stderr)
+	assert.Regexp(t, `^netmutexd \S+ go1\.\S+ \S+/\S+\n$`, stdout)
+	assert.Contains(t, stdout, " "+runtime.Version()+" ")
+}
+
+// TestSignalsStopCleanly: SIGHUP, SIGTERM and SIGINT each stop netmutexd cleanly, exit 0,
+// and the next start on the same data directory has no lock-delay.
+func TestSignalsStopCleanly(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			data := t.TempDir()
+			d := startDaemon(t, "-data", data)
+			assert.Contains(t, d.serving, "lock_delay=false")
+			assert.Equal(t, 0, d.stop(sig), "exit status\n%s", d.logText())
+			log := d.logText()
+			assert.Contains(t, log, fmt.Sprintf(`msg=stopping signal=%s`, sig.String()))
+			assert.Regexp(t, `msg="netmutexd stopped" clean=true locks_held=false`, log)
+
+			again := startDaemon(t, "-data", data)
+			assert.Contains(t, again.serving, "lock_delay=false", "the stop by %v was not clean", sig)
+			assert.Equal(t, 0, again.stop(syscall.SIGTERM))
+		})
+	}
+}
+
+// TestLogFormatJSON: -log-format json writes one JSON object a line; -log-level debug
+// is accepted.
+func TestLogFormatJSON(t *testing.T) {
+	d := startDaemon(t, "-data", t.TempDir(), "-log-format", "json", "-log-level", "debug")
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	ls := d.logLines()
+	require.NotEmpty(t, ls)
+	msgs := map[string]map[string]any{}
+	for _, l := range ls {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &rec), "not a JSON line: %s", l)
+		assert.Contains(t, rec, "time")
+		assert.Contains(t, rec, "level")
+		msg, _ := rec["msg"].(string)
+		msgs[msg] = rec
+	}
+	require.Contains(t, msgs, "netmutexd serving")
+	assert.Equal(t, false, msgs["netmutexd serving"]["lock_delay"])
+	require.Contains(t, msgs, "netmutexd stopped")
+	assert.Equal(t, true, msgs["netmutexd stopped"]["clean"])
+}
+
+// TestStartErrors: a server that cannot start says why in one line, without the server
+// package's prefix repeated, and exits 1.
+func TestStartErrors(t *testing.T) {
+	data := t.TempDir()
+	d := startDaemon(t, "-data", data)
+	defer d.stop(syscall.SIGTERM)
+
+	for _, c := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"data directory in use", []string{"-listen", "127.0.0.1:0", "-http", "", "-data", data}, []string{data, "in use"}},
+		{"insecure listen", []string{"-listen", "0.0.0.0:0", "-http", "", "-data", t.TempDir()}, []string{"-listen 0.0.0.0:0", "-key-file", "-insecure"}},
+		{"missing key file", []string{"-key-file", filepath.Join(t.TempDir(), "keys"), "-listen", "127.0.0.1:0", "-http", "", "-data", t.TempDir()}, []string{"-key-file", "no such file"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stdout, stderr, code := runOnce(t, c.args...)
+			assert.Equal(t, 1, code, "exit status; stderr:\n%s", stderr)
+			assert.Empty(t, stdout)
+			ls := lines(stderr)
+			require.Len(t, ls, 1, "want one line, got:\n%s", stderr)
+			assert.True(t, strings.HasPrefix(ls[0], "netmutexd: "), ls[0])
+			assert.NotContains(t, ls[0], "server:")
+			assert.NotContains(t, ls[0], "Insecure")
+			for _, w := range c.want {
+				assert.Contains(t, ls[0], w)
+			}
+		})
+	}
+}
+
+// TestFailedStartNoLockDelay (issue 10): a start that fails because its address is
+// taken grants nothing, so the next start on the same data directory must have no
+// lock-delay.
+func TestFailedStartNoLockDelay(t *testing.T) {
+	taken, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	data := t.TempDir()
+
+	// A data directory with a clean stop behind it, and a new one.
+	for _, fresh := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) {
+			data := filepath.Join(data, fmt.Sprint(fresh))
+			if !fresh {
+				d := startDaemon(t, "-data", data)
+				require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			}
+			stdout, stderr, code := runOnce(t, "-listen", taken.LocalAddr().String(), "-http", "", "-data", data)
+			assert.Equal(t, 1, code, "a start on a taken address; stderr:\n%s", stderr)
+			assert.Empty(t, stdout)
+			ls := lines(stderr)
+			require.Len(t, ls, 1, "want one line, got:\n%s", stderr)
+			assert.Contains(t, ls[0], "address already in use")
+			assert.NotContains(t, ls[0], "server:")
+
+			d := startDaemon(t, "-data", data)
+			assert.Contains(t, d.serving, "lock_delay=false",
+				"a failed start left the data directory unclean: the next start waits out a lock-delay (server.New must bind before it records the start)")
+			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+		})
+	}
+}
