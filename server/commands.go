@@ -24,7 +24,7 @@ type route struct {
 func (s *Server) parse(i int) {
 	msg := &s.in[i]
 	if msg.N > wire.MaxDatagram {
-		s.stats.bad.Add(1)
+		s.stats.dropBad(badMalformed)
 		return
 	}
 	raw := msg.Buf[:msg.N]
@@ -49,7 +49,7 @@ func (s *Server) parse(i int) {
 	}
 	d, err := wire.Parse(plain, false)
 	if err != nil {
-		s.stats.bad.Add(1)
+		s.stats.dropBad(badMalformed)
 		return
 	}
 	before := len(s.cmds)
@@ -130,17 +130,17 @@ func (s *Server) bind(session uint64, from netip.AddrPort, key *seal.Key, nonce 
 	}
 	if key != nil {
 		if key.ID != p.KeyID || nonce.Prefix != p.Prefix {
-			s.stats.bad.Add(1)
+			s.stats.dropBad(badPeer)
 			s.stats.badPeer.Add(1)
 			return false, false
 		}
 		if !p.Window.Accept(nonce.Counter) {
-			s.stats.bad.Add(1)
+			s.stats.dropBad(badReplay)
 			s.stats.replays.Add(1)
 			return false, false
 		}
 	} else if from != p.Addr {
-		s.stats.bad.Add(1)
+		s.stats.dropBad(badPeer)
 		s.stats.badPeer.Add(1)
 		return false, false
 	}
@@ -206,7 +206,7 @@ func (s *Server) refusePlain(from netip.AddrPort, raw []byte) {
 			}
 		}
 	}
-	s.stats.bad.Add(1)
+	s.stats.dropBad(badAuth)
 }
 
 // refuseSealed takes a sealed datagram that did not open (err): under a key this server
@@ -219,7 +219,7 @@ func (s *Server) refuseSealed(from netip.AddrPort, raw []byte, err error) {
 		s.refuseAuth(from, 0)
 		return
 	}
-	s.stats.bad.Add(1)
+	s.stats.dropBad(badAuth)
 }
 
 // refuseAuth answers a datagram that did not authenticate with a plain ERROR AUTH (40
@@ -228,7 +228,7 @@ func (s *Server) refuseSealed(from netip.AddrPort, raw []byte, err error) {
 // from forged sources cannot fill the table of validated CONNECTs.
 func (s *Server) refuseAuth(from netip.AddrPort, id uint64) {
 	if !s.authReplies.allow(from.Addr(), s.clock) {
-		s.stats.bad.Add(1)
+		s.stats.dropBad(badAuthLimited)
 		s.stats.rateLimited.Add(1)
 		return
 	}

@@ -42,6 +42,11 @@ type Config struct {
 	Redirect *wire.Server
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// HTTPAddr, if set, is the TCP address of the operators' HTTP server: /metrics,
+	// /locks, /healthz and /readyz (see Server.HTTPAddr), without authentication: keep it
+	// on loopback or a trusted network. Port 0 picks a free one. Empty: no HTTP server.
+	// No default: netmutexd's -http flag has one, embedders and tests ask for it.
+	HTTPAddr string
 
 	// Keys, if set, make the server accept and send only sealed datagrams
 	// (docs/PROTOCOL.md, Security). KeyFile is the file they were read from (netmutexd

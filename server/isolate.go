@@ -103,9 +103,12 @@ func (s *Server) runQueuedIsolations() {
 // launchIsolation runs the isolation command for iso in a goroutine of its own.
 func (s *Server) launchIsolation(iso Isolation) {
 	s.isoWG.Add(1)
+	s.stats.isoStarted.Add(1)
 	go func() {
 		defer s.isoWG.Done()
+		start := time.Now()
 		err := s.runIsolation(iso)
+		s.metrics.isoDuration.observeDuration(time.Since(start))
 		s.stats.isoRun.Add(1)
 		if err != nil {
 			s.stats.isoFailed.Add(1)
@@ -142,7 +145,8 @@ func (s *Server) runIsolation(iso Isolation) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = isolateWaitDelay
 	start := time.Now()
-	s.log.Warn("isolating session", "session", fmt.Sprintf("%016x", iso.Session), "cmd", s.cfg.IsolateCmd)
+	s.log.Warn("isolating session", "session", fmt.Sprintf("%016x", iso.Session), "info_len", len(iso.Info),
+		"cmd", s.cfg.IsolateCmd)
 	err := cmd.Run()
 	if ctx.Err() == context.DeadlineExceeded {
 		err = fmt.Errorf("%w after %v: %v", ErrIsolationTimeout, s.cfg.IsolateTimeout, err)
@@ -151,7 +155,8 @@ func (s *Server) runIsolation(iso Isolation) error {
 	if len(text) > maxIsolateOutput {
 		text = text[:maxIsolateOutput]
 	}
-	attrs := []any{"session", fmt.Sprintf("%016x", iso.Session), "took", time.Since(start), "output", text}
+	attrs := []any{"session", fmt.Sprintf("%016x", iso.Session), "info_len", len(iso.Info),
+		"took", time.Since(start), "output", text}
 	var exit *exec.ExitError
 	switch {
 	case err == nil:

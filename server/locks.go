@@ -3,7 +3,10 @@
 
 package server
 
-import "net/netip"
+import (
+	"iter"
+	"net/netip"
+)
 
 // minFreeEntries is how many free lock-table entries are always kept for reuse, so a
 // working set of keys locked again and again never allocates; beyond it, free entries
@@ -187,3 +190,36 @@ func (m *Machine) Holder(key string) (session, lockID, fence uint64, ok bool) {
 
 // Locks is the number of keys held.
 func (m *Machine) Locks() int { return m.held }
+
+// LockRow is one held lock as the operator's view (GET /locks) shows it.
+type LockRow struct {
+	Key      string
+	Fence    uint64
+	Session  uint64 // the holder
+	Info     string // the holder's IsolationInfo
+	Deadline int64  // in the time base of Apply's now
+	Waiters  int    // waiting LOCKs and LOCKMANYs queued for the key
+}
+
+// HeldLocks yields the held locks (Locks counts them; a key of an isolated session
+// waiting for its isolation command is held), in the lock table's order, which is no
+// order. It only reads the machine, and must be iterated by the goroutine that owns it.
+//
+// It may be paused between Applies (iter.Pull), so that a large table is read a part at
+// a time: then, as in a range over a map that changes, a lock released before it is
+// reached is not yielded, one taken meanwhile may be or not, and each row is as of the
+// moment it is yielded. O(1) per entry of the table, free ones included.
+func (m *Machine) HeldLocks() iter.Seq[LockRow] {
+	return func(yield func(LockRow) bool) {
+		for _, e := range m.locks {
+			if e.sess == nil || e.sess.draining {
+				continue
+			}
+			r := LockRow{Key: e.key, Fence: e.fence, Session: e.sess.id, Info: e.sess.info,
+				Deadline: e.deadline, Waiters: e.nwait}
+			if !yield(r) {
+				return
+			}
+		}
+	}
+}

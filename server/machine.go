@@ -136,6 +136,7 @@ type Machine struct {
 	fenceEnd   uint64 // fences below fenceEnd may be handed out
 	grants     uint64
 	isolations uint64
+	ended      uint64 // sessions ended (DISCONNECT, timeout)
 	effects    []Isolation
 	pushed     []Result // grants pushed by the running step, moved to Apply's out after it
 

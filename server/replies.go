@@ -210,6 +210,9 @@ func (s *Server) send() {
 		n, err := s.bc.WriteBatch(s.out[sent:])
 		s.stats.syscallsOut.Add(1)
 		s.stats.datagramsOut.Add(uint64(n))
+		if n > 0 {
+			s.metrics.dgmsPerSend.observe(n)
+		}
 		sent += n
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"runtime"
@@ -49,6 +50,14 @@ type Server struct {
 	epoch time.Time
 	stats counters
 
+	metrics  *metrics
+	reqs     chan *loopReq // the HTTP handlers' requests to the loop
+	httpLn   net.Listener  // nil: no HTTP server (Config.HTTPAddr empty)
+	httpSrv  *http.Server
+	httpDone chan struct{}
+	// delayUntil is the end of the start-up lock-delay in the loop's clock (0: none).
+	delayUntil int64
+
 	isoCtx    context.Context
 	isoCancel context.CancelFunc
 	isoDone   chan uint64
@@ -76,17 +85,25 @@ type Server struct {
 	reserving bool             // a reservation is being written in the background
 	reserved  chan reservation // its outcome; buffered 1
 	isoRuns   isoRuns          // isolation runs: bounded, queued, one per session; see isolate.go
+	batch     batchCounts      // this batch's tallies, folded into metrics once per batch
+	debug     bool             // the logger takes debug records: checked once per batch
+	scan      *lockScan        // a GET /locks snapshot being read; see http.go
+	inDelay   bool             // the lock-delay has not been seen to end yet
+	isoSeen   uint64           // the machine's isolations logged so far
 }
 
-// New opens the data directory, binds the socket and starts serving. A zero field of cfg
-// that has a Default constant (ListenAddr, MaxTTL, SessionTimeout, RetransmitWindow,
-// IsolateTimeout, ServerID) takes that default; then cfg must pass Validate.
+// New opens the data directory, binds the socket and starts serving; with
+// Config.HTTPAddr it serves /metrics, /locks, /healthz and /readyz there too (see
+// http.go), until Close. A zero field of cfg that has a Default constant (ListenAddr,
+// MaxTTL, SessionTimeout, RetransmitWindow, IsolateTimeout, ServerID) takes that
+// default; then cfg must pass Validate.
 func New(cfg Config) (*Server, error) {
 	s, err := newServer(cfg)
 	if err != nil {
 		return nil, err
 	}
 	go s.loop()
+	s.serveHTTP()
 	return s, nil
 }
 
@@ -131,7 +148,10 @@ func newServer(cfg Config) (*Server, error) {
 		epoch:    time.Now(),
 		isoDone:  make(chan uint64, isoQueue),
 		loopDone: make(chan struct{}),
+		metrics:  newMetrics(),
+		reqs:     make(chan *loopReq, loopQueue),
 	}
+	s.batch.touched = make([]uint16, 0, numKinds*numOutcomes)
 	s.isoCtx, s.isoCancel = context.WithCancel(context.Background())
 	mc := MachineConfig{
 		MaxTTL:         int64(cfg.MaxTTL),
@@ -149,6 +169,7 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	if st.lockDelay {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
+		s.delayUntil, s.inDelay = mc.LockDelayUntil, true
 	}
 	s.m = NewMachine(mc)
 	s.reserved = make(chan reservation, 1)
@@ -177,10 +198,34 @@ func newServer(cfg Config) (*Server, error) {
 	s.results = make([]Result, 0, batchio.MaxBatch*8)
 	s.byKey = make(map[replyKey]int)
 	s.initGuard(cfg)
+	if err := s.listenHTTP(); err != nil {
+		conn.Close()
+		st.close()
+		s.isoCancel()
+		return nil, err
+	}
+	s.publish()
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
-		"boot", st.st.boot, "lock_delay", st.lockDelay, "lock_delay_for", st.delay,
-		"first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
+		"boot", st.st.boot, "previous_stop", previousStop(st), "lock_delay", st.lockDelay,
+		"lock_delay_for", st.delay, "first_fence", s.m.NextFence(), "redirect", cfg.Redirect != nil)
+	if st.lockDelay {
+		log.Warn("lock-delay: no lock is granted until the longest TTL an earlier boot may have granted has run out",
+			"for", st.delay, "previous_stop", previousStop(st))
+	}
 	return s, nil
+}
+
+// previousStop says how the boot before this one stopped, for the start's log.
+func previousStop(st *store) string {
+	switch {
+	case st.fresh:
+		return "none: new data directory"
+	case !st.prevClean:
+		return "unclean: crash or kill"
+	case st.prevHeld:
+		return "clean, with locks held"
+	}
+	return "clean"
 }
 
 // Addr is the address the server is bound to.
@@ -206,6 +251,7 @@ func (s *Server) stop(clean bool) error {
 		return ErrAlreadyClosed
 	}
 	s.closed = true
+	s.stopHTTP() // its handlers may be waiting for the loop: before the loop ends
 	if !clean {
 		s.isoCancel()
 	}
@@ -235,14 +281,20 @@ func (s *Server) loop() {
 	defer close(s.loopDone)
 	defer s.collectReservation(true) // the store is the stopper's once the loop is done
 	defer s.dropQueuedIsolations()
+	defer s.endScan(nil)
 	for {
 		s.armDeadline()
+		// After the deadline is armed: a request queued from now on comes with a read
+		// deadline in the past (ask), which ends the read below.
+		s.serveRequests()
 		n, err := s.bc.ReadBatch(s.in)
 		s.stats.syscallsIn.Add(1)
 		if err != nil {
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				s.stats.ticks.Add(1)
+				// The deadline may be ask's, in the past: armDeadline sets it anew.
+				s.deadline = time.Unix(0, 1)
 				n = 0
 			case errors.Is(err, net.ErrClosed):
 				return
@@ -252,6 +304,7 @@ func (s *Server) loop() {
 			}
 		} else {
 			s.stats.batches.Add(1)
+			s.metrics.dgmsPerRecv.observe(n)
 		}
 		s.took(n)
 		s.process(n, s.now())
@@ -270,9 +323,11 @@ func (s *Server) loop() {
 			}
 			s.stats.syscallsIn.Add(1)
 			s.stats.batches.Add(1)
+			s.metrics.dgmsPerRecv.observe(n)
 			s.took(n)
 			s.process(n, s.now())
 			s.send()
+			s.serveRequests()
 			idle = 0
 		}
 	}
@@ -290,10 +345,10 @@ func (s *Server) took(n int) {
 }
 
 // armDeadline keeps the read returning every tick while time alone can change the state
-// (locks to expire, sessions to time out, isolation runs to collect), and lets it block
-// for good when the machine is idle.
+// (locks to expire, sessions to time out, isolation runs to collect, the lock-delay to
+// end) or a GET /locks scan goes on, and lets it block for good when the machine is idle.
 func (s *Server) armDeadline() {
-	if s.m.Idle() {
+	if s.m.Idle() && s.scan == nil && !s.inDelay {
 		if !s.deadline.IsZero() {
 			s.deadline = time.Time{}
 			s.conn.SetReadDeadline(s.deadline)
@@ -313,9 +368,12 @@ func (s *Server) process(n int, now int64) {
 	s.cmds = s.cmds[:0]
 	s.results = s.results[:0]
 	s.beginBatch(now)
+	s.debug = s.log.Enabled(context.Background(), slog.LevelDebug)
 	s.stats.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
+		before := len(s.cmds)
 		s.parse(i)
+		s.batch.frames(len(s.cmds) - before)
 	}
 	if s.cfg.Redirect != nil {
 		s.redirect()
@@ -329,5 +387,8 @@ func (s *Server) process(n int, now int64) {
 			s.startIsolation(iso)
 		}
 	}
+	s.noteMachine(now)
+	s.foldResults()
+	s.publish()
 	s.encode(s.behind)
 }

@@ -183,7 +183,11 @@ func (m *Machine) deleteSession(s *session) {
 	}
 	s.released.free(&m.leafPool)
 	s.peer = nil
+	m.ended++
 }
+
+// SessionsEnded is how many sessions have ended (DISCONNECT, timeout).
+func (m *Machine) SessionsEnded() uint64 { return m.ended }
 
 // Sessions is the number of sessions, isolated ones included.
 func (m *Machine) Sessions() int { return len(m.sessions) }

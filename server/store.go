@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -130,8 +131,11 @@ type store struct {
 	// whose locks may still be believed held served with, or today's MaxTTL if longer.
 	lockDelay bool
 	delay     time.Duration
-	// fresh: the directory had neither state nor lock file.
-	fresh bool
+	// fresh: the directory had neither state nor lock file. Otherwise prevClean and
+	// prevHeld tell how the previous boot stopped (for the start's log).
+	fresh     bool
+	prevClean bool
+	prevHeld  bool
 	// maxTTL is this boot's MaxTTL; settled: st.maxTTL has come down to it, once the
 	// lock-delay, counted from opened, has run out (see settle).
 	maxTTL  time.Duration
@@ -146,6 +150,10 @@ type store struct {
 	// last write failed; no new write is tried before retryAt.
 	failing bool
 	retryAt time.Time
+	// fsyncs counts the fsyncs of successful writes (the file and its directory: two
+	// each), writeErrors the writes that failed; read by the metrics at any time.
+	fsyncs      atomic.Uint64
+	writeErrors atomic.Uint64
 }
 
 // openStore reads the data directory, creating it if needed, and at once records this
@@ -199,6 +207,7 @@ func (s *store) load(hadLock bool, wall time.Time) error {
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, p)
 		}
+		s.prevClean, s.prevHeld = prev.clean, prev.locksHeld
 		s.lockDelay = !prev.clean || prev.locksHeld
 		// Fences of an unfinished reservation are skipped, never reused; the wall clock
 		// keeps a restored old state file from going backwards.
@@ -254,8 +263,10 @@ func (s *store) markClean(locksHeld bool) error {
 
 func (s *store) write() error {
 	if err := s.writeFile(s.dir, s.st.encode()); err != nil {
+		s.writeErrors.Add(1)
 		return fmt.Errorf("server: write state: %w", err)
 	}
+	s.fsyncs.Add(2) // writeStateFile: the file, then its directory
 	return nil
 }
 
