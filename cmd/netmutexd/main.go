@@ -425,7 +425,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cfg.MaxIsolations = int(f.maxIsolations)
 	cfg.MaxWaitersPerKey = int(f.maxWaitersPerKey)
 	cfg.MaxWaitersPerSession = int(f.maxWaitersSess)
-	setHTTPAddr(&cfg, f.http.v)
+	cfg.HTTPAddr = f.http.v
 	if f.keyFile != "" {
 		keys, err := seal.LoadKeyFile(f.keyFile)
 		if err != nil {
@@ -447,14 +447,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	if a := httpAddr(srv); a != "" {
-		log.Info("netmutexd http serving", "addr", a, "paths", "/metrics /locks /healthz /readyz")
-	}
-	if srv.LockDelay() {
-		log.Warn("lock-delay in force: the last stop may have lost locks; LOCK answers LOCK_DELAY", "for", srv.LockDelayLength())
-	} else {
-		log.Info("no lock-delay")
-	}
+	// The server has logged its addresses ("netmutexd serving", and "http serving" with
+	// -http) and any lock-delay.
 	sig := <-sigs
 	log.Info("stopping", "signal", sig.String())
 	go func() { // later signals do not interrupt the clean stop

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -312,35 +314,79 @@ func TestStartErrors(t *testing.T) {
 	}
 }
 
-// TestFailedStartNoLockDelay (issue 10): a start that fails because its address is
-// taken grants nothing, so the next start on the same data directory must have no
-// lock-delay.
+// TestFailedStartNoLockDelay (issue 10): a start that fails because an address it must
+// bind is taken (the UDP -listen, or the TCP -http) grants nothing, so the next start on
+// the same data directory must have no lock-delay.
 func TestFailedStartNoLockDelay(t *testing.T) {
-	taken, err := net.ListenPacket("udp", "127.0.0.1:0")
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer taken.Close()
-	data := t.TempDir()
+	defer udp.Close()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer tcp.Close()
 
-	// A data directory with a clean stop behind it, and a new one.
-	for _, fresh := range []bool{false, true} {
-		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) {
-			data := filepath.Join(data, fmt.Sprint(fresh))
-			if !fresh {
+	for _, c := range []struct {
+		name  string
+		fresh bool // a new data directory, else one with a clean stop behind it
+		args  []string
+	}{
+		{"udp taken, new data directory", true, []string{"-listen", udp.LocalAddr().String(), "-http", ""}},
+		{"udp taken, after a clean stop", false, []string{"-listen", udp.LocalAddr().String(), "-http", ""}},
+		{"http taken, after a clean stop", false, []string{"-listen", "127.0.0.1:0", "-http", tcp.Addr().String()}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			data := t.TempDir()
+			if !c.fresh {
 				d := startDaemon(t, "-data", data)
 				require.Equal(t, 0, d.stop(syscall.SIGTERM))
 			}
-			stdout, stderr, code := runOnce(t, "-listen", taken.LocalAddr().String(), "-http", "", "-data", data)
+			stdout, stderr, code := runOnce(t, append(c.args, "-data", data)...)
 			assert.Equal(t, 1, code, "a start on a taken address; stderr:\n%s", stderr)
 			assert.Empty(t, stdout)
 			ls := lines(stderr)
-			require.Len(t, ls, 1, "want one line, got:\n%s", stderr)
-			assert.Contains(t, ls[0], "address already in use")
-			assert.NotContains(t, ls[0], "server:")
+			require.NotEmpty(t, ls)
+			last := ls[len(ls)-1]
+			assert.Contains(t, last, "address already in use")
+			assert.True(t, strings.HasPrefix(last, "netmutexd: "), last)
+			assert.NotContains(t, last, "server:")
 
 			d := startDaemon(t, "-data", data)
 			assert.Contains(t, d.serving, "lock_delay=false",
-				"a failed start left the data directory unclean: the next start waits out a lock-delay (server.New must bind before it records the start)")
+				"a failed start left the data directory unclean, so this start waits out a lock-delay: server.New must bind (UDP and HTTP) before openStore records the start")
 			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 		})
 	}
+}
+
+// httpServingRE finds the address of the HTTP server in its log line.
+var httpServingRE = regexp.MustCompile(`msg="http serving" addr=(\S+)`)
+
+// TestHTTP: -http serves /healthz and /metrics at the address it logs; the default is
+// 127.0.0.1:15664 and an empty -http serves none.
+func TestHTTP(t *testing.T) {
+	d := startDaemon(t, "-data", t.TempDir(), "-http", "127.0.0.1:0")
+	var addr string
+	require.Eventually(t, func() bool {
+		m := httpServingRE.FindStringSubmatch(d.logText())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	}, 5*time.Second, 10*time.Millisecond, "no 'http serving' line:\n%s", d.logText())
+	for _, path := range []string{"/healthz", "/metrics"} {
+		resp, err := http.Get("http://" + addr + path)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "GET %s: %s", path, body)
+		if path == "/metrics" {
+			assert.Contains(t, string(body), "netmutex_")
+		}
+	}
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+
+	none := startDaemon(t, "-data", t.TempDir()) // startDaemon passes -http ""
+	assert.Equal(t, 0, none.stop(syscall.SIGTERM))
+	assert.NotContains(t, none.logText(), "http serving")
 }
