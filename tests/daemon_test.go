@@ -115,7 +115,7 @@ func (d *daemon) start() {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	args := append([]string{"-listen", listen, "-data", d.dataDir}, d.args...)
+	args := append([]string{"-listen", listen, "-data", d.dataDir, "-http", ""}, d.args...) // no HTTP: daemons run side by side
 	var lastErr error
 	for try := 0; try < 20; try++ { // the port may linger for a moment after a kill
 		addr, err := d.startOnce(args)

@@ -175,7 +175,7 @@ func measure(bin, dir, name string, f flood) (result, error) {
 		return r, err
 	}
 	e := &env{}
-	args := []string{"-listen", "127.0.0.1:0", "-data", filepath.Join(dir, "data"), "-log-level", "info"}
+	args := []string{"-listen", "127.0.0.1:0", "-http", "", "-data", filepath.Join(dir, "data"), "-log-level", "info"}
 	if r.keyed {
 		e.keyFile = filepath.Join(dir, "keys")
 		secret := make([]byte, seal.KeySize)
