@@ -64,6 +64,10 @@ const (
 	linRetries = 12
 	linTimeout = 40 * time.Millisecond
 	linMaxTTL  = 800 * time.Millisecond
+	// An Acquire waits this long at most: short, so that waits end (most of the
+	// cancelled ones in a lock-delay) and the history stays small.
+	linAcquireMin = 50 * time.Millisecond
+	linAcquireMax = 200 * time.Millisecond
 )
 
 // linFaults are the faults of each direction of the proxy in the run.
@@ -88,8 +92,11 @@ func (r *recorder) now() int64 { return int64(time.Since(r.epoch)) }
 
 func (r *recorder) add(client int, in lockInput, out lockOutput) {
 	ret := in.Ret
-	if out.Res == resUnknown {
+	switch out.Res {
+	case resUnknown:
 		ret = never // an unknown outcome lasts to the end of the history
+	case resCancelled:
+		ret = cancelledReturn(in.Call, in.Ret, linSlack()) // granted at the latest then
 	}
 	r.mu.Lock()
 	r.ops = append(r.ops, porcupine.Operation{ClientId: client, Input: in, Call: in.Call, Output: out, Return: ret})
@@ -170,7 +177,8 @@ func testLinearizability(t *testing.T, keyFile string) {
 			d.kill()
 			time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond) // down for a while
 			d.start()
-			rec.add(p.workers, lockInput{Kind: opRestart, Call: c, Ret: rec.now()}, lockOutput{Res: resOK})
+			// The new server's lock-delay is the longest TTL it served with: -max-ttl.
+			rec.add(p.workers, lockInput{Kind: opRestart, TTL: int64(linMaxTTL), Call: c, Ret: rec.now()}, lockOutput{Res: resOK})
 			restarts++
 			continue
 		}
@@ -264,7 +272,10 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			nm = nil
 		}
 		for !stopped() {
-			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{IsolationInfo: fmt.Sprintf("worker %d", w), KeyFile: keyFile})
+			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{
+				IsolationInfo: fmt.Sprintf("worker %d", w), KeyFile: keyFile,
+				Retries: linRetries, Timeout: linTimeout, // Acquire's pacing until QUEUED
+			})
 			if err == nil {
 				nm = c
 				return
@@ -278,11 +289,21 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			return resOK
 		// The specific errors first: ErrLockDelay also satisfies errors.Is(ErrLocked),
 		// and ErrLockLost errors.Is(ErrIsolated).
+		case kind == opAcquire && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+			return resCancelled
+		case kind == opAcquire && errors.Is(err, netmutex.ErrLocked):
+			// A waiting LOCK waits through LOCKED and the lock-delay: the model rejects
+			// both, and the run reports them.
+			unexpected(fmt.Sprintf("worker %d: Acquire: %v", w, err))
+			if errors.Is(err, netmutex.ErrLockDelay) {
+				return resLockDelay
+			}
+			return resLocked
 		case errors.Is(err, netmutex.ErrLockDelay) && kind == opLock:
 			return resLockDelay
 		case errors.Is(err, netmutex.ErrLocked) && kind == opLock:
 			return resLocked
-		case errors.Is(err, netmutex.ErrLockLost) && kind != opLock:
+		case errors.Is(err, netmutex.ErrLockLost) && kind != opLock && kind != opAcquire:
 			return resLockLost
 		case errors.Is(err, netmutex.ErrIsolated):
 			return resIsolated
@@ -300,16 +321,33 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 		key := "key-" + strconv.Itoa(rng.IntN(keys))
 		ttl := time.Duration(200+rng.IntN(int(linMaxTTL/time.Millisecond)-200)) * time.Millisecond
 		var l netmutex.Lock
+		// Half try-Lock, half Acquire: a waiting LOCK with a short deadline, so that
+		// waits end (many cancelled, their grants released by the client's clean-up)
+		// and the history stays small.
+		kind := opLock
+		if rng.IntN(2) == 0 {
+			kind = opAcquire
+		}
 		c := rec.now()
-		err := nm.Lock(linRetries, linTimeout, &l, key, ttl)
+		var err error
+		if kind == opAcquire {
+			actx, acancel := context.WithTimeout(ctx, linAcquireMin+time.Duration(rng.Int64N(int64(linAcquireMax-linAcquireMin))))
+			err = nm.Acquire(actx, &l, key, ttl)
+			acancel()
+		} else {
+			err = nm.Lock(linRetries, linTimeout, &l, key, ttl)
+		}
 		r := rec.now()
-		res := classify(opLock, err)
-		rec.add(w, lockInput{Kind: opLock, Key: key, TTL: int64(ttl), Call: c, Ret: r}, lockOutput{Res: res, Fence: l.FenceID()})
+		res := classify(kind, err)
+		rec.add(w, lockInput{Kind: kind, Key: key, TTL: int64(ttl), Call: c, Ret: r}, lockOutput{Res: res, Fence: l.FenceID()})
 		switch res {
 		case resUnknown, resIsolated:
 			reopen()
 			continue
-		case resLocked, resLockDelay:
+		case resLocked, resLockDelay, resCancelled:
+			// A cancelled Acquire keeps the connection: the client releases whatever
+			// it was granted, and promises no orphan lock that would isolate the
+			// session.
 			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
 			continue
 		}
@@ -378,7 +416,7 @@ func checkFences(t *testing.T, ops []porcupine.Operation) {
 	seen := map[uint64]string{}
 	for _, op := range ops {
 		in, out := op.Input.(lockInput), op.Output.(lockOutput)
-		if in.Kind != opLock || out.Res != resOK {
+		if (in.Kind != opLock && in.Kind != opAcquire) || out.Res != resOK {
 			continue
 		}
 		assert.NotZero(t, out.Fence, "grant of %s with fence 0", in.Key)

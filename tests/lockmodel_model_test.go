@@ -14,8 +14,11 @@ import (
 func hop(client int, kind opKind, key string, fence uint64, ttlMs, call, ret int64, res outcome, outFence uint64) porcupine.Operation {
 	in := lockInput{Kind: kind, Key: key, Fence: fence, TTL: ttlMs * 1e6, Call: call * 1e6, Ret: ret * 1e6}
 	r := ret * 1e6
-	if res == resUnknown {
+	switch res {
+	case resUnknown:
 		r = never
+	case resCancelled:
+		r = cancelledReturn(call*1e6, ret*1e6, 0)
 	}
 	return porcupine.Operation{ClientId: client, Input: in, Call: call * 1e6, Output: lockOutput{Res: res, Fence: outFence}, Return: r}
 }
@@ -127,6 +130,108 @@ func TestLockModel(t *testing.T) {
 		{"isolated before the lease could end", porcupine.Illegal, []porcupine.Operation{
 			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
 			hop(0, opUnlock, "k", 1, 0, 10, 11, resIsolated, 0),
+		}},
+		// Acquire: a waiting LOCK, linearized at its grant.
+		{"acquire granted at the unlock it waited for", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 30, resOK, 2),
+			hop(0, opUnlock, "k", 1, 0, 10, 11, resOK, 0),
+			hop(1, opUpdate, "k", 2, 100, 40, 41, resOK, 0),
+			hop(1, opUnlock, "k", 2, 0, 50, 51, resOK, 0),
+		}},
+		{"acquire granted when the lease could end", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 105, resOK, 2),
+		}},
+		{"acquire granted while the key is held", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 30, resOK, 2),
+			hop(0, opUnlock, "k", 1, 0, 40, 41, resOK, 0),
+		}},
+		{"acquire granted before the lease could end", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 10, 11, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 20, 90, resOK, 2),
+		}},
+		{"two acquires granted at once", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opAcquire, "k", 0, 100, 0, 5, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 0, 6, resOK, 2),
+			hop(0, opUnlock, "k", 1, 0, 10, 11, resOK, 0),
+			hop(1, opUnlock, "k", 2, 0, 10, 11, resOK, 0),
+		}},
+		{"acquire with a lower fence", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 5),
+			hop(0, opUnlock, "k", 5, 0, 2, 3, resOK, 0),
+			hop(1, opAcquire, "k", 0, 100, 4, 10, resOK, 4),
+		}},
+		{"acquire answered locked", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 30, resLocked, 0),
+		}},
+		{"acquire answered lock-delay", porcupine.Illegal, []porcupine.Operation{
+			hop(9, opRestart, "", 0, 100, 0, 10, resOK, 0),
+			hop(1, opAcquire, "k", 0, 100, 20, 30, resLockDelay, 0),
+		}},
+		{"acquire waits through the lock-delay", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(9, opRestart, "", 0, 100, 10, 20, resOK, 0),
+			hop(1, opAcquire, "k", 0, 100, 25, 115, resOK, 70000),
+		}},
+		{"acquire granted in the lock-delay of a key nobody held", porcupine.Illegal, []porcupine.Operation{
+			hop(9, opRestart, "", 0, 100, 10, 20, resOK, 0),
+			hop(1, opAcquire, "k", 0, 100, 25, 105, resOK, 70000),
+		}},
+		{"try-lock refused in the lock-delay: acquires wait first", porcupine.Ok, []porcupine.Operation{
+			hop(9, opRestart, "", 0, 100, 10, 20, resOK, 0),
+			hop(1, opAcquire, "k", 0, 100, 25, 130, resOK, 70000),
+			hop(2, opLock, "k", 0, 100, 30, 31, resLocked, 0),
+		}},
+		{"try-lock refused after the lock-delay with nobody holding", porcupine.Illegal, []porcupine.Operation{
+			hop(9, opRestart, "", 0, 100, 10, 20, resOK, 0),
+			hop(2, opLock, "k", 0, 100, 125, 126, resLocked, 0),
+		}},
+		{"a cancelled acquire may be granted after it returned, until the clean-up", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 50, resCancelled, 0),
+			hop(0, opUnlock, "k", 1, 0, 60, 61, resOK, 0),
+			hop(2, opLock, "k", 0, 100, 70, 71, resLocked, 0),
+			hop(2, opLock, "k", 0, 100, 80, 81, resOK, 3),
+		}},
+		{"a cancelled acquire may never have been granted", porcupine.Ok, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 50, resCancelled, 0),
+			hop(0, opUnlock, "k", 1, 0, 60, 61, resOK, 0),
+			hop(2, opLock, "k", 0, 100, 70, 71, resOK, 3),
+		}},
+		{"a cancelled acquire takes the key only once it could be free", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 100, 0, 1, resOK, 1),
+			hop(1, opAcquire, "k", 0, 100, 2, 40, resCancelled, 0),
+			hop(2, opLock, "k", 0, 100, 50, 51, resOK, 2),
+		}},
+		{"a cancelled acquire explains no refusal past the server's wait bound", porcupine.Illegal, []porcupine.Operation{
+			hop(1, opAcquire, "k", 0, 100, 0, 50, resCancelled, 0),
+			hop(2, opLock, "k", 0, 100, 1200, 1201, resOK, 3),
+			hop(2, opUnlock, "k", 3, 0, 1210, 1211, resOK, 0),
+			hop(3, opLock, "k", 0, 100, 1220, 1221, resLocked, 0),
+		}},
+		{"a cancelled acquire explains a refusal within the server's wait bound", porcupine.Ok, []porcupine.Operation{
+			hop(1, opAcquire, "k", 0, 100, 0, 50, resCancelled, 0),
+			hop(2, opLock, "k", 0, 100, 60, 61, resOK, 3),
+			hop(2, opUnlock, "k", 3, 0, 70, 71, resOK, 0),
+			hop(3, opLock, "k", 0, 100, 80, 81, resLocked, 0),
+		}},
+		{"a cancelled acquire in a restart waits for the lock-delay", porcupine.Illegal, []porcupine.Operation{
+			hop(1, opAcquire, "k", 0, 100, 0, 40, resCancelled, 0),
+			hop(9, opRestart, "", 0, 100, 50, 60, resOK, 0),
+			hop(2, opLock, "k", 0, 100, 70, 71, resOK, 70000),
+		}},
+		{"an acquire answered isolated may have held the key until its TTL ran out", porcupine.Ok, []porcupine.Operation{
+			hop(0, opAcquire, "k", 0, 100, 0, 150, resIsolated, 0),
+			hop(1, opLock, "k", 0, 100, 50, 51, resLocked, 0),
+			hop(1, opLock, "k", 0, 100, 160, 161, resOK, 2),
+		}},
+		{"an acquire answered isolated held nothing past its return", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opAcquire, "k", 0, 100, 0, 150, resIsolated, 0),
+			hop(1, opLock, "k", 0, 100, 160, 161, resLocked, 0),
 		}},
 		{"keys are independent", porcupine.Ok, []porcupine.Operation{
 			hop(0, opLock, "a", 0, 100, 0, 1, resOK, 1),

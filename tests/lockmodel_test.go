@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -25,7 +26,23 @@ import (
 // A server restart (SIGKILL, then a new process on the same data directory) is an
 // operation of its own, present in every key's partition: every lock granted before it
 // is lost (the holder learns ErrLockLost), but no new grant may come before the old
-// holder's lease has surely run out (the server's lock-delay is there for that).
+// holder's lease has surely run out (the server's lock-delay is there for that). The
+// restart's TTL is the length of that lock-delay: no grant returns before c+TTL, and
+// until r+TTL a try-Lock may be refused LOCKED on a key nobody holds, because waiting
+// Acquires queued on it during the lock-delay are served first.
+//
+// Acquire (a waiting LOCK) linearizes at its grant, like a Lock that succeeds. One that
+// ended with its context (deadline or cancel) is "cancelled": the client's clean-up
+// UNLOCK leaves the queue or releases the grant, but asynchronously, so the waiter may
+// still be granted after Acquire returned and hold the key until the UNLOCK arrives.
+// A single linearization point cannot say "granted after the return", so a cancelled
+// Acquire is an unknown outcome, like a call that gave up: return time infinite, effect
+// a ghost or none. What keeps that from being too weak is that a ghost has a time: a
+// ghost that took the key from a definite holder took it after that holder's lease
+// could end (Since), so no grant or refusal it explains may come before that; and a
+// cancelled Acquire's "return" for porcupine is not infinite but the latest moment the
+// server could still grant it (cancelledReturn): the client asks the server to drop the
+// waiter a little after the caller's deadline, so a grant after that is a bug.
 
 type opKind uint8
 
@@ -34,10 +51,11 @@ const (
 	opUpdate
 	opUnlock
 	opRestart
+	opAcquire
 )
 
 func (k opKind) String() string {
-	return [...]string{"?", "Lock", "Update", "Unlock", "Restart"}[k]
+	return [...]string{"?", "Lock", "Update", "Unlock", "Restart", "Acquire"}[k]
 }
 
 // Outcomes.
@@ -50,17 +68,18 @@ const (
 	resIsolated                     // ErrIsolated
 	resLockLost                     // ErrLockLost
 	resUnknown                      // gave up: any effect or none
+	resCancelled                    // Acquire: its context ended; granted meanwhile (and released by the clean-up) or not
 )
 
 func (o outcome) String() string {
-	return [...]string{"?", "ok", "locked", "lock-delay", "isolated", "lock-lost", "unknown"}[o]
+	return [...]string{"?", "ok", "locked", "lock-delay", "isolated", "lock-lost", "unknown", "cancelled"}[o]
 }
 
 type lockInput struct {
 	Kind  opKind
 	Key   string
 	Fence uint64 // Update, Unlock: the fence of the lock acted on
-	TTL   int64  // ns: Lock, Update
+	TTL   int64  // ns: Lock, Acquire, Update; Restart: the lock-delay
 	Call  int64
 	Ret   int64 // the real return time, even for an unknown outcome
 	// CrashDuring: a restart overlapped [Call, Ret]. An Update or Unlock that then
@@ -80,12 +99,32 @@ type keyState struct {
 	Holder uint64 // fence of the definite holder, 0 = none
 	Ghost  bool   // a call with unknown outcome may hold the key
 	Lo, Hi int64  // bounds of the holder's lease end
+	// Since: a ghost that took the key from a holder took it no earlier than this (the
+	// holder's lease could not end before); 0 when it is the holder itself gone unknown.
+	Since int64
 	// MaxFence is the highest fence granted so far on the key; CrashFence the highest
 	// granted before the last restart (every lock at or below it was lost).
 	MaxFence, CrashFence uint64
+	// The last restart's lock-delay: no grant before GrantFrom; until WaitersUntil
+	// waiters queued in it may make a free key answer LOCKED.
+	GrantFrom, WaitersUntil int64
 }
 
 const never = math.MaxInt64
+
+// clientWaitSlack is how much longer than its caller's deadline a waiting LOCK asks the
+// server to keep it (the root package's waitSlackMs): the server removes the waiter
+// then, so it grants nothing later.
+const clientWaitSlack = int64(time.Second)
+
+// cancelledReturn is porcupine's return time for an Acquire that ended with its context
+// at ret: the latest moment the server could grant it. The wait bound is computed when
+// the LOCK is encoded (at c or later) as what is left of the deadline (at most ret-c)
+// plus clientWaitSlack, and counts from the copy that reaches the server, sent by ret
+// and delayed by at most slack.
+func cancelledReturn(c, ret, slack int64) int64 {
+	return ret + (ret - c) + clientWaitSlack + slack
+}
 
 // hidden is the Holder of a grant whose fence nobody learnt (see Lock → isolated).
 const hidden = math.MaxUint64
@@ -103,11 +142,11 @@ func lockModel(slack int64) porcupine.Model {
 			switch in.Kind {
 			case opRestart:
 				return "Restart"
-			case opLock:
+			case opLock, opAcquire:
 				if out.Res == resOK {
-					return fmt.Sprintf("Lock(%s, %dms) -> fence %d", in.Key, in.TTL/1e6, out.Fence)
+					return fmt.Sprintf("%v(%s, %dms) -> fence %d", in.Kind, in.Key, in.TTL/1e6, out.Fence)
 				}
-				return fmt.Sprintf("Lock(%s, %dms) -> %v", in.Key, in.TTL/1e6, out.Res)
+				return fmt.Sprintf("%v(%s, %dms) -> %v", in.Kind, in.Key, in.TTL/1e6, out.Res)
 			case opUpdate:
 				return fmt.Sprintf("Update(%s#%d, %dms) -> %v", in.Key, in.Fence, in.TTL/1e6, out.Res)
 			}
@@ -117,7 +156,7 @@ func lockModel(slack int64) porcupine.Model {
 			s := state.(keyState)
 			switch {
 			case s.Ghost:
-				return fmt.Sprintf("ghost (max %d, crash %d)", s.MaxFence, s.CrashFence)
+				return fmt.Sprintf("ghost since %.3fs (max %d, crash %d)", float64(s.Since)/1e9, s.MaxFence, s.CrashFence)
 			case s.Holder == 0:
 				return fmt.Sprintf("free (max %d, crash %d)", s.MaxFence, s.CrashFence)
 			}
@@ -157,56 +196,97 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 	none := []any(nil)
 	lost := func(fence uint64) bool { return fence <= s.CrashFence }
 	// mayBeFree: at some moment up to r the key may have been free.
-	mayBeFree := func(r int64) bool { return s.Holder == 0 || s.Ghost || s.Lo <= r }
-	// mayBeHeld: at some moment from c on the key may still have been held on the
-	// server (a lost lock is held by nobody there).
-	mayBeHeld := func(c int64) bool {
-		return s.Ghost || (s.Holder != 0 && !lost(s.Holder) && c < s.Hi)
+	mayBeFree := func(r int64) bool {
+		switch {
+		case s.Ghost:
+			return s.Since <= r
+		case s.Holder == 0:
+			return true
+		}
+		return s.Lo <= r
 	}
+	// mayBeRefused: at some moment in [c, r] a try-LOCK may have found the key held on
+	// the server (a lost lock is held by nobody there), or waiters queued in the
+	// lock-delay ahead of it.
+	mayBeRefused := func(c, r int64) bool {
+		return (s.Ghost && s.Since <= r) || (s.Holder != 0 && !s.Ghost && !lost(s.Holder) && c < s.Hi) ||
+			c < s.WaitersUntil
+	}
+	// granted: the state after a definite grant seen in [c, r].
+	granted := func() []any {
+		if out.Fence <= s.MaxFence || !mayBeFree(in.Ret) || in.Ret < s.GrantFrom {
+			return none
+		}
+		n := s
+		n.Holder, n.Ghost, n.Lo, n.Hi, n.Since = out.Fence, false, in.Call+in.TTL, in.Ret+in.TTL+slack, 0
+		n.MaxFence = out.Fence
+		return one(n)
+	}
+	// ghost: an unknown call took the key, once it was free: after the holder's lease
+	// could end, the previous ghost took it, or the lock-delay ended.
 	ghost := func() keyState {
 		g := s
-		g.Holder, g.Ghost, g.Lo, g.Hi = 0, true, 0, 0
+		since := s.GrantFrom
+		switch {
+		case s.Ghost:
+			since = max(since, s.Since)
+		case s.Holder != 0:
+			since = max(since, s.Lo)
+		}
+		g.Holder, g.Ghost, g.Lo, g.Hi, g.Since = 0, true, 0, 0, since
 		return g
+	}
+	// isolatedGrant: a waiting or try LOCK answered ISOLATED may have been granted with
+	// every reply lost until the lock expired and isolated the session: a holder nobody
+	// knows, whose lease ran out by r.
+	isolatedGrant := func() []any {
+		from := max(in.Call, s.GrantFrom)
+		if mayBeFree(in.Ret) && from+in.TTL <= in.Ret {
+			h := s
+			h.Holder, h.Ghost, h.Lo, h.Hi, h.Since = hidden, false, from+in.TTL, in.Ret, 0
+			return []any{s, h}
+		}
+		return one(s)
 	}
 	switch in.Kind {
 	case opRestart:
 		n := s
 		n.CrashFence = s.MaxFence
 		if n.Ghost || n.Holder == hidden {
-			n.Holder, n.Ghost = 0, false
+			n.Holder, n.Ghost, n.Since = 0, false, 0
 		}
+		n.GrantFrom, n.WaitersUntil = in.Call+in.TTL, in.Ret+in.TTL+slack
 		return one(n)
 
 	case opLock:
 		switch out.Res {
 		case resOK:
-			if out.Fence <= s.MaxFence || !mayBeFree(in.Ret) {
-				return none
-			}
-			return one(keyState{Holder: out.Fence, Lo: in.Call + in.TTL, Hi: in.Ret + in.TTL + slack,
-				MaxFence: out.Fence, CrashFence: s.CrashFence})
+			return granted()
 		case resLocked:
-			if !mayBeHeld(in.Call) {
+			if !mayBeRefused(in.Call, in.Ret) {
 				return none
 			}
 			return one(s)
 		case resIsolated:
-			// Refused because the session is isolated, or granted with every reply
-			// lost until the lock expired and isolated the session: a holder nobody
-			// knows, whose lease ran out by r.
-			if mayBeFree(in.Ret) && in.Call+in.TTL <= in.Ret {
-				h := s
-				h.Holder, h.Ghost, h.Lo, h.Hi = hidden, false, in.Call+in.TTL, in.Ret
-				return []any{s, h}
-			}
-			return one(s)
+			return isolatedGrant()
 		case resLockDelay, resUnknown:
 			// Not granted, or granted (possibly on a server that crashed since).
-			if mayBeFree(never) {
-				return []any{s, ghost()}
-			}
-			return one(s)
+			return []any{s, ghost()}
 		}
+		return none
+
+	case opAcquire:
+		switch out.Res {
+		case resOK:
+			return granted() // at the grant, which waited for the key to be free
+		case resIsolated:
+			return isolatedGrant()
+		case resCancelled, resUnknown:
+			// Never granted, or granted (before or after the return) and then released
+			// by the clean-up UNLOCK, or left to expire: a ghost from some moment on.
+			return []any{s, ghost()}
+		}
+		// LOCKED or LOCK_DELAY: a waiting LOCK waits through both.
 		return none
 
 	case opUpdate, opUnlock:
@@ -256,7 +336,11 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 			return one(s)
 		case resUnknown:
 			if mine {
-				return one(ghost()) // extended, released, or left to expire: unknown
+				// Extended, released, or left to expire: unknown. The holder itself,
+				// so no Since: it held the key all along.
+				g := s
+				g.Holder, g.Ghost, g.Lo, g.Hi, g.Since = 0, true, 0, 0, 0
+				return one(g)
 			}
 			return one(s)
 		}
