@@ -55,7 +55,6 @@ func newCollector(s *Server) *collector {
 		waiters:          d("waiters", "Waiting LOCKs and LOCKMANYs queued now."),
 		lockDelay:        d("lock_delay_remaining_seconds", "Time left of the start-up lock-delay, during which no lock is granted."),
 		fencesLeft:       d("fences_reserved", "Fences reserved durably and not yet handed out."),
-		nextFence:        d("next_fence", "The next fence to hand out."),
 		isolations:       d("isolations_total", "Sessions isolated (a lock's TTL ran out while its session lived)."),
 		isoStarted:       d("isolation_runs_started_total", "Isolation command runs started."),
 		isoRun:           d("isolation_runs_total", "Isolation command runs finished, whatever their exit status."),
@@ -75,7 +74,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.datagramsOut, c.framesIn, c.framesOut, c.sendErrors, c.framesPerDgm, c.dgmsPerCall,
 		c.authRefused, c.cookies, c.rateLimited, c.batches, c.ticks, c.grants, c.pushed,
 		c.pushDropped, c.sessionsEnded, c.sessions, c.locksHeld, c.waiters, c.lockDelay,
-		c.fencesLeft, c.nextFence, c.isolations, c.isoStarted, c.isoRun, c.isoFailed,
+		c.fencesLeft, c.isolations, c.isoStarted, c.isoRun, c.isoFailed,
 		c.isoDuration, c.isoRunning, c.isoQueued, c.fsyncs, c.stateWriteErrors, c.up} {
 		ch <- d
 	}
@@ -99,10 +98,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		for o := range numOutcomes {
-			// Every op with the outcomes it can have had so far: a series appears with its
-			// first count, except ok, which every op shows from the start.
+			// A series appears with its first count, but every op's success is there
+			// from the start.
 			v := m.ops[k*numOutcomes+o].Load()
-			if outcomeNames[o] != "" && (v > 0 || o == outOK) {
+			if outcomeNames[o] != "" && (v > 0 || o == successOf(Kind(k))) {
 				counter(c.requests, v, kindNames[k], outcomeNames[o])
 			}
 		}
@@ -134,7 +133,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.waiters, float64(m.waiters.Load()))
 	gauge(c.lockDelay, s.lockDelayRemaining().Seconds())
 	gauge(c.fencesLeft, float64(m.fencesLeft.Load()))
-	gauge(c.nextFence, float64(m.nextFence.Load()))
 	counter(c.isolations, st.isolations.Load())
 	counter(c.isoStarted, st.isoStarted.Load())
 	counter(c.isoRun, st.isoRun.Load())
@@ -151,6 +149,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	default:
 	}
 	gauge(c.up, up)
+}
+
+// successOf is the outcome of a request of kind k that succeeded.
+func successOf(k Kind) int {
+	switch k {
+	case KindConnect:
+		return outConnected
+	case KindPing, KindTouch, KindUnlockAll:
+		return outPong
+	case KindDisconnect:
+		return outDisconnected
+	}
+	return outOK
 }
 
 // lockDelayRemaining is how much of the start-up lock-delay is left: 0 without one.

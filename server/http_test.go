@@ -266,18 +266,43 @@ func TestLockScan(t *testing.T) {
 	s.serveRequests()
 	require.Empty(t, reply, "a table larger than scanChunk takes more than one step")
 	require.NotNil(t, s.scan)
+	// Between two steps the machine changes, as between two batches: released keys
+	// are not seen if not reached yet, new ones may be.
+	var unlocks []Command
+	for i := range 100 {
+		unlocks = append(unlocks, Command{Kind: KindUnlock, Session: 7, ID: uint64(n + 1 + i), LockID: uint64(i + 1), Key: cmds[i].Key})
+	}
+	unlocks = append(unlocks, Command{Kind: KindLock, Session: 7, ID: uint64(n + 200), TTLMs: 1000, Key: []byte("new")})
+	m.Apply(2, unlocks, nil, nil)
+	require.Equal(t, n-99, m.Locks())
 	s.serveRequests()
 	require.Nil(t, s.scan)
 	snap := <-reply
+	require.GreaterOrEqual(t, snap.held, n-100)
+	require.LessOrEqual(t, snap.held, n+1)
+	seen := map[string]bool{}
+	for _, r := range snap.rows {
+		require.False(t, seen[r.Key], "a key once: %s", r.Key)
+		seen[r.Key] = true
+	}
+
+	// Unchanged between steps: exact.
+	s.reqs <- &loopReq{locks: true, reply: reply}
+	s.serveRequests()
+	s.serveRequests()
+	snap = <-reply
+	n -= 99
 	require.Equal(t, n, snap.held)
 	require.Equal(t, 1, snap.sessions)
 	require.Len(t, snap.rows, maxLockRows)
-	seen := map[string]bool{}
+	seen = map[string]bool{}
 	for _, r := range snap.rows {
 		seen[r.Key] = true
 		assert.Equal(t, uint64(7), r.Session)
 		assert.Equal(t, "info", r.Info)
 	}
+	require.False(t, seen["new"], "after every k")
+	// The 100 highest k keys were unlocked (cmds[:100] locked k(n-1) down).
 	for i := range maxLockRows {
 		require.True(t, seen[fmt.Sprintf("k%06d", i)], "the first keys are kept: k%06d", i)
 	}

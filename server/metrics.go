@@ -169,7 +169,6 @@ type metrics struct {
 	isoQueued     atomic.Int64
 	sessionsEnded atomic.Uint64
 	fencesLeft    atomic.Uint64
-	nextFence     atomic.Uint64
 }
 
 func newMetrics() *metrics {
@@ -281,5 +280,4 @@ func (s *Server) publish() {
 	m.isoQueued.Store(int64(s.isoRuns.queued()))
 	m.sessionsEnded.Store(s.m.SessionsEnded())
 	m.fencesLeft.Store(s.m.FencesLeft())
-	m.nextFence.Store(s.m.NextFence())
 }
