@@ -4,6 +4,8 @@
 package netmutex
 
 import (
+	"time"
+
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
@@ -23,14 +25,14 @@ func (p *params) encode(r *request) {
 	b := r.frame.B[:0]
 	switch p.op {
 	case wire.OpLock:
-		r.key, r.wait = p.key, p.wait // for the clean-up UNLOCK if the caller gives up on it
+		r.key, r.wait, r.ttl = p.key, p.wait, int64(p.ttlMs)*int64(time.Millisecond) // for the clean-up UNLOCK if the caller gives up on it
 		if p.wait {
 			b = wire.AppendLockWait(b, 0, p.ttlMs, p.waitMs, p.key)
 		} else {
 			b = wire.AppendLock(b, 0, p.ttlMs, p.key)
 		}
 	case wire.OpLockMany:
-		r.keys, r.wait = p.keys, p.wait
+		r.keys, r.wait, r.ttl = p.keys, p.wait, int64(p.ttlMs)*int64(time.Millisecond)
 		b = wire.AppendLockMany(b, 0, p.ttlMs, p.wait, p.waitMs, p.keys)
 	case wire.OpUpdate:
 		b = wire.AppendUpdate(b, 0, p.lockID, p.ttlMs, p.key)

@@ -42,6 +42,7 @@ type request struct {
 	op    wire.Op
 	key   string   // for the clean-up UNLOCK of a LOCK given up on
 	keys  []string // the same for a LOCKMANY
+	ttl   int64    // the LOCK's TTL (ns): its clean-up must land well within it
 	// wait marks a LOCK or LOCKMANY that may wait in the server's queue: once the
 	// server answers QUEUED (queued, set by the receive loop), the send loop parks it.
 	wait   bool
@@ -110,7 +111,7 @@ func (r *request) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
-	r.key, r.keys = "", nil
+	r.key, r.keys, r.ttl = "", nil, 0
 	select {
 	case <-r.done: // a completion nobody took: a clean-up request has no caller
 	default:

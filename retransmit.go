@@ -22,17 +22,29 @@ const scanInterval = int64(time.Millisecond)
 const parkedResend = int64(250 * time.Millisecond)
 
 // Clean-up UNLOCKs are requests of their own, retried like any other: a waiter that
-// leaves the queue must leave it, or its late grant would expire and isolate the session.
+// leaves the queue must leave it, and a grant nobody took must be released, or it would
+// expire and isolate the session, and with it every lock the session holds. So the
+// UNLOCK is paced by the lock's TTL: a tenth of it per attempt (between cleanupMinTimeout
+// and cleanupMaxTimeout), for as many attempts as cover the whole TTL and then some.
 const (
-	cleanupAttempts = 10
-	cleanupTimeout  = int64(200 * time.Millisecond)
+	cleanupMinTimeout = int64(2 * time.Millisecond)
+	cleanupMaxTimeout = int64(200 * time.Millisecond)
+	cleanupAttempts   = 10 // beyond the TTL: the lock may still be queued
 )
+
+// cleanupPacing returns the attempt timeout and the attempts of the clean-up UNLOCK of a
+// lock of ttl ns: at least ten tries within the TTL, for the first that gets through.
+func cleanupPacing(ttl int64) (timeout int64, attempts int) {
+	timeout = min(max(ttl/10, cleanupMinTimeout), cleanupMaxTimeout)
+	return timeout, int(ttl/timeout) + cleanupAttempts
+}
 
 // cleanup is an UNLOCK owed for a LOCK given up on after it was sent: it may have been
 // granted, and an orphaned lock would expire and isolate the session.
 type cleanup struct {
 	lockID uint64
 	key    string
+	ttl    int64 // the lock's TTL, ns
 }
 
 // scan walks every held request once: drops finished ones, sends parked ones once a
@@ -137,10 +149,10 @@ func (c *serverConn) owe(r *request) {
 	}
 	switch r.op {
 	case wire.OpLock:
-		c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key})
+		c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: r.key, ttl: r.ttl})
 	case wire.OpLockMany:
 		for _, k := range r.keys {
-			c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: k})
+			c.cleanups = append(c.cleanups, cleanup{lockID: r.id, key: k, ttl: r.ttl})
 		}
 	}
 }
@@ -165,7 +177,8 @@ func (c *serverConn) sendCleanups(session uint64) {
 		if len(c.list) == cap(c.list) {
 			break // every slot is in use: the rest wait for the next round
 		}
-		r := c.requests.acquire(wire.OpUnlock, cleanupAttempts, cleanupTimeout, 0)
+		timeout, attempts := cleanupPacing(u.ttl)
+		r := c.requests.acquire(wire.OpUnlock, attempts, timeout, 0)
 		r.refs.Store(1) // the send loop's alone
 		(&params{op: wire.OpUnlock, lockID: u.lockID, key: u.key}).encode(r)
 		c.list = append(c.list, r)
