@@ -6,6 +6,8 @@ package netmutex
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"time"
@@ -245,7 +247,37 @@ func (nm *NetMutex) acquire(pc *pacing, l *Lock, key string, ttl time.Duration) 
 		l.set(key, res.id, res.fence, res.session, c)
 		return nil
 	}
-	return resultErr(res)
+	return nm.settleGivenUp(c, res, []string{key}, ttl)
+}
+
+// settleGivenUp returns the error of a waiting LOCK or LOCKMANY that failed. If the
+// caller gave up on it (its context ended) after it was sent, it may be queued, or
+// granted with the grant still on its way: before returning, the UNLOCK of its id is sent
+// and its answer awaited, paced by the TTL, so that the caller gets ctx.Err() only once
+// the key is released, never an orphan that would expire and isolate the session with
+// every lock it holds. If no answer comes, the error also wraps ErrTooMuchRetries: the
+// key may stay granted to this session until it expires.
+func (nm *NetMutex) settleGivenUp(c *serverConn, res result, keys []string, ttl time.Duration) error {
+	err := resultErr(res)
+	if res.id == 0 || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return err
+	}
+	timeout, attempts := cleanupPacing(int64(ttl))
+	for _, k := range keys {
+		r := c.requests.acquire(wire.OpUnlock, attempts, timeout, 0)
+		(&params{op: wire.OpUnlock, lockID: res.id, key: k}).encode(r)
+		ur := c.roundTrip(r, nil)
+		switch {
+		case ur.err == nil && ur.op == wire.OpOK:
+		case ur.err == ErrDisconnected, ur.op == wire.OpDisconnected:
+			return err // the session is gone, and its locks with it
+		case ur.op == wire.OpIsolated:
+			return fmt.Errorf("%w: %w", err, ErrIsolated)
+		default:
+			return fmt.Errorf("%w; the key may stay granted to this session until it expires: %w", err, ErrTooMuchRetries)
+		}
+	}
+	return err
 }
 
 func (nm *NetMutex) acquireMany(pc *pacing, locks []*Lock, keys []string, ttl time.Duration) error {
@@ -291,5 +323,5 @@ func (nm *NetMutex) acquireMany(pc *pacing, locks []*Lock, keys []string, ttl ti
 		}
 		return nil
 	}
-	return resultErr(res)
+	return nm.settleGivenUp(c, res, keys, ttl)
 }

@@ -218,10 +218,12 @@ func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
 	if c.sleeping.Load() && c.sleeping.CompareAndSwap(true, false) {
 		c.wakeSender()
 	}
-	if c.stopped.Load() && r.cancel() {
-		// The sender may have gone before it saw r; nobody else will answer.
-		r.res = result{err: ErrDisconnected}
-		return r.finish()
+	if c.stopped.Load() {
+		if _, ok := r.cancel(); ok {
+			// The sender may have gone before it saw r; nobody else will answer.
+			r.res = result{err: ErrDisconnected}
+			return r.finish()
+		}
 	}
 	if ctx == nil {
 		<-r.done
@@ -230,8 +232,8 @@ func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		if r.cancel() {
-			r.res = result{err: ctx.Err()}
+		if id, ok := r.cancel(); ok {
+			r.res = result{err: ctx.Err(), id: id}
 			return r.finish()
 		}
 		<-r.done

@@ -186,9 +186,13 @@ func (nm *NetMutex) LockContext(ctx context.Context, l *Lock, key string, ttl ti
 
 // Acquire waits in the server's queue for key until it is granted or ctx ends. Waiters
 // are served first come, first served, and the key passes from holder to waiter in one
-// step of the server. When ctx ends first, Acquire returns ctx.Err() and the waiter has
+// step of the server. When ctx ends first, Acquire returns ctx.Err() once the waiter has
 // left the queue, or the key it was granted meanwhile is released: never a lock left to
-// expire. Acquire waits through the server's start-up lock-delay.
+// expire and isolate the session. It sends that release and waits for its answer, paced
+// by ttl, so it may return up to about one ttl after ctx ends when the server is hard to
+// reach; if no answer comes, the error also wraps ErrTooMuchRetries (the key may stay
+// granted to this session until it expires). Acquire waits through the server's
+// start-up lock-delay.
 func (nm *NetMutex) Acquire(ctx context.Context, l *Lock, key string, ttl time.Duration) error {
 	pc := waitPacing(ctx, nm.retries, nm.timeout)
 	return nm.acquire(&pc, l, key, ttl)

@@ -133,15 +133,19 @@ func (r *request) complete(from uint64, res result) bool {
 }
 
 // cancel withdraws the request on the caller's behalf and reports whether it did; if
-// not, a result is already on its way through done.
-func (r *request) cancel() bool {
+// not, a result is already on its way through done. It also returns the request id the
+// request had been sent with, 0 if it never left.
+func (r *request) cancel() (id uint64, ok bool) {
 	for {
 		s := r.state.Load()
 		if s == stateDone {
-			return false
+			return 0, false
 		}
 		if r.state.CompareAndSwap(s, stateCancelled) {
-			return true
+			if s == stateQueued || s == stateCancelled {
+				s = 0
+			}
+			return s, true
 		}
 	}
 }
@@ -161,7 +165,7 @@ func (r *request) failLocal(err error) bool {
 	if from == stateDone || from == stateCancelled {
 		return false
 	}
-	res := result{err: err}
+	res := result{err: err, id: r.id, session: r.session} // the id: the caller may owe it an UNLOCK
 	if err == nil {
 		res = result{op: wire.OpDisconnected, session: r.session}
 	}

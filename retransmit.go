@@ -21,6 +21,16 @@ const scanInterval = int64(time.Millisecond)
 // queue. A copy costs the server O(1); a lost grant is recovered within this time.
 const parkedResend = int64(250 * time.Millisecond)
 
+// parkedResendFor is how often a parked LOCK of ttl ns is sent again: parkedResend, or an
+// eighth of its TTL if that is shorter, so that a lost grant is recovered long before it
+// could expire unseen and isolate the session.
+func parkedResendFor(ttl int64) int64 {
+	if ttl <= 0 {
+		return parkedResend
+	}
+	return min(parkedResend, max(ttl/8, cleanupMinTimeout))
+}
+
 // Clean-up UNLOCKs are requests of their own, retried like any other: a waiter that
 // leaves the queue must leave it, and a grant nobody took must be released, or it would
 // expire and isolate the session, and with it every lock the session holds. So the
@@ -75,7 +85,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 			// QUEUED: the server holds it in the key's queue. Attempts count again from
 			// here, and only to notice a server that stopped answering.
 			r.parked, r.sent = true, 0
-			r.attemptEnd = now + parkedResend
+			r.attemptEnd = now + parkedResendFor(r.ttl)
 		case now >= r.attemptEnd:
 			if r.id == 0 {
 				r.sent++ // an attempt spent waiting for a session
@@ -95,7 +105,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 			if r.id != 0 && session != 0 {
 				c.send(r, now, session)
 				if r.parked {
-					r.attemptEnd = now + parkedResend
+					r.attemptEnd = now + parkedResendFor(r.ttl)
 				}
 			} else {
 				if r.id != 0 {

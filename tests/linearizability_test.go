@@ -289,6 +289,10 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			return resOK
 		// The specific errors first: ErrLockDelay also satisfies errors.Is(ErrLocked),
 		// and ErrLockLost errors.Is(ErrIsolated).
+		case kind == opAcquire && errors.Is(err, netmutex.ErrTooMuchRetries):
+			return resUnknown // given up, and its release could not be confirmed
+		case kind == opAcquire && errors.Is(err, netmutex.ErrIsolated):
+			return resIsolated
 		case kind == opAcquire && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
 			return resCancelled
 		case kind == opAcquire && errors.Is(err, netmutex.ErrLocked):
