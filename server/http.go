@@ -238,14 +238,11 @@ func (s *Server) handleHealth(ready bool) http.HandlerFunc {
 	}
 }
 
-// listenHTTP binds Config.HTTPAddr, if set, and builds its server; serveHTTP starts it.
-func (s *Server) listenHTTP() error {
-	if s.cfg.HTTPAddr == "" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("server: http listen: %w", err)
+// listenHTTP builds the HTTP server on ln, bound to Config.HTTPAddr by newServer (nil:
+// none); serveHTTP starts it.
+func (s *Server) listenHTTP(ln net.Listener) {
+	if ln == nil {
+		return
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(s), collectors.NewGoCollector(),
@@ -258,7 +255,6 @@ func (s *Server) listenHTTP() error {
 	s.httpLn = ln
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	s.httpDone = make(chan struct{})
-	return nil
 }
 
 // serveHTTP serves the HTTP server, if any, until stopHTTP.

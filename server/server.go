@@ -122,21 +122,32 @@ func newServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: listen address: %w", err)
 	}
-	st, err := openStore(cfg.DataDir, cfg.MaxTTL)
-	if err != nil {
-		return nil, err
-	}
+	// Bind every address before the store records this start as unclean: a start that
+	// cannot serve grants nothing, and must not give the next start a lock-delay.
 	conn, err := net.ListenUDP("udp", laddr)
 	if err != nil {
-		st.close()
 		return nil, fmt.Errorf("server: listen: %w", err)
 	}
 	batchio.SetBuffers(conn)
 	bc, err := batchio.New(conn)
 	if err != nil {
 		conn.Close()
-		st.close()
 		return nil, fmt.Errorf("server: %w", err)
+	}
+	var httpLn net.Listener
+	if cfg.HTTPAddr != "" {
+		if httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("server: http listen: %w", err)
+		}
+	}
+	st, err := openStore(cfg.DataDir, cfg.MaxTTL)
+	if err != nil {
+		conn.Close()
+		if httpLn != nil {
+			httpLn.Close()
+		}
+		return nil, err
 	}
 	s := &Server{
 		cfg:      cfg,
@@ -175,6 +186,9 @@ func newServer(cfg Config) (*Server, error) {
 	s.reserved = make(chan reservation, 1)
 	if err := s.reserve(0); err != nil {
 		conn.Close()
+		if httpLn != nil {
+			httpLn.Close()
+		}
 		st.close()
 		s.isoCancel()
 		return nil, err
@@ -198,12 +212,7 @@ func newServer(cfg Config) (*Server, error) {
 	s.results = make([]Result, 0, batchio.MaxBatch*8)
 	s.byKey = make(map[replyKey]int)
 	s.initGuard(cfg)
-	if err := s.listenHTTP(); err != nil {
-		conn.Close()
-		st.close()
-		s.isoCancel()
-		return nil, err
-	}
+	s.listenHTTP(httpLn)
 	s.publish()
 	log.Info("netmutexd serving", "addr", s.addr.String(), "data", cfg.DataDir,
 		"boot", st.st.boot, "previous_stop", previousStop(st), "lock_delay", st.lockDelay,
