@@ -21,7 +21,7 @@ type collector struct {
 	grants, pushed, pushDropped, sessionsEnded                 *prometheus.Desc
 	sessions, locksHeld, waiters, lockDelay, fencesLeft        *prometheus.Desc
 	isolations, isoStarted, isoRun, isoFailed, isoDuration     *prometheus.Desc
-	isoRunning, isoQueued, fsyncs, stateWriteErrors *prometheus.Desc
+	isoRunning, isoQueued, fsyncs, stateWriteErrors            *prometheus.Desc
 	up                                                         *prometheus.Desc
 }
 
