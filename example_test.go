@@ -160,8 +160,8 @@ func Example_contextForms() {
 	// unlocked
 }
 
-// A busy key answers ErrLocked at once: a try-lock. Waiting means trying again later
-// (the server's queue, Acquire, is the better way once it is available).
+// Waiting for a busy key: Lock is a try-lock and answers ErrLocked at once; Acquire
+// waits in the server's queue and is granted the key the moment its holder lets go.
 func Example_busyKey() {
 	addr, stop := startExampleServer()
 	defer stop()
@@ -174,19 +174,20 @@ func Example_busyKey() {
 	var held, wanted netmutex.Lock
 	_ = holder.LockContext(ctx, &held, "queue:emails", time.Minute)
 	err := other.LockContext(ctx, &wanted, "queue:emails", time.Minute)
-	fmt.Println(errors.Is(err, netmutex.ErrLocked))
+	fmt.Println("try-lock:", errors.Is(err, netmutex.ErrLocked))
 
-	_ = holder.UnlockContext(ctx, &held)
-	for attempt := 0; attempt < 50; attempt++ {
-		if err = other.LockContext(ctx, &wanted, "queue:emails", time.Minute); !errors.Is(err, netmutex.ErrLocked) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	fmt.Println(err, wanted.Key())
+	heldFence := held.FenceID()
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		_ = holder.UnlockContext(ctx, &held)
+	}()
+	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err = other.Acquire(waitCtx, &wanted, "queue:emails", time.Minute)
+	fmt.Println("acquired:", err == nil, wanted.Key(), wanted.FenceID() > heldFence)
 	// Output:
-	// true
-	// <nil> queue:emails
+	// try-lock: true
+	// acquired: true queue:emails true
 }
 
 // A lock whose heartbeat failed must be treated as lost: stop the work it protects.
