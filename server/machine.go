@@ -106,6 +106,9 @@ type MachineConfig struct {
 	FirstFence uint64
 }
 
+// Rebuilds counts the tables rebuilt after floods: the loop returns memory after one.
+func (m *Machine) Rebuilds() int { return m.rebuilds }
+
 // Machine is the deterministic lock state machine: a pure function of its state and of
 // the inputs of Apply. It reads no clock, does no I/O and starts no goroutines, so it can
 // be simulated in tests and later replicated through a consensus log.

@@ -61,8 +61,11 @@ type Server struct {
 	isoCtx    context.Context
 	isoCancel context.CancelFunc
 	isoDone   chan uint64
-	isoWG     sync.WaitGroup
-	loopDone  chan struct{}
+	isoWG     sync.WaitGroup // isolation runs, and the loop's background memory return
+
+	rebuildsSeen   int   // Machine.Rebuilds when memory was last returned
+	memoryReturned int64 // loop time of the last return, 0 = never
+	loopDone       chan struct{}
 
 	closeMu sync.Mutex
 	closed  bool
@@ -395,6 +398,7 @@ func (s *Server) process(n int, now int64) {
 		for _, iso := range s.isos {
 			s.startIsolation(iso)
 		}
+		s.maybeReturnMemory(now)
 	}
 	s.noteMachine(now)
 	s.foldResults()
