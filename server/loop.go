@@ -1,0 +1,137 @@
+// The loop: one goroutine reads a batch of datagrams, turns them into commands, applies
+// them to the machine in one Apply, and sends the replies; it owns the machine.
+
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/batchio"
+)
+
+// now is the loop's clock: monotonic nanoseconds since New.
+func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
+
+// loop is the server: read a batch, apply it, send the replies, until the socket closes.
+func (s *Server) loop() {
+	defer close(s.loopDone)
+	defer s.collectReservation(true) // the store is the stopper's once the loop is done
+	defer s.dropQueuedIsolations()
+	defer s.endScan(nil)
+	for {
+		s.armDeadline()
+		// After the deadline is armed: a request queued from now on comes with a read
+		// deadline in the past (ask), which ends the read below.
+		s.serveRequests()
+		n, err := s.bc.ReadBatch(s.in)
+		s.stats.syscallsIn.Add(1)
+		if err != nil {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				s.stats.ticks.Add(1)
+				// The deadline may be ask's, in the past: armDeadline sets it anew.
+				s.deadline = time.Unix(0, 1)
+				n = 0
+			case errors.Is(err, net.ErrClosed):
+				return
+			default:
+				s.log.Warn("receive failed", "err", err)
+				continue
+			}
+		} else {
+			s.stats.batches.Add(1)
+			s.metrics.dgmsPerRecv.observe(n)
+		}
+		s.took(n)
+		s.process(n, s.now())
+		busy := len(s.cmds) > 1
+		s.send()
+		// Under load (more than one request at a time), take the next requests without
+		// parking in the netpoller, which a scheduler busy with other goroutines polls
+		// late; yield between tries. A lone request parks at once.
+		for idle := 0; busy && idle < batchio.RecvSpins; {
+			runtime.Gosched()
+			n, err := s.bc.TryReadBatch(s.in)
+			if err != nil || n == 0 {
+				s.lastFull = false // caught up: nothing was waiting
+				idle++
+				continue
+			}
+			s.stats.syscallsIn.Add(1)
+			s.stats.batches.Add(1)
+			s.metrics.dgmsPerRecv.observe(n)
+			s.took(n)
+			s.process(n, s.now())
+			s.send()
+			s.serveRequests()
+			idle = 0
+		}
+	}
+}
+
+// took notes a read of n datagrams. The loop is behind (s.behind, and FlagBusy on the
+// replies) when this read filled every slot of s.in and so did the read before it, with
+// no read between them finding the socket empty: the earlier full batch left more
+// queued, and this one may have too. One full read alone says nothing, and neither does
+// a read of one slot, which is always full: a single light client never sees BUSY.
+func (s *Server) took(n int) {
+	full := n == len(s.in) && len(s.in) > 1
+	s.behind = full && s.lastFull
+	s.lastFull = full
+}
+
+// armDeadline keeps the read returning every tick while time alone can change the state
+// (locks to expire, sessions to time out, isolation runs to collect, the lock-delay to
+// end) or a GET /locks scan goes on, and lets it block for good when the machine is idle.
+func (s *Server) armDeadline() {
+	if s.m.Idle() && s.scan == nil && !s.inDelay {
+		if !s.deadline.IsZero() {
+			s.deadline = time.Time{}
+			s.conn.SetReadDeadline(s.deadline)
+		}
+		return
+	}
+	now := time.Now()
+	if s.deadline.IsZero() || now.After(s.deadline.Add(-tick/2)) {
+		s.deadline = now.Add(tick)
+		s.conn.SetReadDeadline(s.deadline)
+	}
+}
+
+// process turns the n datagrams in s.in into commands, applies them in one Apply and
+// encodes the replies into s.out.
+func (s *Server) process(n int, now int64) {
+	s.cmds = s.cmds[:0]
+	s.results = s.results[:0]
+	s.beginBatch(now)
+	s.debug = s.log.Enabled(context.Background(), slog.LevelDebug)
+	s.stats.datagrams.Add(uint64(n))
+	for i := 0; i < n; i++ {
+		before := len(s.cmds)
+		s.parse(i)
+		s.batch.frames(len(s.cmds) - before)
+	}
+	if s.cfg.Redirect != nil {
+		s.redirect()
+	} else {
+		s.collectIsolations()
+		s.reserveBatch(len(s.cmds) + s.manyFences)
+		s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
+		s.stats.grants.Store(s.m.Grants())
+		s.stats.isolations.Store(s.m.Isolations())
+		for _, iso := range s.isos {
+			s.startIsolation(iso)
+		}
+		s.maybeReturnMemory(now)
+	}
+	s.noteMachine(now)
+	s.foldResults()
+	s.publish()
+	s.encode(s.behind)
+}
