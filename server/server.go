@@ -1,5 +1,4 @@
-// The server's network loop: New, Close and Abort, and the loop that reads a batch of
-// datagrams, applies it to the machine in one Apply and sends the replies.
+// The server: New, Close and Abort. The loop it runs is in loop.go.
 
 // Package server is the netmutex lock server: a network loop (one goroutine, batched UDP
 // I/O) around a deterministic lock state machine (Machine), with the little that must
