@@ -1,3 +1,5 @@
+// netmutex locks: the held locks from netmutexd's /locks endpoint, as a table or JSON.
+
 package main
 
 import (

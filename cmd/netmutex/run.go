@@ -1,3 +1,6 @@
+// netmutex run: wait for the key, run the command under it in its own process group, and
+// stop the command before the server could let the lock expire.
+
 package main
 
 import (
