@@ -1,5 +1,7 @@
 //go:build linux && !netmutex_portable
 
+// recvmmsg and sendmmsg on the socket's RawConn: many datagrams per system call.
+
 package batchio
 
 import (

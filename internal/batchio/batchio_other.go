@@ -1,5 +1,7 @@
 //go:build !linux || netmutex_portable
 
+// The portable path: one datagram per system call.
+
 package batchio
 
 import "net"

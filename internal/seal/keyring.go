@@ -1,3 +1,5 @@
+// The key file: lines "ID HEX [admin]", the first key seals, every key opens.
+
 package seal
 
 import (

@@ -1,3 +1,5 @@
+// The replay window: each sender counter accepted once.
+
 package seal
 
 // WindowSize is how far behind the newest counter a datagram may arrive and still be

@@ -1,3 +1,5 @@
+// Decoding: a whole datagram checked before any frame in it is believed.
+
 package wire
 
 import (
