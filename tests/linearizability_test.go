@@ -71,7 +71,7 @@ const (
 )
 
 // linFaults are the faults of each direction of the proxy in the run.
-var linFaults = faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.001}
+var linFaults = faultproxy.Faults{Drop: 0.20, Duplicate: 0.05, Reorder: 0.05, Delay: 0.05, MaxDelay: 3 * time.Millisecond, Corrupt: 0.003}
 
 // linSlack is how much later than r+T a lease may end: a copy of a request can reach
 // the server that much after the client last sent it (a duplicate UPDATE extends the
