@@ -14,6 +14,10 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
+// Member is one server of the cluster as clients are told of it: its id and the UDP
+// address they reach it at. An alias, so that embedders can name it.
+type Member = wire.Server
+
 // Config configures a Server. Start from DefaultConfig.
 type Config struct {
 	// ListenAddr is the UDP address to serve on; port 0 picks a free one.
@@ -36,10 +40,10 @@ type Config struct {
 	// ServerID is this server's id in CONNECTED and REDIRECT.
 	ServerID uint16
 	// Servers is the cluster advertised in CONNECTED; nil means just this server.
-	Servers []wire.Server
+	Servers []Member
 	// Redirect, if set, makes this server a follower that answers every request, CONNECT
 	// included, with REDIRECT to it.
-	Redirect *wire.Server
+	Redirect *Member
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// HTTPAddr, if set, is the TCP address of the operators' HTTP server: /metrics,
