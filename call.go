@@ -44,36 +44,6 @@ func contextPacing(ctx context.Context, retries int, timeout time.Duration) paci
 	return pc
 }
 
-func (nm *NetMutex) lock(pc *pacing, l *Lock, key string, ttl time.Duration) error {
-	if nm.closed.Load() {
-		return ErrDisconnected
-	}
-	if l == nil {
-		return ErrNilLock
-	}
-	if key == "" {
-		return ErrEmptyKey
-	}
-	if len(key) > MaxKeySize {
-		return ErrLongKey
-	}
-	ttlMs, err := nm.ttlMillis(ttl)
-	if err != nil {
-		return err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.id != 0 && !nm.lost(l) {
-		return ErrLockInUse
-	}
-	res, c := nm.exchange(pc, &params{op: wire.OpLock, key: key, ttlMs: ttlMs})
-	if res.err == nil && res.op == wire.OpOK {
-		l.set(key, res.id, res.fence, res.session, c)
-		return nil
-	}
-	return resultErr(res)
-}
-
 func (nm *NetMutex) update(pc *pacing, l *Lock, ttl time.Duration) error {
 	if nm.closed.Load() {
 		return ErrDisconnected
@@ -223,7 +193,8 @@ func (nm *NetMutex) checkKey(key string) error {
 	return nil
 }
 
-func (nm *NetMutex) acquire(pc *pacing, l *Lock, key string, ttl time.Duration) error {
+// lock takes key into l: a try-lock, or, with wait, a LOCK that waits in the key's queue.
+func (nm *NetMutex) lock(pc *pacing, l *Lock, key string, ttl time.Duration, wait bool) error {
 	if nm.closed.Load() {
 		return ErrDisconnected
 	}
@@ -242,12 +213,19 @@ func (nm *NetMutex) acquire(pc *pacing, l *Lock, key string, ttl time.Duration) 
 	if l.id != 0 && !nm.lost(l) {
 		return ErrLockInUse
 	}
-	res, c := nm.exchange(pc, &params{op: wire.OpLock, key: key, ttlMs: ttlMs, wait: true, waitMs: pc.waitBound()})
+	p := params{op: wire.OpLock, key: key, ttlMs: ttlMs}
+	if wait {
+		p.wait, p.waitMs = true, pc.waitBound()
+	}
+	res, c := nm.exchange(pc, &p)
 	if res.err == nil && res.op == wire.OpOK {
 		l.set(key, res.id, res.fence, res.session, c)
 		return nil
 	}
-	return nm.settleGivenUp(c, res, []string{key}, ttl)
+	if wait {
+		return nm.settleGivenUp(c, res, []string{key}, ttl)
+	}
+	return resultErr(res)
 }
 
 // settleGivenUp returns the error of a waiting LOCK or LOCKMANY that failed. If the

@@ -175,13 +175,13 @@ func open(pc *pacing, addrs []string, options *Options) (*NetMutex, error) {
 // holds the lock, its fencing token and its identity.
 func (nm *NetMutex) Lock(retries int, timeout time.Duration, l *Lock, key string, ttl time.Duration) error {
 	pc := pacing{attempts: max(retries, 1), timeout: int64(timeout)}
-	return nm.lock(&pc, l, key, ttl)
+	return nm.lock(&pc, l, key, ttl, false)
 }
 
 // LockContext is Lock with the context's deadline and cancellation.
 func (nm *NetMutex) LockContext(ctx context.Context, l *Lock, key string, ttl time.Duration) error {
 	pc := contextPacing(ctx, nm.retries, nm.timeout)
-	return nm.lock(&pc, l, key, ttl)
+	return nm.lock(&pc, l, key, ttl, false)
 }
 
 // Acquire waits in the server's queue for key until it is granted or ctx ends. Waiters
@@ -195,7 +195,7 @@ func (nm *NetMutex) LockContext(ctx context.Context, l *Lock, key string, ttl ti
 // start-up lock-delay.
 func (nm *NetMutex) Acquire(ctx context.Context, l *Lock, key string, ttl time.Duration) error {
 	pc := waitPacing(ctx, nm.retries, nm.timeout)
-	return nm.acquire(&pc, l, key, ttl)
+	return nm.lock(&pc, l, key, ttl, true)
 }
 
 // AcquireMany locks every keys[i] into locks[i] atomically: all of them or none, in one
