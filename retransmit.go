@@ -81,7 +81,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 			r.failLocal(nil) // its session is gone: the caller decides
 			c.drop(r)
 			continue
-		case r.queued.Swap(false):
+		case r.queued.Load() && r.queued.Swap(false): // a load first: most requests are never queued, and the scan visits each every millisecond
 			// QUEUED: the server holds it in the key's queue. Attempts count again from
 			// here, and only to notice a server that stopped answering.
 			r.parked, r.sent = true, 0
