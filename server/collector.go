@@ -101,7 +101,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			// A series appears with its first count, but every op's success is there
 			// from the start.
 			v := m.ops[k*numOutcomes+o].Load()
-			if outcomeNames[o] != "" && (v > 0 || o == successOf(Kind(k))) {
+			if outcomeNames[o] != "" && (v > 0 || o == successOf(kind(k))) {
 				counter(c.requests, v, kindNames[k], outcomeNames[o])
 			}
 		}
@@ -152,13 +152,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // successOf is the outcome of a request of kind k that succeeded.
-func successOf(k Kind) int {
+func successOf(k kind) int {
 	switch k {
-	case KindConnect:
+	case kindConnect:
 		return outConnected
-	case KindPing, KindTouch, KindUnlockAll:
+	case kindPing, kindTouch, kindUnlockAll:
 		return outPong
-	case KindDisconnect:
+	case kindDisconnect:
 		return outDisconnected
 	}
 	return outOK

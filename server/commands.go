@@ -73,27 +73,27 @@ func (s *Server) parse(i int) {
 			tag = int32(len(s.routes))
 			s.routes = append(s.routes, route{msg.Addr, key})
 		}
-		c := Command{Tag: tag, Session: d.Session, Floor: d.Floor, ID: f.ID}
+		c := command{Tag: tag, Session: d.Session, Floor: d.Floor, ID: f.ID}
 		switch f.Op {
 		case wire.OpPing:
-			c.Kind = KindPing
+			c.kind = kindPing
 		case wire.OpTouch:
-			c.Kind = KindTouch
+			c.kind = kindTouch
 		case wire.OpDisconnect:
-			c.Kind = KindDisconnect
+			c.kind = kindDisconnect
 		case wire.OpLock:
-			c.Kind, c.TTLMs, c.Key = KindLock, f.TTLMs, f.Key
+			c.kind, c.TTLMs, c.Key = kindLock, f.TTLMs, f.Key
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpLockMany:
-			c.Kind, c.TTLMs, c.Key, c.KeyCount = KindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
+			c.kind, c.TTLMs, c.Key, c.KeyCount = kindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
 			s.manyFences += f.KeyCount - 1 // a fence per key
 			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
 		case wire.OpUpdate:
-			c.Kind, c.LockID, c.TTLMs, c.Key = KindUpdate, f.LockID, f.TTLMs, f.Key
+			c.kind, c.LockID, c.TTLMs, c.Key = kindUpdate, f.LockID, f.TTLMs, f.Key
 		case wire.OpUnlock:
-			c.Kind, c.LockID, c.Key = KindUnlock, f.LockID, f.Key
+			c.kind, c.LockID, c.Key = kindUnlock, f.LockID, f.Key
 		case wire.OpUnlockAll:
-			c.Kind, c.Admin = KindUnlockAll, admin
+			c.kind, c.Admin = kindUnlockAll, admin
 			s.logUnlockAll(&c, msg.Addr, key)
 		default:
 			continue // Parse admits only the request opcodes above
@@ -124,7 +124,7 @@ func (s *Server) bind(session uint64, from netip.AddrPort, key *seal.Key, nonce 
 	if session == 0 {
 		return false, true
 	}
-	p := s.m.Peer(session)
+	p := s.m.peerInfo(session)
 	if p == nil {
 		return false, true
 	}
@@ -166,7 +166,7 @@ func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h
 			return
 		}
 	}
-	p := &Peer{Addr: from}
+	p := &peerInfo{Addr: from}
 	if key != nil {
 		p.KeyID, p.Admin, p.Prefix = key.ID, key.Admin, nonce.Prefix
 		p.Window.Accept(nonce.Counter)
@@ -175,8 +175,8 @@ func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h
 	}
 	tag := int32(len(s.routes))
 	s.routes = append(s.routes, route{from, key})
-	s.cmds = append(s.cmds, Command{
-		Kind: KindConnect, NewSession: s.newSessionID(), Peer: p, Admin: p.Admin,
+	s.cmds = append(s.cmds, command{
+		kind: kindConnect, NewSession: s.newSessionID(), peerInfo: p, Admin: p.Admin,
 		Tag: tag, Session: h.Session, Floor: h.Floor, ID: f.ID, Info: f.Info,
 	})
 	s.stats.requests.Add(1)
@@ -185,7 +185,7 @@ func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h
 // newSessionID draws a random session id, never 0 and never one already live.
 func (s *Server) newSessionID() uint64 {
 	for {
-		if id := s.ids.next(); s.m.Peer(id) == nil {
+		if id := s.ids.next(); s.m.peerInfo(id) == nil {
 			return id
 		}
 	}
@@ -237,7 +237,7 @@ func (s *Server) refuseAuth(from netip.AddrPort, id uint64) {
 }
 
 // logUnlockAll logs an UNLOCKALL with who asked: it is an operator's act.
-func (s *Server) logUnlockAll(c *Command, from netip.AddrPort, key *seal.Key) {
+func (s *Server) logUnlockAll(c *command, from netip.AddrPort, key *seal.Key) {
 	var keyID uint8
 	if key != nil {
 		keyID = key.ID

@@ -7,29 +7,29 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// Kind is the kind of a Command given to Machine.Apply.
-type Kind uint8
+// kind is the kind of a command given to machine.Apply.
+type kind uint8
 
 // Command kinds. The first ones mirror the request opcodes of docs/PROTOCOL.md;
-// KindIsolationDone is the loop telling the machine that a session's isolation command
+// kindIsolationDone is the loop telling the machine that a session's isolation command
 // has finished (or was given up on).
 const (
-	KindConnect Kind = iota + 1
-	KindPing
-	KindTouch
-	KindDisconnect
-	KindLock
-	KindUpdate
-	KindUnlock
-	KindUnlockAll
-	KindIsolationDone
-	KindLockMany
+	kindConnect kind = iota + 1
+	kindPing
+	kindTouch
+	kindDisconnect
+	kindLock
+	kindUpdate
+	kindUnlock
+	kindUnlockAll
+	kindIsolationDone
+	kindLockMany
 )
 
-// Command is one input of Machine.Apply. Key and Info may alias a receive buffer: the
+// command is one input of machine.Apply. Key and Info may alias a receive buffer: the
 // machine copies what it keeps.
-type Command struct {
-	Kind Kind
+type command struct {
+	kind kind
 	// Admin: the sender may send UNLOCKALL (an admin key, or loopback without keys).
 	Admin bool
 	// LOCK, LOCKMANY: wait in the keys' queues (wire.LockWait) for at most WaitMs
@@ -40,27 +40,27 @@ type Command struct {
 	// NewSession is the id a CONNECT's session gets if the machine creates one: drawn at
 	// random by the loop (the machine reads no randomness), never 0.
 	NewSession uint64
-	// Peer is the far end of a CONNECT, kept with the session it creates (Machine.Peer);
+	// Peer is the far end of a CONNECT, kept with the session it creates (machine.peerInfo);
 	// the machine reads only Peer.Addr, for the per-address session cap.
-	Peer    *Peer
-	Session uint64 // the datagram header's session; for KindIsolationDone the isolated session
-	Floor   uint64 // the datagram header's ack floor
-	ID      uint64 // request id; the nonce for KindConnect
-	LockID  uint64 // UPDATE, UNLOCK
-	TTLMs   uint32 // LOCK, LOCKMANY, UPDATE
-	WaitMs  uint32 // LOCK, LOCKMANY with Wait
+	peerInfo *peerInfo
+	Session  uint64 // the datagram header's session; for kindIsolationDone the isolated session
+	Floor    uint64 // the datagram header's ack floor
+	ID       uint64 // request id; the nonce for kindConnect
+	LockID   uint64 // UPDATE, UNLOCK
+	TTLMs    uint32 // LOCK, LOCKMANY, UPDATE
+	WaitMs   uint32 // LOCK, LOCKMANY with Wait
 	// Key: LOCK, UPDATE, UNLOCK; for LOCKMANY its KeyCount keys as on the wire, each a u8
 	// length and its bytes (read with wire.NextKey).
 	Key  []byte
 	Info []byte // CONNECT: IsolationInfo
 }
 
-// Result is one reply produced by Machine.Apply. A command draws at most one Result;
-// commands that are dropped (below the ack floor, KindIsolationDone) draw none. A grant
+// result is one reply produced by machine.Apply. A command draws at most one Result;
+// commands that are dropped (below the ack floor, kindIsolationDone) draw none. A grant
 // to a waiter is a pushed Result: Op OpOK, Tag -1, the waiter's Session, its LOCK's ID
 // and the grant's Fence (of the first key for LOCKMANY); the network stage sends it to
-// the session's address (Machine.Peer) unasked.
-type Result struct {
+// the session's address (machine.peerInfo) unasked.
+type result struct {
 	Op      wire.Op   // OpConnected, OpPong, OpOK, OpQueued, OpLocked, OpIsolated, OpDisconnected, OpError
 	Code    wire.Code // OpError
 	Tag     int32     // the command's Tag; -1 for a pushed grant
@@ -69,15 +69,15 @@ type Result struct {
 	Fence   uint64    // OpOK
 }
 
-// Isolation tells the loop to run the isolation command for a session.
-type Isolation struct {
+// isolation tells the loop to run the isolation command for a session.
+type isolation struct {
 	Session uint64
 	Info    string
 }
 
-// MachineConfig fixes the limits of a Machine. Times are nanoseconds in the time base of
+// machineConfig fixes the limits of a Machine. Times are nanoseconds in the time base of
 // the now values given to Apply.
-type MachineConfig struct {
+type machineConfig struct {
 	MaxTTL int64
 	// SessionTimeout closes silent sessions; 0 means never.
 	SessionTimeout int64
@@ -96,7 +96,7 @@ type MachineConfig struct {
 	MaxWaitersPerKey     int
 	MaxWaitersPerSession int
 	// Isolate says an isolation command is configured: isolated sessions keep their keys
-	// until KindIsolationDone. Without one, their locks are released at once.
+	// until kindIsolationDone. Without one, their locks are released at once.
 	Isolate bool
 	// FirstFence is the first fence to hand out.
 	FirstFence uint64

@@ -18,7 +18,7 @@ import (
 // function of the machine's inputs that the simulation's model can follow. The heap
 // itself compares deadlines only: a tie-break there made every release of a lock sift
 // through the batch's equal deadlines (BenchmarkMachineLockUnlock).
-func (m *Machine) expireLocks(now int64) {
+func (m *machine) expireLocks(now int64) {
 	for m.budget > 0 && len(m.expiry) > 0 && m.expiry[0].deadline <= now {
 		d := m.expiry[0].deadline
 		due := m.due[:0]
@@ -50,7 +50,7 @@ type dueLock struct {
 }
 
 // expire takes e out of the heap and isolates its holder.
-func (m *Machine) expire(e *entry) {
+func (m *machine) expire(e *entry) {
 	m.heapRemove(e)
 	if !e.sess.isolated && !e.sess.draining {
 		m.isolate(e.sess)
@@ -71,13 +71,13 @@ func expiresBefore(a, b *entry) bool {
 	return a.deadline < b.deadline
 }
 
-func (m *Machine) heapPush(e *entry) {
+func (m *machine) heapPush(e *entry) {
 	e.heapIdx = len(m.expiry)
 	m.expiry = append(m.expiry, e)
 	m.heapUp(e.heapIdx)
 }
 
-func (m *Machine) heapRemove(e *entry) {
+func (m *machine) heapRemove(e *entry) {
 	i := e.heapIdx
 	if i < 0 {
 		return
@@ -95,21 +95,21 @@ func (m *Machine) heapRemove(e *entry) {
 	}
 }
 
-func (m *Machine) heapFix(e *entry) {
+func (m *machine) heapFix(e *entry) {
 	if e.heapIdx >= 0 {
 		m.heapDown(e.heapIdx)
 		m.heapUp(e.heapIdx)
 	}
 }
 
-func (m *Machine) heapSwap(i, j int) {
+func (m *machine) heapSwap(i, j int) {
 	h := m.expiry
 	h[i], h[j] = h[j], h[i]
 	h[i].heapIdx = i
 	h[j].heapIdx = j
 }
 
-func (m *Machine) heapUp(i int) {
+func (m *machine) heapUp(i int) {
 	h := m.expiry
 	for i > 0 {
 		p := (i - 1) / 2
@@ -121,7 +121,7 @@ func (m *Machine) heapUp(i int) {
 	}
 }
 
-func (m *Machine) heapDown(i int) {
+func (m *machine) heapDown(i int) {
 	h := m.expiry
 	n := len(h)
 	for {

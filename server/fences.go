@@ -18,14 +18,14 @@ const fenceBlock = 1 << 16
 // per LOCK, one per key of a LOCKMANY) before Apply. Grants handed on to waiters take
 // what is left; when none is, they wait for the next reservation (the machine stalls
 // them, see waiters.go), never for a fence that is not durable.
-func (m *Machine) FencesLeft() uint64 { return m.fenceEnd - m.fence }
+func (m *machine) FencesLeft() uint64 { return m.fenceEnd - m.fence }
 
 // NextFence is the fence the next grant gets.
-func (m *Machine) NextFence() uint64 { return m.fence }
+func (m *machine) NextFence() uint64 { return m.fence }
 
 // SetFenceLimit allows fences below end to be handed out. The caller has made end
 // durable first. It never lowers the limit.
-func (m *Machine) SetFenceLimit(end uint64) {
+func (m *machine) SetFenceLimit(end uint64) {
 	if end > m.fenceEnd {
 		m.fenceEnd = end
 	}

@@ -12,13 +12,13 @@ import (
 // is redirected then.
 func (s *Server) redirect() {
 	for _, c := range s.cmds {
-		r := Result{Op: wire.OpDisconnected, Tag: c.Tag, Session: c.Session, ID: c.ID}
-		switch c.Kind {
-		case KindConnect:
+		r := result{Op: wire.OpDisconnected, Tag: c.Tag, Session: c.Session, ID: c.ID}
+		switch c.kind {
+		case kindConnect:
 			r.Op = wire.OpRedirect
-		case KindPing:
+		case kindPing:
 			r.Op = wire.OpPong
-		case KindIsolationDone:
+		case kindIsolationDone:
 			continue
 		}
 		s.results = append(s.results, r)

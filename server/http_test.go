@@ -249,14 +249,14 @@ func TestHTTPLockDelay(t *testing.T) {
 // TestLockScan: the loop's snapshot of the locks keeps the first maxLockRows by key, counts
 // them all, and reads a table larger than scanChunk in parts, one per serveRequests.
 func TestLockScan(t *testing.T) {
-	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute)})
+	m := newMachine(machineConfig{MaxTTL: int64(time.Minute)})
 	m.SetFenceLimit(1 << 40)
-	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1, NewSession: 7, Info: []byte("info")}}, nil, nil)
+	out, _ := m.Apply(0, []command{{kind: kindConnect, ID: 1, NewSession: 7, Info: []byte("info")}}, nil, nil)
 	require.Equal(t, wire.OpConnected, out[0].Op)
 	n := scanChunk + maxLockRows
-	cmds := make([]Command, n)
+	cmds := make([]command, n)
 	for i := range cmds {
-		cmds[i] = Command{Kind: KindLock, Session: 7, ID: uint64(i + 1), TTLMs: 1000, Key: fmt.Appendf(nil, "k%06d", n-1-i)}
+		cmds[i] = command{kind: kindLock, Session: 7, ID: uint64(i + 1), TTLMs: 1000, Key: fmt.Appendf(nil, "k%06d", n-1-i)}
 	}
 	out, _ = m.Apply(1, cmds, nil, nil)
 	require.Equal(t, n, m.Locks(), "%+v", out[0])
@@ -268,11 +268,11 @@ func TestLockScan(t *testing.T) {
 	require.NotNil(t, s.scan)
 	// Between two steps the machine changes, as between two batches: released keys
 	// are not seen if not reached yet, new ones may be.
-	var unlocks []Command
+	var unlocks []command
 	for i := range 100 {
-		unlocks = append(unlocks, Command{Kind: KindUnlock, Session: 7, ID: uint64(n + 1 + i), LockID: uint64(i + 1), Key: cmds[i].Key})
+		unlocks = append(unlocks, command{kind: kindUnlock, Session: 7, ID: uint64(n + 1 + i), LockID: uint64(i + 1), Key: cmds[i].Key})
 	}
-	unlocks = append(unlocks, Command{Kind: KindLock, Session: 7, ID: uint64(n + 200), TTLMs: 1000, Key: []byte("new")})
+	unlocks = append(unlocks, command{kind: kindLock, Session: 7, ID: uint64(n + 200), TTLMs: 1000, Key: []byte("new")})
 	m.Apply(2, unlocks, nil, nil)
 	require.Equal(t, n-99, m.Locks())
 	s.serveRequests()

@@ -29,7 +29,7 @@ const maxIsolateOutput = 1024
 // session has at most one run queued or running: the machine asks once per isolation,
 // and a repeated request for the same session is dropped. Owned by the loop.
 type isoRuns struct {
-	queue   []Isolation         // waiting runs, oldest first, from head
+	queue   []isolation         // waiting runs, oldest first, from head
 	head    int                 // queue[:head] have been started
 	pending map[uint64]struct{} // sessions with a run queued or running
 	running int                 // runs started whose end is not collected yet
@@ -48,9 +48,9 @@ func (r *isoRuns) queued() int { return len(r.queue) - r.head }
 func (s *Server) isoQueueCap() int { return max(s.cfg.MaxSessions, 1) }
 
 // startIsolation queues the isolation command for iso and starts it if a slot is free.
-// Its end is reported on s.isoDone and becomes a KindIsolationDone command, which
+// Its end is reported on s.isoDone and becomes a kindIsolationDone command, which
 // releases the session's keys. Called by the loop only.
-func (s *Server) startIsolation(iso Isolation) {
+func (s *Server) startIsolation(iso isolation) {
 	r := &s.isoRuns
 	if r.pending == nil {
 		r.pending = make(map[uint64]struct{})
@@ -86,7 +86,7 @@ func (s *Server) runQueuedIsolations() {
 	r := &s.isoRuns
 	for r.running < s.maxIsolations() && r.head < len(r.queue) {
 		iso := r.queue[r.head]
-		r.queue[r.head] = Isolation{}
+		r.queue[r.head] = isolation{}
 		r.head++
 		r.running++
 		s.launchIsolation(iso)
@@ -101,7 +101,7 @@ func (s *Server) runQueuedIsolations() {
 }
 
 // launchIsolation runs the isolation command for iso in a goroutine of its own.
-func (s *Server) launchIsolation(iso Isolation) {
+func (s *Server) launchIsolation(iso isolation) {
 	s.isoWG.Add(1)
 	s.stats.isoStarted.Add(1)
 	go func() {
@@ -135,7 +135,7 @@ func (s *Server) dropQueuedIsolations() {
 // runIsolation runs the command: /bin/sh -c Config.IsolateCmd, the IsolationInfo on
 // standard input and nowhere else (not in its arguments, not in its environment: the
 // client chose those bytes, and a command line would let them steer the command).
-func (s *Server) runIsolation(iso Isolation) error {
+func (s *Server) runIsolation(iso isolation) error {
 	ctx, cancel := context.WithTimeout(s.isoCtx, s.cfg.IsolateTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", s.cfg.IsolateCmd)
@@ -174,7 +174,7 @@ func (s *Server) runIsolation(iso Isolation) error {
 func (s *Server) collectIsolations() {
 	r := &s.isoRuns
 	for _, sid := range r.gaveUp {
-		s.cmds = append(s.cmds, Command{Kind: KindIsolationDone, Session: sid, Tag: -1})
+		s.cmds = append(s.cmds, command{kind: kindIsolationDone, Session: sid, Tag: -1})
 	}
 	r.gaveUp = r.gaveUp[:0]
 	for {
@@ -182,7 +182,7 @@ func (s *Server) collectIsolations() {
 		case sid := <-s.isoDone:
 			delete(r.pending, sid)
 			r.running--
-			s.cmds = append(s.cmds, Command{Kind: KindIsolationDone, Session: sid, Tag: -1})
+			s.cmds = append(s.cmds, command{kind: kindIsolationDone, Session: sid, Tag: -1})
 		default:
 			s.runQueuedIsolations()
 			return

@@ -42,7 +42,7 @@ func TestIsolationInfoOnStdinOnly(t *testing.T) {
 	s, stop := newLoopless(t, cfg)
 	defer stop()
 	info := marker + " $(touch " + dir + "/pwned) -oProxyCommand=x"
-	require.NoError(t, s.runIsolation(Isolation{Session: 0xabc, Info: info}))
+	require.NoError(t, s.runIsolation(isolation{Session: 0xabc, Info: info}))
 
 	got, err := os.ReadFile(filepath.Join(dir, "stdin"))
 	require.NoError(t, err)
@@ -117,9 +117,9 @@ func TestIsolationRunsBounded(t *testing.T) {
 
 	goroutines0, threads0 := runtime.NumGoroutine(), threads()
 	for i := 1; i <= sessions; i++ {
-		s.startIsolation(Isolation{Session: uint64(i), Info: strconv.Itoa(i)})
+		s.startIsolation(isolation{Session: uint64(i), Info: strconv.Itoa(i)})
 		if i%4 == 0 {
-			s.startIsolation(Isolation{Session: uint64(i), Info: "duplicate"}) // queued or running: dropped
+			s.startIsolation(isolation{Session: uint64(i), Info: "duplicate"}) // queued or running: dropped
 		}
 		require.LessOrEqual(t, s.isoRuns.running, limit)
 	}
@@ -134,7 +134,7 @@ func TestIsolationRunsBounded(t *testing.T) {
 		s.cmds = s.cmds[:0]
 		s.collectIsolations()
 		for _, c := range s.cmds {
-			require.Equal(t, KindIsolationDone, c.Kind)
+			require.Equal(t, kindIsolationDone, c.kind)
 			require.False(t, done[c.Session], "session %d reported twice", c.Session)
 			done[c.Session] = true
 		}

@@ -13,7 +13,7 @@ import (
 // first) and each key is an ordinary lock whose lock id is c.ID. Waiting, it is queued in
 // every key's queue in one step. O(keys), the key list checked in O(keys²) with at most
 // wire.MaxManyKeys keys.
-func (m *Machine) lockMany(now int64, s *session, c *Command, r *Result) {
+func (m *machine) lockMany(now int64, s *session, c *command, r *result) {
 	keys, ok := m.parseKeys(c)
 	if !ok || c.ID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
@@ -89,7 +89,7 @@ func (m *Machine) lockMany(now int64, s *session, c *Command, r *Result) {
 
 // parseKeys reads the keys of a LOCKMANY into m.manyKeys (aliasing c.Key): false if the
 // list is malformed, has an empty key or names a key twice.
-func (m *Machine) parseKeys(c *Command) ([][]byte, bool) {
+func (m *machine) parseKeys(c *command) ([][]byte, bool) {
 	if c.KeyCount < 1 || c.KeyCount > wire.MaxManyKeys {
 		return nil, false
 	}

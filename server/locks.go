@@ -50,7 +50,7 @@ const applyBudget = 4096
 const shrinkMin = 4096
 
 // grant links e, just given to s: on its hot list if waiters queue behind.
-func (m *Machine) grant(s *session, e *entry) {
+func (m *machine) grant(s *session, e *entry) {
 	if s.nlocks == 0 {
 		m.holdersPush(s)
 	}
@@ -64,7 +64,7 @@ func (m *Machine) grant(s *session, e *entry) {
 }
 
 // release frees e, a lock its holder releases; the entry stays in the map for reuse.
-func (m *Machine) release(e *entry) {
+func (m *machine) release(e *entry) {
 	s := e.sess
 	m.held--
 	m.freeEntry(e)
@@ -75,7 +75,7 @@ func (m *Machine) release(e *entry) {
 
 // freeEntry unlinks e from its session and the expiry heap and marks it free; a key
 // with waiters goes on the hand-on list (settle grants its head).
-func (m *Machine) freeEntry(e *entry) {
+func (m *machine) freeEntry(e *entry) {
 	e.sess.unlink(e)
 	m.heapRemove(e)
 	e.sess = nil
@@ -90,7 +90,7 @@ func (m *Machine) freeEntry(e *entry) {
 // entry by entry within the budget of each Apply (drain). The entries with waiters are
 // freed at once, so that settle hands them on in the same step: O(those), each paid for
 // by the waiter it grants; the rest is O(1).
-func (m *Machine) beginRelease(s *session) {
+func (m *machine) beginRelease(s *session) {
 	if s.draining {
 		return
 	}
@@ -114,7 +114,7 @@ func (m *Machine) beginRelease(s *session) {
 }
 
 // drain frees entries of released sessions while the budget lasts.
-func (m *Machine) drain() {
+func (m *machine) drain() {
 	for s := m.drainHead; s != nil; s = m.drainHead {
 		for s.locks != nil && m.budget > 0 {
 			m.freeEntry(s.locks)
@@ -133,7 +133,7 @@ func (m *Machine) drain() {
 
 // sweep deletes the free entries from the lock table, and rebuilds the table when a
 // flood left it far below its peak.
-func (m *Machine) sweep() {
+func (m *machine) sweep() {
 	free := 0
 	for k, e := range m.locks {
 		switch {
@@ -158,7 +158,7 @@ func (m *Machine) sweep() {
 // shrink rebuilds the session tables and the expiry heap when a flood left them far
 // below their peak. O(size) once the size fell below a quarter of the peak: amortised
 // O(1) per session or lock that went.
-func (m *Machine) shrink() {
+func (m *machine) shrink() {
 	if n := len(m.sessions); m.sessPeak >= shrinkMin && n < m.sessPeak/4 {
 		sessions := make(map[uint64]*session, n)
 		nonces := make(map[uint64]*session, n)
@@ -180,7 +180,7 @@ func (m *Machine) shrink() {
 
 // Holder tells who holds key: the session, the lock id and the fence. ok is false when the
 // key is free. A key of an isolated session waiting for its isolation command is held.
-func (m *Machine) Holder(key string) (session, lockID, fence uint64, ok bool) {
+func (m *machine) Holder(key string) (session, lockID, fence uint64, ok bool) {
 	e := m.locks[key]
 	if e == nil || e.sess == nil || e.sess.draining {
 		return 0, 0, 0, false
@@ -189,7 +189,7 @@ func (m *Machine) Holder(key string) (session, lockID, fence uint64, ok bool) {
 }
 
 // Locks is the number of keys held.
-func (m *Machine) Locks() int { return m.held }
+func (m *machine) Locks() int { return m.held }
 
 // LockRow is one held lock as the operator's view (GET /locks) shows it.
 type LockRow struct {
@@ -209,7 +209,7 @@ type LockRow struct {
 // a time: then, as in a range over a map that changes, a lock released before it is
 // reached is not yielded, one taken meanwhile may be or not, and each row is as of the
 // moment it is yielded. O(1) per entry of the table, free ones included.
-func (m *Machine) HeldLocks() iter.Seq[LockRow] {
+func (m *machine) HeldLocks() iter.Seq[LockRow] {
 	return func(yield func(LockRow) bool) {
 		for _, e := range m.locks {
 			if e.sess == nil || e.sess.draining {

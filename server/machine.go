@@ -12,15 +12,15 @@ import (
 )
 
 // Rebuilds counts the tables rebuilt after floods: the loop returns memory after one.
-func (m *Machine) Rebuilds() int { return m.rebuilds }
+func (m *machine) Rebuilds() int { return m.rebuilds }
 
-// Machine is the deterministic lock state machine: a pure function of its state and of
+// machine is the deterministic lock state machine: a pure function of its state and of
 // the inputs of Apply. It reads no clock, does no I/O and starts no goroutines, so it can
 // be simulated in tests and later replicated through a consensus log.
 //
 // A Machine is not safe for concurrent use: one goroutine (the loop) owns it.
-type Machine struct {
-	cfg MachineConfig
+type machine struct {
+	cfg machineConfig
 
 	sessions   map[uint64]*session
 	nonces     map[uint64]*session
@@ -45,8 +45,8 @@ type Machine struct {
 	grants     uint64
 	isolations uint64
 	ended      uint64 // sessions ended (DISCONNECT, timeout)
-	effects    []Isolation
-	pushed     []Result // grants pushed by the running step, moved to Apply's out after it
+	effects    []isolation
+	pushed     []result // grants pushed by the running step, moved to Apply's out after it
 
 	// Waiting: see waiters.go.
 	waiters   map[waitKey]*waiter
@@ -62,12 +62,12 @@ type Machine struct {
 	manyKeys  [wire.MaxManyKeys][]byte
 }
 
-// NewMachine returns an empty machine. It hands out no fence until SetFenceLimit.
-func NewMachine(cfg MachineConfig) *Machine {
+// newMachine returns an empty machine. It hands out no fence until SetFenceLimit.
+func newMachine(cfg machineConfig) *machine {
 	if cfg.FirstFence == 0 {
 		cfg.FirstFence = 1
 	}
-	return &Machine{
+	return &machine{
 		cfg:      cfg,
 		sessions: make(map[uint64]*session),
 		nonces:   make(map[uint64]*session),
@@ -86,7 +86,7 @@ func NewMachine(cfg MachineConfig) *Machine {
 // Grants to waiters are appended to out where they happen, as pushed Results (Tag -1):
 // after each step (an expiry, a bound, a timeout, a command), the keys it freed are
 // handed on (settle).
-func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation) ([]Result, []Isolation) {
+func (m *machine) Apply(now int64, cmds []command, out []result, iso []isolation) ([]result, []isolation) {
 	m.effects = iso
 	m.budget = applyBudget
 	m.expireLocks(now)
@@ -127,7 +127,7 @@ func (m *Machine) Apply(now int64, cmds []Command, out []Result, iso []Isolation
 // takePushed appends the grants pushed so far to out. The Machine keeps them apart
 // (rather than appending to out as it goes) so that the hot path of Apply appends its
 // answers to a local slice: a slice kept in the Machine costs a write barrier per append.
-func (m *Machine) takePushed(out []Result) []Result {
+func (m *machine) takePushed(out []result) []result {
 	if len(m.pushed) == 0 {
 		return out
 	}
@@ -137,18 +137,18 @@ func (m *Machine) takePushed(out []Result) []Result {
 	return out
 }
 
-func (m *Machine) apply(now int64, c *Command) (Result, bool) {
-	switch c.Kind {
-	case KindConnect:
+func (m *machine) apply(now int64, c *command) (result, bool) {
+	switch c.kind {
+	case kindConnect:
 		return m.connect(now, c), true
-	case KindPing:
-		return Result{Op: wire.OpPong, Session: c.Session}, true
-	case KindIsolationDone:
+	case kindPing:
+		return result{Op: wire.OpPong, Session: c.Session}, true
+	case kindIsolationDone:
 		if s := m.sessions[c.Session]; s != nil && s.isolating {
 			s.isolating = false
 			m.beginRelease(s)
 		}
-		return Result{}, false
+		return result{}, false
 	}
 	s := m.sessions[c.Session]
 	if s != nil && m.timedOut(s, now) {
@@ -157,7 +157,7 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 		s = m.sessions[c.Session]
 	}
 	if s == nil {
-		return Result{Op: wire.OpDisconnected, Session: c.Session}, true
+		return result{Op: wire.OpDisconnected, Session: c.Session}, true
 	}
 	m.touch(s, now)
 	if c.Floor > s.floor {
@@ -165,28 +165,28 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 		s.released.pruneBelow(s.floor, &m.leafPool)
 	}
 	if c.ID < s.floor {
-		return Result{}, false
+		return result{}, false
 	}
-	r := Result{Op: wire.OpOK, Session: s.id}
+	r := result{Op: wire.OpOK, Session: s.id}
 	if s.isolated {
 		r.Op = wire.OpIsolated
 		return r, true
 	}
-	switch c.Kind {
-	case KindTouch:
+	switch c.kind {
+	case kindTouch:
 		r.Op = wire.OpPong // an empty acknowledgement: never larger than the request
-	case KindDisconnect:
+	case kindDisconnect:
 		m.deleteSession(s)
 		r.Op = wire.OpDisconnected
-	case KindLock:
+	case kindLock:
 		m.lock(now, s, c, &r)
-	case KindLockMany:
+	case kindLockMany:
 		m.lockMany(now, s, c, &r)
-	case KindUpdate:
+	case kindUpdate:
 		m.update(now, s, c, &r)
-	case KindUnlock:
+	case kindUnlock:
 		m.unlock(now, s, c, &r)
-	case KindUnlockAll:
+	case kindUnlockAll:
 		if !c.Admin {
 			r.Op, r.Code = wire.OpError, wire.CodeForbidden
 			break
@@ -199,30 +199,30 @@ func (m *Machine) apply(now int64, c *Command) (Result, bool) {
 	return r, true
 }
 
-func (m *Machine) connect(now int64, c *Command) Result {
+func (m *machine) connect(now int64, c *command) result {
 	if c.ID == 0 {
-		return Result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}
+		return result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}
 	}
 	if len(c.Info) > wire.MaxIsolationInfo {
-		return Result{Op: wire.OpError, Code: wire.CodeBadIsolationInfo, Session: c.Session}
+		return result{Op: wire.OpError, Code: wire.CodeBadIsolationInfo, Session: c.Session}
 	}
 	if s := m.nonces[c.ID]; s != nil {
-		if !s.peer.sameSender(c.Peer) {
+		if !s.peer.sameSender(c.peerInfo) {
 			// A nonce seen on the network, sent from elsewhere: it must not fetch (or
 			// keep alive) the session of the CONNECT that chose it.
-			return Result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}
+			return result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}
 		}
 		// A retransmitted CONNECT: the same session again.
 		m.touch(s, now)
-		return Result{Op: wire.OpConnected, Session: s.id}
+		return result{Op: wire.OpConnected, Session: s.id}
 	}
-	full := Result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
+	full := result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
 	if max := m.cfg.MaxSessions; max > 0 && len(m.sessions) >= max {
 		return full
 	}
 	var addr netip.Addr
-	if c.Peer != nil {
-		addr = c.Peer.Addr.Addr().Unmap()
+	if c.peerInfo != nil {
+		addr = c.peerInfo.Addr.Addr().Unmap()
 		if max := m.cfg.MaxSessionsPerAddr; max > 0 && m.perAddr[addr] >= max {
 			return full
 		}
@@ -237,7 +237,7 @@ func (m *Machine) connect(now int64, c *Command) Result {
 		id:    id,
 		nonce: c.ID,
 		info:  string(c.Info),
-		peer:  c.Peer,
+		peer:  c.peerInfo,
 		addr:  addr,
 	}
 	m.sessions[s.id] = s
@@ -248,19 +248,19 @@ func (m *Machine) connect(now int64, c *Command) Result {
 	m.sessPeak = max(m.sessPeak, len(m.sessions))
 	s.lastSeen = now
 	m.lruPush(s)
-	return Result{Op: wire.OpConnected, Session: s.id}
+	return result{Op: wire.OpConnected, Session: s.id}
 }
 
 // Read-only views, for the loop and for tests.
 
 // Grants is how many locks have been granted.
-func (m *Machine) Grants() uint64 { return m.grants }
+func (m *machine) Grants() uint64 { return m.grants }
 
 // Isolations is how many sessions have been isolated.
-func (m *Machine) Isolations() uint64 { return m.isolations }
+func (m *machine) Isolations() uint64 { return m.isolations }
 
 // Idle tells that the machine has nothing that time alone could change: no session and
 // no lock. The loop then needs no tick.
-func (m *Machine) Idle() bool {
+func (m *machine) Idle() bool {
 	return len(m.sessions) == 0 && m.held == 0 && m.drainHead == nil && len(m.expiry) == 0
 }

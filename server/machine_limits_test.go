@@ -18,31 +18,31 @@ import (
 // UNLOCKALL for admins, session ids from the loop, the released-id set, bounded work per
 // Apply, tables returned after a flood.
 
-func peerAt(s string) *Peer { return &Peer{Addr: netip.MustParseAddrPort(s)} }
+func peerAt(s string) *peerInfo { return &peerInfo{Addr: netip.MustParseAddrPort(s)} }
 
-func (s *sim) connectFrom(nonce uint64, p *Peer) Result {
+func (s *sim) connectFrom(nonce uint64, p *peerInfo) result {
 	s.t.Helper()
-	return s.one(Command{Kind: KindConnect, ID: nonce, NewSession: s.draw(), Peer: p})
+	return s.one(command{kind: kindConnect, ID: nonce, NewSession: s.draw(), peerInfo: p})
 }
 
 func TestMachineSessionIDsFromLoop(t *testing.T) {
 	s := newSim(t, nil)
 	p := peerAt("192.0.2.1:4000")
-	r := s.one(Command{Kind: KindConnect, ID: 1, NewSession: 77, Peer: p})
+	r := s.one(command{kind: kindConnect, ID: 1, NewSession: 77, peerInfo: p})
 	require.Equal(t, uint64(77), r.Session, "the loop's draw")
-	assert.Same(t, p, s.m.Peer(77), "Peer kept with the session")
+	assert.Same(t, p, s.m.peerInfo(77), "Peer kept with the session")
 	// A draw that collides with a live session, or 0: the next free id.
-	assert.Equal(t, uint64(78), s.one(Command{Kind: KindConnect, ID: 2, NewSession: 77}).Session)
-	assert.Equal(t, uint64(79), s.one(Command{Kind: KindConnect, ID: 3, NewSession: 77}).Session)
-	assert.Equal(t, uint64(1), s.one(Command{Kind: KindConnect, ID: 4, NewSession: 0}).Session)
-	assert.Equal(t, uint64(2), s.one(Command{Kind: KindConnect, ID: 5, NewSession: 0}).Session)
+	assert.Equal(t, uint64(78), s.one(command{kind: kindConnect, ID: 2, NewSession: 77}).Session)
+	assert.Equal(t, uint64(79), s.one(command{kind: kindConnect, ID: 3, NewSession: 77}).Session)
+	assert.Equal(t, uint64(1), s.one(command{kind: kindConnect, ID: 4, NewSession: 0}).Session)
+	assert.Equal(t, uint64(2), s.one(command{kind: kindConnect, ID: 5, NewSession: 0}).Session)
 	// Wrapping past 2^64-1 skips 0 and the live ids.
-	s.one(Command{Kind: KindConnect, ID: 6, NewSession: ^uint64(0)})
-	assert.Equal(t, uint64(3), s.one(Command{Kind: KindConnect, ID: 7, NewSession: ^uint64(0)}).Session)
-	assert.Nil(t, s.m.Peer(78), "a CONNECT without Peer")
-	assert.Nil(t, s.m.Peer(12345), "no such session")
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: 77, ID: 1}), wire.OpDisconnected)
-	assert.Nil(t, s.m.Peer(77), "Peer forgotten with the session")
+	s.one(command{kind: kindConnect, ID: 6, NewSession: ^uint64(0)})
+	assert.Equal(t, uint64(3), s.one(command{kind: kindConnect, ID: 7, NewSession: ^uint64(0)}).Session)
+	assert.Nil(t, s.m.peerInfo(78), "a CONNECT without Peer")
+	assert.Nil(t, s.m.peerInfo(12345), "no such session")
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: 77, ID: 1}), wire.OpDisconnected)
+	assert.Nil(t, s.m.peerInfo(77), "Peer forgotten with the session")
 }
 
 // TestMachineConnectNonceFromElsewhere: a CONNECT nonce seen on the network, sent again
@@ -51,25 +51,25 @@ func TestMachineSessionIDsFromLoop(t *testing.T) {
 func TestMachineConnectNonceFromElsewhere(t *testing.T) {
 	s := newSim(t, nil)
 	victim := peerAt("192.0.2.1:4000")
-	r := s.one(Command{Kind: KindConnect, ID: 99, NewSession: 500, Peer: victim})
+	r := s.one(command{kind: kindConnect, ID: 99, NewSession: 500, peerInfo: victim})
 	require.Equal(t, uint64(500), r.Session)
-	others := []*Peer{peerAt("192.0.2.2:4000"), peerAt("192.0.2.1:4001"), nil}
+	others := []*peerInfo{peerAt("192.0.2.2:4000"), peerAt("192.0.2.1:4001"), nil}
 	sameAddrOtherKey := *victim
 	sameAddrOtherKey.KeyID = 9
 	sameAddrOtherPrefix := *victim
 	sameAddrOtherPrefix.Prefix[0] = 1
 	others = append(others, &sameAddrOtherKey, &sameAddrOtherPrefix)
 	for _, p := range others {
-		got := s.one(Command{Kind: KindConnect, ID: 99, NewSession: 600, Peer: p})
+		got := s.one(command{kind: kindConnect, ID: 99, NewSession: 600, peerInfo: p})
 		wantErr(t, got, wire.CodeBadRequest)
 		assert.NotEqual(t, uint64(500), got.Session, "the victim's session id leaked")
 	}
-	assert.Equal(t, uint64(500), s.one(Command{Kind: KindConnect, ID: 99, NewSession: 700, Peer: victim}).Session)
-	assert.Same(t, victim, s.m.Peer(500))
+	assert.Equal(t, uint64(500), s.one(command{kind: kindConnect, ID: 99, NewSession: 700, peerInfo: victim}).Session)
+	assert.Same(t, victim, s.m.peerInfo(500))
 }
 
 func TestMachineSessionCaps(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.MaxSessions, c.MaxSessionsPerAddr = 5, 2 })
+	s := newSim(t, func(c *machineConfig) { c.MaxSessions, c.MaxSessionsPerAddr = 5, 2 })
 	a1, a2 := peerAt("192.0.2.1:1"), peerAt("192.0.2.1:2")
 	a3 := peerAt("[::ffff:192.0.2.1]:3") // the same IP, IPv4-mapped
 	b := peerAt("[2001:db8::1]:1")
@@ -85,7 +85,7 @@ func TestMachineSessionCaps(t *testing.T) {
 	wantErr(t, s.connectFrom(7, peerAt("198.51.100.1:1")), wire.CodeTooManySessions)
 	require.Equal(t, 5, s.m.Sessions(), "a refusal changes nothing")
 	// A session that ends frees its share.
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: first.Session, ID: 1}), wire.OpDisconnected)
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: first.Session, ID: 1}), wire.OpDisconnected)
 	wantOp(t, s.connectFrom(3, a3), wire.OpConnected)
 	assert.Equal(t, 2, s.m.perAddr[netip.MustParseAddr("192.0.2.1")])
 	// Timeouts too.
@@ -96,7 +96,7 @@ func TestMachineSessionCaps(t *testing.T) {
 }
 
 func TestMachineLockCaps(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.MaxLocksPerSession, c.MaxLocks = 2, 3 })
+	s := newSim(t, func(c *machineConfig) { c.MaxLocksPerSession, c.MaxLocks = 2, 3 })
 	a, b := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "k1")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(a, 2, 1000, "k2")), wire.OpOK)
@@ -121,11 +121,11 @@ func TestMachineUnlockAllForbidden(t *testing.T) {
 	s := newSim(t, nil)
 	a, op := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
-	wantErr(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1}), wire.CodeForbidden)
+	wantErr(t, s.one(command{kind: kindUnlockAll, Session: op, ID: 1}), wire.CodeForbidden)
 	wantHolder(t, s.m, "k", a, 1, s.m.NextFence()-1)
 	assert.False(t, s.m.Isolated(a))
 	assert.Empty(t, s.iso)
-	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 2, Admin: true}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindUnlockAll, Session: op, ID: 2, Admin: true}), wire.OpPong)
 	wantFree(t, s.m, "k", "after UNLOCKALL")
 }
 
@@ -213,13 +213,13 @@ func TestReleasedSetCap(t *testing.T) {
 
 // refusedDescending: n refused LOCKs with descending ids from one session whose floor
 // stays at 0 (issue 9 item 3: each was a 2 MiB copy at the front of a sorted slice).
-func refusedDescending(tb testing.TB, n int) *Machine {
-	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute)})
+func refusedDescending(tb testing.TB, n int) *machine {
+	m := newMachine(machineConfig{MaxTTL: int64(time.Minute)})
 	m.SetFenceLimit(m.NextFence() + 1<<20)
-	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1, NewSession: 1}, {Kind: KindConnect, ID: 2, NewSession: 2}}, nil, nil)
-	out, _ = m.Apply(0, []Command{lockCmd(1, 1<<40, 60000, "k")}, out[:0], nil)
+	out, _ := m.Apply(0, []command{{kind: kindConnect, ID: 1, NewSession: 1}, {kind: kindConnect, ID: 2, NewSession: 2}}, nil, nil)
+	out, _ = m.Apply(0, []command{lockCmd(1, 1<<40, 60000, "k")}, out[:0], nil)
 	require.Equal(tb, wire.OpOK, out[0].Op)
-	cmds := make([]Command, 64)
+	cmds := make([]command, 64)
 	id := uint64(1 << 40)
 	for i := 0; i < n; i += len(cmds) {
 		for j := range cmds {
@@ -249,13 +249,13 @@ func BenchmarkRefusedDescendingIDs(b *testing.B) {
 }
 
 // idleSessions: a machine with n idle sessions and holders sessions holding one lock.
-func idleSessions(tb testing.TB, n, holders int) *Machine {
-	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute), SessionTimeout: int64(time.Hour)})
+func idleSessions(tb testing.TB, n, holders int) *machine {
+	m := newMachine(machineConfig{MaxTTL: int64(time.Minute), SessionTimeout: int64(time.Hour)})
 	m.SetFenceLimit(m.NextFence() + 1<<20)
-	cmds := make([]Command, 0, 1024)
-	var out []Result
+	cmds := make([]command, 0, 1024)
+	var out []result
 	for i := 0; i < n+holders; i++ {
-		cmds = append(cmds, Command{Kind: KindConnect, ID: uint64(i + 1), NewSession: uint64(i + 1)})
+		cmds = append(cmds, command{kind: kindConnect, ID: uint64(i + 1), NewSession: uint64(i + 1)})
 		if len(cmds) == cap(cmds) || i == n+holders-1 {
 			out, _ = m.Apply(0, cmds, out[:0], nil)
 			cmds = cmds[:0]
@@ -271,7 +271,7 @@ func idleSessions(tb testing.TB, n, holders int) *Machine {
 
 func TestMachineUnlockAllManyIdleSessions(t *testing.T) {
 	m := idleSessions(t, 300_000, 10)
-	out, iso := m.Apply(1, []Command{{Kind: KindUnlockAll, Session: 1, ID: 1, Admin: true}}, nil, nil)
+	out, iso := m.Apply(1, []command{{kind: kindUnlockAll, Session: 1, ID: 1, Admin: true}}, nil, nil)
 	require.Equal(t, wire.OpPong, out[0].Op)
 	require.Zero(t, m.Locks())
 	require.Empty(t, iso, "no isolation command configured")
@@ -285,8 +285,8 @@ func TestMachineUnlockAllManyIdleSessions(t *testing.T) {
 // (issue 9 item 3: a 2.9 s stall walking every session).
 func BenchmarkUnlockAllIdleSessions(b *testing.B) {
 	m := idleSessions(b, 300_000, 10)
-	cmd := []Command{{Kind: KindUnlockAll, Session: 1, ID: 1, Admin: true}}
-	out := make([]Result, 0, 1)
+	cmd := []command{{kind: kindUnlockAll, Session: 1, ID: 1, Admin: true}}
+	out := make([]result, 0, 1)
 	now := int64(1)
 	for b.Loop() {
 		now++
@@ -296,11 +296,11 @@ func BenchmarkUnlockAllIdleSessions(b *testing.B) {
 }
 
 // massLocks: one session holding n locks with the same deadline.
-func massLocks(tb testing.TB, n int, isolate bool) (*Machine, []Result) {
-	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute), Isolate: isolate})
+func massLocks(tb testing.TB, n int, isolate bool) (*machine, []result) {
+	m := newMachine(machineConfig{MaxTTL: int64(time.Minute), Isolate: isolate})
 	m.SetFenceLimit(m.NextFence() + uint64(n) + 1<<10)
-	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1, NewSession: 1}, {Kind: KindConnect, ID: 2, NewSession: 2}}, nil, nil)
-	cmds := make([]Command, 0, 4096)
+	out, _ := m.Apply(0, []command{{kind: kindConnect, ID: 1, NewSession: 1}, {kind: kindConnect, ID: 2, NewSession: 2}}, nil, nil)
+	cmds := make([]command, 0, 4096)
 	for i := 0; i < n; i++ {
 		cmds = append(cmds, lockCmd(1, uint64(i+1), 1000, fmt.Sprint("k", i)))
 		if len(cmds) == cap(cmds) || i == n-1 {
@@ -320,12 +320,12 @@ func TestMachineMassExpiryBounded(t *testing.T) {
 	m, out := massLocks(t, n, false)
 	now := int64(1000 * ms)
 	applies := 0
-	var iso []Isolation
+	var iso []isolation
 	for {
-		cmds := []Command(nil)
+		cmds := []command(nil)
 		if applies == 3 {
 			// Keys still waiting to be freed are free: the session was released at once.
-			cmds = []Command{lockCmd(2, 1, 60000, "k999999"), lockCmd(2, 2, 60000, "k0")}
+			cmds = []command{lockCmd(2, 1, 60000, "k999999"), lockCmd(2, 2, 60000, "k0")}
 		}
 		out, iso = m.Apply(now, cmds, out[:0], iso[:0])
 		require.LessOrEqual(t, m.work, applyBudget, "Apply %d", applies)
@@ -362,7 +362,7 @@ func TestMachineOverdueBeforeProcessed(t *testing.T) {
 		sess = append(sess, s.connect(uint64(i+1)))
 	}
 	other := s.connect(uint64(n + 1))
-	var cmds []Command
+	var cmds []command
 	for i, id := range sess {
 		ttl := uint32(1000)
 		if i == n-1 || i == n-2 {
@@ -398,9 +398,9 @@ func TestMachineOverdueBeforeProcessed(t *testing.T) {
 // rebuilt once they fall far below their peak.
 func TestMachineMemoryRebuilt(t *testing.T) {
 	m := idleSessions(t, 50_000, 0)
-	var cmds []Command
+	var cmds []command
 	for i := 1; i <= 49_000; i++ {
-		cmds = append(cmds, Command{Kind: KindDisconnect, Session: uint64(i), ID: 1})
+		cmds = append(cmds, command{kind: kindDisconnect, Session: uint64(i), ID: 1})
 	}
 	m.Apply(1, cmds, nil, nil)
 	require.Equal(t, 1000, m.Sessions())
@@ -410,7 +410,7 @@ func TestMachineMemoryRebuilt(t *testing.T) {
 
 	m2, out := massLocks(t, 100_000, false)
 	before := m2.rebuilds
-	out, _ = m2.Apply(0, []Command{{Kind: KindDisconnect, Session: 1, ID: 1 << 30}}, out[:0], nil)
+	out, _ = m2.Apply(0, []command{{kind: kindDisconnect, Session: 1, ID: 1 << 30}}, out[:0], nil)
 	require.Equal(t, wire.OpDisconnected, out[0].Op)
 	for now := int64(1); m2.drainHead != nil; now++ {
 		m2.Apply(now, nil, nil, nil)

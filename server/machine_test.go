@@ -15,9 +15,9 @@ const ms = int64(time.Millisecond)
 // sim drives a Machine with a virtual clock.
 type sim struct {
 	t     *testing.T
-	m     *Machine
+	m     *machine
 	now   int64
-	iso   []Isolation // isolations asked by the last step
+	iso   []isolation // isolations asked by the last step
 	draws uint64      // the loop's session-id draws so far
 }
 
@@ -27,8 +27,8 @@ func (s *sim) draw() uint64 {
 	return s.draws * 0x9e3779b97f4a7c15
 }
 
-func newSim(t *testing.T, mutate func(*MachineConfig)) *sim {
-	cfg := MachineConfig{
+func newSim(t *testing.T, mutate func(*machineConfig)) *sim {
+	cfg := machineConfig{
 		MaxTTL:         int64(time.Minute),
 		SessionTimeout: int64(15 * time.Second),
 		Isolate:        true,
@@ -36,21 +36,21 @@ func newSim(t *testing.T, mutate func(*MachineConfig)) *sim {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	m := NewMachine(cfg)
+	m := newMachine(cfg)
 	m.SetFenceLimit(m.NextFence() + 1<<20)
 	return &sim{t: t, m: m, now: 1000 * ms}
 }
 
 // step applies cmds at the current time and returns the results.
-func (s *sim) step(cmds ...Command) []Result {
+func (s *sim) step(cmds ...command) []result {
 	s.t.Helper()
-	var out []Result
+	var out []result
 	out, s.iso = s.m.Apply(s.now, cmds, nil, nil)
 	return out
 }
 
 // one applies a single command and returns its one result.
-func (s *sim) one(c Command) Result {
+func (s *sim) one(c command) result {
 	s.t.Helper()
 	out := s.step(c)
 	require.Len(s.t, out, 1, "results of %+v", c)
@@ -59,37 +59,37 @@ func (s *sim) one(c Command) Result {
 
 func (s *sim) connect(nonce uint64) uint64 {
 	s.t.Helper()
-	r := s.one(Command{Kind: KindConnect, ID: nonce, Info: []byte("host-a"), NewSession: s.draw()})
+	r := s.one(command{kind: kindConnect, ID: nonce, Info: []byte("host-a"), NewSession: s.draw()})
 	require.Equal(s.t, wire.OpConnected, r.Op, "connect: %+v", r)
 	require.Equal(s.t, nonce, r.ID, "connect: %+v", r)
 	return r.Session
 }
 
-func lockCmd(sess, id uint64, ttlMs uint32, key string) Command {
-	return Command{Kind: KindLock, Session: sess, ID: id, TTLMs: ttlMs, Key: []byte(key)}
+func lockCmd(sess, id uint64, ttlMs uint32, key string) command {
+	return command{kind: kindLock, Session: sess, ID: id, TTLMs: ttlMs, Key: []byte(key)}
 }
 
-func unlockCmd(sess, id, lockID uint64, key string) Command {
-	return Command{Kind: KindUnlock, Session: sess, ID: id, LockID: lockID, Key: []byte(key)}
+func unlockCmd(sess, id, lockID uint64, key string) command {
+	return command{kind: kindUnlock, Session: sess, ID: id, LockID: lockID, Key: []byte(key)}
 }
 
-func updateCmd(sess, id, lockID uint64, ttlMs uint32, key string) Command {
-	return Command{Kind: KindUpdate, Session: sess, ID: id, LockID: lockID, TTLMs: ttlMs, Key: []byte(key)}
+func updateCmd(sess, id, lockID uint64, ttlMs uint32, key string) command {
+	return command{kind: kindUpdate, Session: sess, ID: id, LockID: lockID, TTLMs: ttlMs, Key: []byte(key)}
 }
 
-func wantOp(t *testing.T, r Result, op wire.Op) {
+func wantOp(t *testing.T, r result, op wire.Op) {
 	t.Helper()
 	require.Equal(t, op, r.Op, "result %+v", r)
 }
 
-func wantErr(t *testing.T, r Result, code wire.Code) {
+func wantErr(t *testing.T, r result, code wire.Code) {
 	t.Helper()
 	require.Equal(t, wire.OpError, r.Op, "result %+v", r)
 	require.Equal(t, code, r.Code, "result %+v", r)
 }
 
 // wantHolder checks that key is held by (session, lockID) with fence.
-func wantHolder(t *testing.T, m *Machine, key string, session, lockID, fence uint64) {
+func wantHolder(t *testing.T, m *machine, key string, session, lockID, fence uint64) {
 	t.Helper()
 	sess, id, f, ok := m.Holder(key)
 	require.True(t, ok, "%s is free", key)
@@ -97,7 +97,7 @@ func wantHolder(t *testing.T, m *Machine, key string, session, lockID, fence uin
 }
 
 // wantFree checks that key is held by nobody.
-func wantFree(t *testing.T, m *Machine, key string, why string) {
+func wantFree(t *testing.T, m *machine, key string, why string) {
 	t.Helper()
 	sess, id, f, ok := m.Holder(key)
 	require.False(t, ok, "%s: %s held by session %x (lock %d, fence %d)", why, key, sess, id, f)
@@ -111,20 +111,20 @@ func TestMachineConnect(t *testing.T) {
 	b := s.connect(12)
 	assert.NotEqual(t, a, b, "second session")
 	require.Equal(t, 2, s.m.Sessions())
-	r := s.one(Command{Kind: KindConnect, ID: 13, Info: make([]byte, wire.MaxIsolationInfo+1)})
+	r := s.one(command{kind: kindConnect, ID: 13, Info: make([]byte, wire.MaxIsolationInfo+1)})
 	wantErr(t, r, wire.CodeBadIsolationInfo)
-	wantErr(t, s.one(Command{Kind: KindConnect, ID: 0}), wire.CodeBadRequest)
+	wantErr(t, s.one(command{kind: kindConnect, ID: 0}), wire.CodeBadRequest)
 }
 
 func TestMachineUnknownSession(t *testing.T) {
 	s := newSim(t, nil)
-	for _, k := range []Kind{KindTouch, KindDisconnect, KindLock, KindUpdate, KindUnlock, KindUnlockAll} {
-		r := s.one(Command{Kind: k, Session: 99, ID: 1, TTLMs: 10, LockID: 1, Key: []byte("k")})
+	for _, k := range []kind{kindTouch, kindDisconnect, kindLock, kindUpdate, kindUnlock, kindUnlockAll} {
+		r := s.one(command{kind: k, Session: 99, ID: 1, TTLMs: 10, LockID: 1, Key: []byte("k")})
 		wantOp(t, r, wire.OpDisconnected)
 		require.Equal(t, uint64(99), r.Session, "kind %d", k)
 	}
-	wantOp(t, s.one(Command{Kind: KindPing, ID: 5}), wire.OpPong)
-	wantOp(t, s.one(Command{Kind: KindPing, Session: 99, ID: 5}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindPing, ID: 5}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindPing, Session: 99, ID: 5}), wire.OpPong)
 }
 
 func TestMachineGrantLockedRetransmit(t *testing.T) {
@@ -140,7 +140,7 @@ func TestMachineGrantLockedRetransmit(t *testing.T) {
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpLocked)
 	wantOp(t, s.one(lockCmd(a, 2, 1000, "k")), wire.OpLocked) // same session, other id
 	wantHolder(t, s.m, "k", a, 1, fence)
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindTouch, Session: a, ID: 3}), wire.OpPong)
 }
 
 func TestMachineUnlockIdempotent(t *testing.T) {
@@ -170,7 +170,7 @@ func TestMachineStaleAndFloor(t *testing.T) {
 	c.Floor = 7
 	require.Empty(t, s.step(c), "request below floor answered")
 	// The floor never moves down, and every kind below it is dropped.
-	for _, c := range []Command{lockCmd(a, 6, 1000, "x"), unlockCmd(a, 3, 5, "k"), {Kind: KindTouch, Session: a, ID: 2, Floor: 1}} {
+	for _, c := range []command{lockCmd(a, 6, 1000, "x"), unlockCmd(a, 3, 5, "k"), {kind: kindTouch, Session: a, ID: 2, Floor: 1}} {
 		require.Empty(t, s.step(c), "%+v below floor answered", c)
 	}
 	wantFree(t, s.m, "x", "LOCK below floor granted")
@@ -222,7 +222,7 @@ func TestMachineBadLock(t *testing.T) {
 }
 
 func TestMachineLockDelay(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.LockDelayUntil = 2000 * ms })
+	s := newSim(t, func(c *machineConfig) { c.LockDelayUntil = 2000 * ms })
 	a := s.connect(1)
 	wantErr(t, s.one(lockCmd(a, 1, 1000, "k")), wire.CodeLockDelay)
 	// UPDATE and UNLOCK are not delayed.
@@ -243,59 +243,59 @@ func TestMachineExpiryIsolation(t *testing.T) {
 	require.False(t, s.m.Isolated(a), "isolated before the deadline")
 	s.now += 1 * ms
 	s.step()
-	require.Equal(t, []Isolation{{Session: a, Info: "host-a"}}, s.iso)
+	require.Equal(t, []isolation{{Session: a, Info: "host-a"}}, s.iso)
 	require.True(t, s.m.Isolated(a))
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 4}), wire.OpIsolated)
+	wantOp(t, s.one(command{kind: kindTouch, Session: a, ID: 3}), wire.OpIsolated)
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: a, ID: 4}), wire.OpIsolated)
 	// Both keys stay unavailable while the command runs, whatever the time.
 	s.now += int64(10 * time.Second)
 	for _, k := range []string{"k", "k2"} {
 		wantOp(t, s.one(lockCmd(b, uint64(len(k)), 1000, k)), wire.OpLocked)
 	}
 	require.Empty(t, s.iso, "isolation asked twice")
-	s.step(Command{Kind: KindIsolationDone, Session: a})
+	s.step(command{kind: kindIsolationDone, Session: a})
 	for _, k := range []string{"k", "k2"} {
 		wantFree(t, s.m, k, "after IsolationDone")
 	}
 	wantOp(t, s.one(lockCmd(b, 10, 1000, "k")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 5}), wire.OpIsolated)
+	wantOp(t, s.one(command{kind: kindTouch, Session: a, ID: 5}), wire.OpIsolated)
 	require.Equal(t, uint64(1), s.m.Isolations())
 }
 
 func TestMachineExpiryWithoutCommand(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.Isolate = false })
+	s := newSim(t, func(c *machineConfig) { c.Isolate = false })
 	a, b := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
 	s.now += 100 * ms
 	s.step()
 	require.Empty(t, s.iso, "isolation asked without a command")
 	wantOp(t, s.one(lockCmd(b, 1, 100, "k")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: a, ID: 3}), wire.OpIsolated)
+	wantOp(t, s.one(command{kind: kindTouch, Session: a, ID: 3}), wire.OpIsolated)
 }
 
 func TestMachineSessionTimeout(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.SessionTimeout = 1000 * ms })
+	s := newSim(t, func(c *machineConfig) { c.SessionTimeout = 1000 * ms })
 	idle := s.connect(1)
 	holder := s.connect(2)
 	alive := s.connect(3)
 	wantOp(t, s.one(lockCmd(holder, 1, 60000, "k")), wire.OpOK)
 	for i := 0; i < 4; i++ {
 		s.now += 300 * ms
-		wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: uint64(i + 1)}), wire.OpPong)
+		wantOp(t, s.one(command{kind: kindTouch, Session: alive, ID: uint64(i + 1)}), wire.OpPong)
 	}
 	// 1200ms of silence: idle is gone, holder is isolated, alive stays.
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: idle, ID: 1}), wire.OpDisconnected)
+	wantOp(t, s.one(command{kind: kindTouch, Session: idle, ID: 1}), wire.OpDisconnected)
 	require.True(t, s.m.Isolated(holder), "silent holder not isolated")
 	_, _, _, held := s.m.Holder("k")
 	require.True(t, held, "key of an isolating session released before the command ended")
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 9}), wire.OpPong)
-	s.step(Command{Kind: KindIsolationDone, Session: holder})
+	wantOp(t, s.one(command{kind: kindTouch, Session: alive, ID: 9}), wire.OpPong)
+	s.step(command{kind: kindIsolationDone, Session: holder})
 	wantFree(t, s.m, "k", "after IsolationDone")
 	// One more timeout of silence and the isolated session is forgotten.
 	s.now += 600 * ms
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 10}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindTouch, Session: alive, ID: 10}), wire.OpPong)
 	s.now += 600 * ms
-	wantOp(t, s.one(Command{Kind: KindTouch, Session: alive, ID: 11}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindTouch, Session: alive, ID: 11}), wire.OpPong)
 	require.Equal(t, 1, s.m.Sessions())
 }
 
@@ -304,7 +304,7 @@ func TestMachineUnlockAll(t *testing.T) {
 	a, b, op := s.connect(1), s.connect(2), s.connect(3)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "ka")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "kb")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindUnlockAll, Session: op, ID: 1, Admin: true}), wire.OpPong)
+	wantOp(t, s.one(command{kind: kindUnlockAll, Session: op, ID: 1, Admin: true}), wire.OpPong)
 	require.Zero(t, s.m.Locks(), "locks after UNLOCKALL")
 	require.Len(t, s.iso, 2)
 	assert.True(t, s.m.Isolated(a))
@@ -318,10 +318,10 @@ func TestMachineDisconnect(t *testing.T) {
 	s := newSim(t, nil)
 	a, b := s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 1000, "k")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
 	require.Empty(t, s.iso, "DISCONNECT isolated")
 	wantOp(t, s.one(lockCmd(b, 1, 1000, "k")), wire.OpOK)
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: a, ID: 2}), wire.OpDisconnected)
 	// The nonce is forgotten with the session: a new CONNECT with it is a new session.
 	require.NotEqual(t, a, s.connect(1), "closed session revived")
 }
@@ -343,14 +343,14 @@ func TestMachineFencesIncrease(t *testing.T) {
 }
 
 func TestMachineFenceLimit(t *testing.T) {
-	m := NewMachine(MachineConfig{MaxTTL: int64(time.Minute), SessionTimeout: int64(time.Minute), FirstFence: 100})
-	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1}}, nil, nil)
+	m := newMachine(machineConfig{MaxTTL: int64(time.Minute), SessionTimeout: int64(time.Minute), FirstFence: 100})
+	out, _ := m.Apply(0, []command{{kind: kindConnect, ID: 1}}, nil, nil)
 	sess := out[0].Session
-	out, _ = m.Apply(0, []Command{lockCmd(sess, 1, 1000, "k")}, nil, nil)
+	out, _ = m.Apply(0, []command{lockCmd(sess, 1, 1000, "k")}, nil, nil)
 	wantErr(t, out[0], wire.CodeLockDelay) // no reservation yet: no fence handed out
 	m.SetFenceLimit(101)
 	require.Equal(t, uint64(1), m.FencesLeft())
-	out, _ = m.Apply(0, []Command{lockCmd(sess, 2, 1000, "k"), lockCmd(sess, 3, 1000, "k2")}, nil, nil)
+	out, _ = m.Apply(0, []command{lockCmd(sess, 2, 1000, "k"), lockCmd(sess, 3, 1000, "k2")}, nil, nil)
 	wantOp(t, out[0], wire.OpOK)
 	require.Equal(t, uint64(100), out[0].Fence, "first grant")
 	wantErr(t, out[1], wire.CodeLockDelay)
@@ -359,8 +359,8 @@ func TestMachineFenceLimit(t *testing.T) {
 func TestMachineReusesEntries(t *testing.T) {
 	s := newSim(t, nil)
 	a := s.connect(1)
-	cmds := []Command{lockCmd(a, 1, 1000, "key"), unlockCmd(a, 2, 1, "key")}
-	out := make([]Result, 0, 2)
+	cmds := []command{lockCmd(a, 1, 1000, "key"), unlockCmd(a, 2, 1, "key")}
+	out := make([]result, 0, 2)
 	id := uint64(1)
 	allocs := testing.AllocsPerRun(1000, func() {
 		cmds[0].ID, cmds[1].ID, cmds[1].LockID = id, id+1, id

@@ -13,17 +13,17 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// Request kinds as metric labels, indexed by Kind (KindIsolationDone is not a request).
+// Request kinds as metric labels, indexed by Kind (kindIsolationDone is not a request).
 var kindNames = [...]string{
-	KindConnect:    "connect",
-	KindPing:       "ping",
-	KindTouch:      "touch",
-	KindDisconnect: "disconnect",
-	KindLock:       "lock",
-	KindUpdate:     "update",
-	KindUnlock:     "unlock",
-	KindUnlockAll:  "unlockall",
-	KindLockMany:   "lockmany",
+	kindConnect:    "connect",
+	kindPing:       "ping",
+	kindTouch:      "touch",
+	kindDisconnect: "disconnect",
+	kindLock:       "lock",
+	kindUpdate:     "update",
+	kindUnlock:     "unlock",
+	kindUnlockAll:  "unlockall",
+	kindLockMany:   "lockmany",
 }
 
 const numKinds = len(kindNames)
@@ -67,7 +67,7 @@ var outcomeNames = [...]string{
 const numOutcomes = len(outcomeNames)
 
 // outcomeOf is the outcome index of r.
-func outcomeOf(r *Result) int {
+func outcomeOf(r *result) int {
 	switch r.Op {
 	case wire.OpOK:
 		return outOK
@@ -205,7 +205,7 @@ func (b *batchCounts) frames(n int) {
 }
 
 // count notes a request of kind k with outcome o.
-func (b *batchCounts) count(k Kind, o int) {
+func (b *batchCounts) count(k kind, o int) {
 	if int(k) >= numKinds {
 		return
 	}
@@ -249,14 +249,14 @@ func (s *Server) foldResults() {
 		}
 		for ci < len(cmds) && (cmds[ci].Tag != r.Tag || cmds[ci].ID != r.ID) {
 			if cmds[ci].Tag >= 0 {
-				b.count(cmds[ci].Kind, outDropped)
+				b.count(cmds[ci].kind, outDropped)
 			}
 			ci++
 		}
 		if ci == len(cmds) {
 			break
 		}
-		b.count(cmds[ci].Kind, outcomeOf(r))
+		b.count(cmds[ci].kind, outcomeOf(r))
 		if s.debug {
 			s.logSession(&cmds[ci], r)
 		}
@@ -264,7 +264,7 @@ func (s *Server) foldResults() {
 	}
 	for ; ci < len(cmds); ci++ {
 		if cmds[ci].Tag >= 0 {
-			b.count(cmds[ci].Kind, outDropped)
+			b.count(cmds[ci].kind, outDropped)
 		}
 	}
 	b.flush(s.metrics)

@@ -8,7 +8,7 @@ import (
 )
 
 // checkTTL sets r to the TTL error of ttl, if any.
-func (m *Machine) checkTTL(ttl uint32, r *Result) bool {
+func (m *machine) checkTTL(ttl uint32, r *result) bool {
 	switch {
 	case ttl == 0:
 		r.Op, r.Code = wire.OpError, wire.CodeBadTTL
@@ -22,7 +22,7 @@ func (m *Machine) checkTTL(ttl uint32, r *Result) bool {
 
 // answered sets r to the final answer already given to LOCK or LOCKMANY id of s, if
 // any: a copy then gets it again, never a late grant to a client told it holds nothing.
-func (m *Machine) answered(s *session, id uint64, r *Result) bool {
+func (m *machine) answered(s *session, id uint64, r *result) bool {
 	how, done := s.released.get(id)
 	if !done {
 		return false
@@ -32,7 +32,7 @@ func (m *Machine) answered(s *session, id uint64, r *Result) bool {
 }
 
 // setAnswer sets r to the final answer how.
-func setAnswer(how uint8, r *Result) {
+func setAnswer(how uint8, r *result) {
 	switch how {
 	case answeredLocked:
 		r.Op = wire.OpLocked
@@ -52,7 +52,7 @@ func setAnswer(how uint8, r *Result) {
 // current brings e up to date before s's request looks at it: an expiry the budget left
 // is done (false, r ISOLATED, if that isolated s), and an entry of a released session
 // is freed (it was free already; its entry was waiting for the budget).
-func (m *Machine) current(e *entry, s *session, now int64, r *Result) bool {
+func (m *machine) current(e *entry, s *session, now int64, r *result) bool {
 	if overdue(e, now) {
 		m.expire(e)
 		m.settle(now)
@@ -67,7 +67,7 @@ func (m *Machine) current(e *entry, s *session, now int64, r *Result) bool {
 	return true
 }
 
-func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
+func (m *machine) lock(now int64, s *session, c *command, r *result) {
 	if len(c.Key) == 0 || c.ID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
@@ -140,7 +140,7 @@ func (m *Machine) lock(now int64, s *session, c *Command, r *Result) {
 	r.Fence = e.fence
 }
 
-func (m *Machine) update(now int64, s *session, c *Command, r *Result) {
+func (m *machine) update(now int64, s *session, c *command, r *result) {
 	if len(c.Key) == 0 || c.LockID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
@@ -163,7 +163,7 @@ func (m *Machine) update(now int64, s *session, c *Command, r *Result) {
 	r.Fence = e.fence
 }
 
-func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
+func (m *machine) unlock(now int64, s *session, c *command, r *result) {
 	if len(c.Key) == 0 || c.LockID == 0 {
 		r.Op, r.Code = wire.OpError, wire.CodeBadRequest
 		return
@@ -198,7 +198,7 @@ func (m *Machine) unlock(now int64, s *session, c *Command, r *Result) {
 // drain. The holders are all isolated (their waiters leave the queues) before any key is
 // released, and the keys are handed on after the command (settle), so no holder is
 // granted a key by the UNLOCKALL that isolates it.
-func (m *Machine) unlockAll() {
+func (m *machine) unlockAll() {
 	first := m.holders
 	for s := first; s != nil; s = s.hnext {
 		m.markIsolated(s)
@@ -211,10 +211,10 @@ func (m *Machine) unlockAll() {
 }
 
 // isolate marks s isolated and, when a command is configured, asks the loop to run it.
-// With a command, s keeps its keys (unavailable to others) until KindIsolationDone: its
+// With a command, s keeps its keys (unavailable to others) until kindIsolationDone: its
 // entries stay in the expiry heap and leave it at their deadlines doing nothing else.
 // Without one they are released at once.
-func (m *Machine) isolate(s *session) {
+func (m *machine) isolate(s *session) {
 	m.markIsolated(s)
 	if !s.isolating {
 		m.beginRelease(s)
@@ -223,7 +223,7 @@ func (m *Machine) isolate(s *session) {
 
 // markIsolated marks s isolated, asks for its isolation command and takes its waiters
 // out of the queues.
-func (m *Machine) markIsolated(s *session) {
+func (m *machine) markIsolated(s *session) {
 	if s.isolated {
 		return
 	}
@@ -231,7 +231,7 @@ func (m *Machine) markIsolated(s *session) {
 	m.isolations++
 	if m.cfg.Isolate {
 		s.isolating = true
-		m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
+		m.effects = append(m.effects, isolation{Session: s.id, Info: s.info})
 	}
 	m.dropWaiters(s)
 }

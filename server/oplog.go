@@ -32,12 +32,12 @@ func (s *Server) noteMachine(now int64) {
 
 // logSession logs, at debug level (the caller checked s.debug), a session opened by
 // CONNECT or closed by DISCONNECT: c is the command, r its reply.
-func (s *Server) logSession(c *Command, r *Result) {
+func (s *Server) logSession(c *command, r *result) {
 	switch {
-	case c.Kind == KindConnect && r.Op == wire.OpConnected:
+	case c.kind == kindConnect && r.Op == wire.OpConnected:
 		s.log.Debug("session connected", "session", fmt.Sprintf("%016x", r.Session),
 			"addr", s.routes[r.Tag].addr.String(), "info_len", len(c.Info))
-	case c.Kind == KindDisconnect && r.Op == wire.OpDisconnected:
+	case c.kind == kindDisconnect && r.Op == wire.OpDisconnected:
 		s.log.Debug("session disconnected", "session", fmt.Sprintf("%016x", c.Session))
 	}
 }

@@ -9,10 +9,10 @@ import (
 	"github.com/netmutex/netmutex/internal/seal"
 )
 
-// Peer is the far end of a session: the address of its CONNECT and, with keys, the key
+// peerInfo is the far end of a session: the address of its CONNECT and, with keys, the key
 // and nonce prefix it seals with and its replay window. Datagrams naming the session
 // from elsewhere are dropped before the machine sees them.
-type Peer struct {
+type peerInfo struct {
 	Addr   netip.AddrPort
 	KeyID  uint8 // 0 without keys
 	Admin  bool  // may send UNLOCKALL
@@ -22,7 +22,7 @@ type Peer struct {
 
 // sameSender reports whether p and q are the same far end: the same address, key and
 // nonce prefix (both nil: a machine driven without a network stage, as in simulations).
-func (p *Peer) sameSender(q *Peer) bool {
+func (p *peerInfo) sameSender(q *peerInfo) bool {
 	if p == nil || q == nil {
 		return p == q
 	}

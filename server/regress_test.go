@@ -18,7 +18,7 @@ import (
 // writing the simulation; the same holds for LOCK_DELAY from an exhausted fence
 // reservation.
 func TestMachineLockDelayDuplicateNotGrantedLate(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.LockDelayUntil = 2000 * ms })
+	s := newSim(t, func(c *machineConfig) { c.LockDelayUntil = 2000 * ms })
 	sess := s.connect(1)
 	wantErr(t, s.one(lockCmd(sess, 1, 500, "k")), wire.CodeLockDelay)
 	s.now = 2500 * ms // the delay is over; the client's floor has not moved past id 1 yet

@@ -28,7 +28,7 @@ type builder struct {
 }
 
 // replySize is the size of the frame that encodes r.
-func (s *Server) replySize(r *Result) int {
+func (s *Server) replySize(r *result) int {
 	switch r.Op {
 	case wire.OpConnected:
 		return wire.ConnectedSize(s.connected.Servers)
@@ -42,7 +42,7 @@ func (s *Server) replySize(r *Result) int {
 	return wire.FrameHeaderSize
 }
 
-func (s *Server) appendReply(b []byte, r *Result) []byte {
+func (s *Server) appendReply(b []byte, r *result) []byte {
 	switch r.Op {
 	case wire.OpConnected:
 		s.connected.Session = r.Session
@@ -113,7 +113,7 @@ func (s *Server) encode(busy bool) {
 // under the session's key. It needs no route of the batch: nothing of the batch asked
 // for it. false: the session ended in the same Apply, and the push is dropped.
 func (s *Server) pushRoute(session uint64, k *replyKey) bool {
-	p := s.m.Peer(session)
+	p := s.m.peerInfo(session)
 	if p == nil {
 		s.stats.pushDropped.Add(1)
 		return false

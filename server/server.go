@@ -1,7 +1,7 @@
 // The server: New, Close and Abort. The loop it runs is in loop.go.
 
 // Package server is the netmutex lock server: a network loop (one goroutine, batched UDP
-// I/O) around a deterministic lock state machine (Machine), with the little that must
+// I/O) around a deterministic lock state machine (machine.go), with the little that must
 // survive a restart kept in a data directory.
 package server
 
@@ -42,7 +42,7 @@ type Server struct {
 	bc    batchio.Conn
 	addr  netip.AddrPort
 	store *store
-	m     *Machine
+	m     *machine
 	epoch time.Time
 	stats counters
 
@@ -69,9 +69,9 @@ type Server struct {
 	// Owned by the loop goroutine.
 	in        []batchio.Message
 	guard     // the receive stage's defences and routes: see auth.go
-	cmds      []Command
-	results   []Result
-	isos      []Isolation
+	cmds      []command
+	results   []result
+	isos      []isolation
 	out       []batchio.Message
 	outBufs   [][]byte
 	builders  []builder
@@ -163,7 +163,7 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	s.batch.touched = make([]uint16, 0, numKinds*numOutcomes)
 	s.isoCtx, s.isoCancel = context.WithCancel(context.Background())
-	mc := MachineConfig{
+	mc := machineConfig{
 		MaxTTL:         int64(cfg.MaxTTL),
 		SessionTimeout: int64(cfg.SessionTimeout),
 		Isolate:        cfg.IsolateCmd != "",
@@ -181,7 +181,7 @@ func newServer(cfg Config) (*Server, error) {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
 		s.delayUntil, s.inDelay = mc.LockDelayUntil, true
 	}
-	s.m = NewMachine(mc)
+	s.m = newMachine(mc)
 	s.reserved = make(chan reservation, 1)
 	if err := s.reserve(0); err != nil {
 		conn.Close()
@@ -207,8 +207,8 @@ func newServer(cfg Config) (*Server, error) {
 		// One byte over the limit, so an oversized datagram is seen as such.
 		s.in[i].Buf = make([]byte, wire.MaxDatagram+1)
 	}
-	s.cmds = make([]Command, 0, batchio.MaxBatch*8)
-	s.results = make([]Result, 0, batchio.MaxBatch*8)
+	s.cmds = make([]command, 0, batchio.MaxBatch*8)
+	s.results = make([]result, 0, batchio.MaxBatch*8)
 	s.byKey = make(map[replyKey]int)
 	s.initGuard(cfg)
 	s.listenHTTP(httpLn)

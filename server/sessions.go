@@ -10,7 +10,7 @@ type session struct {
 	id        uint64
 	nonce     uint64
 	info      string
-	peer      *Peer      // the far end of its CONNECT, for the network stage
+	peer      *peerInfo  // the far end of its CONNECT, for the network stage
 	addr      netip.Addr // the IP counted against MaxSessionsPerAddr; invalid: none
 	lastSeen  int64
 	floor     uint64
@@ -82,7 +82,7 @@ func (s *session) unlink(e *entry) {
 // the tail on every request keeps the list sorted.
 
 // touch records that s was heard from at now.
-func (m *Machine) touch(s *session, now int64) {
+func (m *machine) touch(s *session, now int64) {
 	s.lastSeen = now
 	if m.lruTail == s {
 		return
@@ -91,7 +91,7 @@ func (m *Machine) touch(s *session, now int64) {
 	m.lruPush(s)
 }
 
-func (m *Machine) lruPush(s *session) {
+func (m *machine) lruPush(s *session) {
 	s.prev, s.next = m.lruTail, nil
 	if m.lruTail != nil {
 		m.lruTail.next = s
@@ -101,7 +101,7 @@ func (m *Machine) lruPush(s *session) {
 	m.lruTail = s
 }
 
-func (m *Machine) lruRemove(s *session) {
+func (m *machine) lruRemove(s *session) {
 	if s.prev != nil {
 		s.prev.next = s.next
 	} else {
@@ -117,7 +117,7 @@ func (m *Machine) lruRemove(s *session) {
 
 // The list of sessions that hold locks.
 
-func (m *Machine) holdersPush(s *session) {
+func (m *machine) holdersPush(s *session) {
 	s.hprev, s.hnext = nil, m.holders
 	if m.holders != nil {
 		m.holders.hprev = s
@@ -125,7 +125,7 @@ func (m *Machine) holdersPush(s *session) {
 	m.holders = s
 }
 
-func (m *Machine) holdersRemove(s *session) {
+func (m *machine) holdersRemove(s *session) {
 	if s.hprev != nil {
 		s.hprev.hnext = s.hnext
 	} else if m.holders == s {
@@ -139,8 +139,8 @@ func (m *Machine) holdersRemove(s *session) {
 
 // expireSessions closes sessions silent for SessionTimeout, a budget at a time; a
 // request of a session past its timeout but not yet looked at has it looked at first
-// (Machine.apply), so the budget never lets a session outlive its timeout.
-func (m *Machine) expireSessions(now int64) {
+// (machine.apply), so the budget never lets a session outlive its timeout.
+func (m *machine) expireSessions(now int64) {
 	for s := m.lruHead; s != nil && m.budget > 0 && m.timedOut(s, now); s = m.lruHead {
 		m.budget--
 		m.timeout(s, now)
@@ -148,13 +148,13 @@ func (m *Machine) expireSessions(now int64) {
 	}
 }
 
-func (m *Machine) timedOut(s *session, now int64) bool {
+func (m *machine) timedOut(s *session, now int64) bool {
 	return m.cfg.SessionTimeout > 0 && now-s.lastSeen >= m.cfg.SessionTimeout
 }
 
 // timeout closes s. One that holds locks is isolated instead, and one whose isolation
 // command still runs waits for it; both are looked at again one timeout later.
-func (m *Machine) timeout(s *session, now int64) {
+func (m *machine) timeout(s *session, now int64) {
 	switch {
 	case s.nlocks > 0 && !s.isolated:
 		m.isolate(s)
@@ -168,7 +168,7 @@ func (m *Machine) timeout(s *session, now int64) {
 
 // deleteSession ends s: its waiters leave their queues, its locks are released and it
 // is forgotten.
-func (m *Machine) deleteSession(s *session) {
+func (m *machine) deleteSession(s *session) {
 	m.dropWaiters(s)
 	m.beginRelease(s)
 	m.lruRemove(s)
@@ -187,14 +187,14 @@ func (m *Machine) deleteSession(s *session) {
 }
 
 // SessionsEnded is how many sessions have ended (DISCONNECT, timeout).
-func (m *Machine) SessionsEnded() uint64 { return m.ended }
+func (m *machine) SessionsEnded() uint64 { return m.ended }
 
 // Sessions is the number of sessions, isolated ones included.
-func (m *Machine) Sessions() int { return len(m.sessions) }
+func (m *machine) Sessions() int { return len(m.sessions) }
 
-// Peer is the far end kept with session at its CONNECT (Command.Peer); nil if there is
+// peerInfo is the far end kept with session at its CONNECT (command.peerInfo); nil if there is
 // no such session or its CONNECT carried none.
-func (m *Machine) Peer(session uint64) *Peer {
+func (m *machine) peerInfo(session uint64) *peerInfo {
 	if s := m.sessions[session]; s != nil {
 		return s.peer
 	}
@@ -202,7 +202,7 @@ func (m *Machine) Peer(session uint64) *Peer {
 }
 
 // Isolated tells whether session exists and is isolated.
-func (m *Machine) Isolated(session uint64) bool {
+func (m *machine) Isolated(session uint64) bool {
 	s := m.sessions[session]
 	return s != nil && s.isolated
 }

@@ -26,7 +26,7 @@ type refSession struct {
 	id, nonce           uint64
 	serial              uint64 // which session of the model this is, counting from 1
 	info                string
-	peer                *Peer
+	peer                *peerInfo
 	lastSeen            int64
 	touched             int64 // LRU order: the sequence number of the last touch
 	floor               uint64
@@ -72,14 +72,14 @@ type refLock struct {
 }
 
 type refMachine struct {
-	cfg                MachineConfig
+	cfg                machineConfig
 	sessions           map[uint64]*refSession
 	nonces             map[uint64]*refSession
 	locks              map[string]*refLock // held keys only
 	fence, fenceEnd    uint64
 	grants, isolations uint64
 	seq                int64
-	effects            []Isolation
+	effects            []isolation
 	serials            uint64
 	// answeredBy: for each LOCK of the last apply, by Tag, the serial of the session
 	// that answered it (the simulation draws session ids that collide, so an id may
@@ -94,11 +94,11 @@ type refMachine struct {
 	stalled    []string
 	isStalled  map[string]bool
 	waitKeys   int
-	out        []Result
+	out        []result
 	pushSerial []uint64
 }
 
-func newRef(cfg MachineConfig) *refMachine {
+func newRef(cfg machineConfig) *refMachine {
 	if cfg.FirstFence == 0 {
 		cfg.FirstFence = 1
 	}
@@ -162,12 +162,12 @@ func (m *refMachine) markIsolated(s *refSession) {
 	m.isolations++
 	if m.cfg.Isolate {
 		s.isolating = true
-		m.effects = append(m.effects, Isolation{Session: s.id, Info: s.info})
+		m.effects = append(m.effects, isolation{Session: s.id, Info: s.info})
 	}
 	m.dropWaiters(s)
 }
 
-func (m *refMachine) apply(now int64, cmds []Command) ([]Result, []Isolation) {
+func (m *refMachine) apply(now int64, cmds []command) ([]result, []isolation) {
 	m.effects = nil
 	m.out = nil
 	m.pushSerial = nil
@@ -272,7 +272,7 @@ func (m *refMachine) findWaiter(s *refSession, id uint64) *refWaiter {
 
 // enqueue queues a waiter in every key's queue; a free key it heads is handed on (the
 // grant then stalls: it would have been granted at once otherwise).
-func (m *refMachine) enqueue(now int64, s *refSession, c *Command, keys []string) {
+func (m *refMachine) enqueue(now int64, s *refSession, c *command, keys []string) {
 	m.seq++
 	w := &refWaiter{sess: s, id: c.ID, ttl: int64(c.TTLMs) * 1e6, seq: uint64(m.seq), keys: keys}
 	if c.WaitMs > 0 {
@@ -376,7 +376,7 @@ func (m *refMachine) handOn(k string, now int64) {
 		s.waiters = slices.Delete(s.waiters, i, i+1)
 		s.waitKeys -= len(w.keys)
 		m.waitKeys -= len(w.keys)
-		m.out = append(m.out, Result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
+		m.out = append(m.out, result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
 		m.pushSerial = append(m.pushSerial, s.serial)
 		return
 	}
@@ -422,7 +422,7 @@ func (m *refMachine) waiterRoom(s *refSession, keys []string) bool {
 }
 
 // lockKeys is LOCK (one key) and LOCKMANY (keys, checked).
-func (m *refMachine) lockKeys(now int64, s *refSession, c *Command, keys []string, r *Result) {
+func (m *refMachine) lockKeys(now int64, s *refSession, c *command, keys []string, r *result) {
 	bad := func(code wire.Code) { r.Op, r.Code = wire.OpError, code }
 	refuse := func(code wire.Code, how answer) {
 		bad(code)
@@ -496,27 +496,27 @@ func (m *refMachine) deleteSession(s *refSession) {
 	delete(m.nonces, s.nonce)
 }
 
-func (m *refMachine) one(now int64, c *Command) (Result, bool) {
-	switch c.Kind {
-	case KindConnect:
+func (m *refMachine) one(now int64, c *command) (result, bool) {
+	switch c.kind {
+	case kindConnect:
 		switch {
 		case c.ID == 0:
-			return Result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}, true
+			return result{Op: wire.OpError, Code: wire.CodeBadRequest, Session: c.Session}, true
 		case len(c.Info) > wire.MaxIsolationInfo:
-			return Result{Op: wire.OpError, Code: wire.CodeBadIsolationInfo, Session: c.Session}, true
+			return result{Op: wire.OpError, Code: wire.CodeBadIsolationInfo, Session: c.Session}, true
 		}
 		if s := m.nonces[c.ID]; s != nil {
 			m.touch(s, now)
-			return Result{Op: wire.OpConnected, Session: s.id}, true
+			return result{Op: wire.OpConnected, Session: s.id}, true
 		}
-		full := Result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
+		full := result{Op: wire.OpError, Code: wire.CodeTooManySessions, Session: c.Session}
 		if m.cfg.MaxSessions > 0 && len(m.sessions) >= m.cfg.MaxSessions {
 			return full, true
 		}
-		if c.Peer != nil && m.cfg.MaxSessionsPerAddr > 0 {
+		if c.peerInfo != nil && m.cfg.MaxSessionsPerAddr > 0 {
 			n := 0
 			for _, o := range m.sessions {
-				if o.peer != nil && o.peer.Addr.Addr().Unmap() == c.Peer.Addr.Addr().Unmap() {
+				if o.peer != nil && o.peer.Addr.Addr().Unmap() == c.peerInfo.Addr.Addr().Unmap() {
 					n++
 				}
 			}
@@ -529,28 +529,28 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 			id++
 		}
 		m.serials++
-		s := &refSession{id: id, serial: m.serials, nonce: c.ID, info: string(c.Info), peer: c.Peer, released: map[uint64]answer{}}
+		s := &refSession{id: id, serial: m.serials, nonce: c.ID, info: string(c.Info), peer: c.peerInfo, released: map[uint64]answer{}}
 		m.sessions[s.id], m.nonces[c.ID] = s, s
 		m.touch(s, now)
-		return Result{Op: wire.OpConnected, Session: s.id}, true
-	case KindPing:
-		return Result{Op: wire.OpPong, Session: c.Session}, true
-	case KindIsolationDone:
+		return result{Op: wire.OpConnected, Session: s.id}, true
+	case kindPing:
+		return result{Op: wire.OpPong, Session: c.Session}, true
+	case kindIsolationDone:
 		if s := m.sessions[c.Session]; s != nil && s.isolating {
 			s.isolating = false
 			m.releaseAll(s)
 		}
-		return Result{}, false
+		return result{}, false
 	}
 	s := m.sessions[c.Session]
 	if s == nil {
-		return Result{Op: wire.OpDisconnected, Session: c.Session}, true
+		return result{Op: wire.OpDisconnected, Session: c.Session}, true
 	}
 	m.touch(s, now)
-	if c.Kind == KindLock || c.Kind == KindLockMany {
+	if c.kind == kindLock || c.kind == kindLockMany {
 		m.answeredBy[c.Tag] = s.serial
 	}
-	if c.Kind == KindUnlock {
+	if c.kind == kindUnlock {
 		m.answeredBy[c.Tag] = s.serial
 	}
 	if c.Floor > s.floor {
@@ -562,14 +562,14 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		}
 	}
 	if c.ID < s.floor {
-		return Result{}, false // below the ack floor: dropped
+		return result{}, false // below the ack floor: dropped
 	}
-	r := Result{Op: wire.OpOK, Session: s.id}
+	r := result{Op: wire.OpOK, Session: s.id}
 	if s.isolated {
 		r.Op = wire.OpIsolated
 		return r, true
 	}
-	bad := func(code wire.Code) (Result, bool) {
+	bad := func(code wire.Code) (result, bool) {
 		r.Op, r.Code = wire.OpError, code
 		return r, true
 	}
@@ -582,13 +582,13 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		}
 		return 0, false
 	}
-	switch c.Kind {
-	case KindTouch:
+	switch c.kind {
+	case kindTouch:
 		r.Op = wire.OpPong
-	case KindDisconnect:
+	case kindDisconnect:
 		m.deleteSession(s)
 		r.Op = wire.OpDisconnected
-	case KindLock:
+	case kindLock:
 		if len(c.Key) == 0 || c.ID == 0 {
 			return bad(wire.CodeBadRequest)
 		}
@@ -596,7 +596,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 			return bad(code)
 		}
 		m.lockKeys(now, s, c, []string{string(c.Key)}, &r)
-	case KindLockMany:
+	case kindLockMany:
 		var keys []string
 		rest, ok := c.Key, c.KeyCount >= 1 && c.KeyCount <= wire.MaxManyKeys
 		for i := 0; ok && i < int(c.KeyCount); i++ {
@@ -616,7 +616,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 			return bad(code)
 		}
 		m.lockKeys(now, s, c, keys, &r)
-	case KindUpdate:
+	case kindUpdate:
 		if len(c.Key) == 0 || c.LockID == 0 {
 			return bad(wire.CodeBadRequest)
 		}
@@ -629,7 +629,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		}
 		l.deadline = now + int64(c.TTLMs)*1e6
 		r.Fence = l.fence
-	case KindUnlock:
+	case kindUnlock:
 		if len(c.Key) == 0 || c.LockID == 0 {
 			return bad(wire.CodeBadRequest)
 		}
@@ -649,7 +649,7 @@ func (m *refMachine) one(now int64, c *Command) (Result, bool) {
 		} else if c.LockID >= s.floor {
 			m.addReleased(s, c.LockID, answerLocked) // gone, or its LOCK not here yet
 		}
-	case KindUnlockAll:
+	case kindUnlockAll:
 		if !c.Admin {
 			return bad(wire.CodeForbidden)
 		}
@@ -702,11 +702,11 @@ var simKeys = []string{"a", "b", "c", "d", ""}
 // simClient is what a well-behaved or misbehaving client remembers of its session.
 type simClient struct {
 	nonce   uint64
-	peer    *Peer  // the far end its CONNECTs come from (nil: none given)
-	session uint64 // 0 before CONNECTED
+	peer    *peerInfo // the far end its CONNECTs come from (nil: none given)
+	session uint64    // 0 before CONNECTED
 	nextID  uint64
 	floor   uint64
-	sent    []Command // every request sent, for duplicates and stale copies
+	sent    []command // every request sent, for duplicates and stale copies
 	lockIDs []uint64  // ids of LOCKs answered OK
 	lockKey []string  // and their keys
 }
@@ -741,7 +741,7 @@ func simulate(program []byte) error {
 	p := &prog{b: program}
 	flags := p.byte()
 	caps := p.byte()
-	cfg := MachineConfig{
+	cfg := machineConfig{
 		MaxTTL:  500 * ms,
 		Isolate: flags&1 != 0,
 	}
@@ -771,7 +771,7 @@ func simulate(program []byte) error {
 	} else if w&8 != 0 {
 		cfg.MaxWaitersPerSession = 1 + int(w>>4&3)
 	}
-	m := NewMachine(cfg)
+	m := newMachine(cfg)
 	ref := newRef(cfg)
 	limit := m.NextFence() + uint64(p.pick(8))
 	m.SetFenceLimit(limit)
@@ -807,7 +807,7 @@ func simulate(program []byte) error {
 		return fmt.Errorf("%s\nlast steps:\n%s", fmt.Sprintf(format, args...), strings.Join(trace, "\n"))
 	}
 	for step := 0; step < 2000 && !p.done(); step++ {
-		var cmds []Command
+		var cmds []command
 		var senders []*simClient
 		switch op := p.byte(); {
 		case op < 40: // the clock moves a little
@@ -822,7 +822,7 @@ func simulate(program []byte) error {
 			continue
 		case op < 64 && len(pending) > 0: // an isolation command finished
 			i := p.pick(len(pending))
-			cmds = append(cmds, Command{Kind: KindIsolationDone, Session: pending[i], Tag: -1})
+			cmds = append(cmds, command{kind: kindIsolationDone, Session: pending[i], Tag: -1})
 			pending = slices.Delete(pending, i, i+1)
 		default:
 			n := 1 + p.pick(4)
@@ -842,7 +842,7 @@ func simulate(program []byte) error {
 		if !slices.Equal(got, want) {
 			return fail("step %d: results differ\nmachine: %s\nmodel:   %s", step, fmtResults(got), fmtResults(want))
 		}
-		sortIso := func(a, b Isolation) int { return cmp.Compare(a.Session, b.Session) }
+		sortIso := func(a, b isolation) int { return cmp.Compare(a.Session, b.Session) }
 		slices.SortFunc(gotIso, sortIso)
 		slices.SortFunc(wantIso, sortIso)
 		if !slices.Equal(gotIso, wantIso) {
@@ -866,18 +866,18 @@ func simulate(program []byte) error {
 			c := cmds[r.Tag]
 			sender := senders[r.Tag]
 			switch {
-			case c.Kind == KindConnect && r.Op == wire.OpConnected:
+			case c.kind == kindConnect && r.Op == wire.OpConnected:
 				for _, cl := range clients {
 					if cl.nonce == c.ID && cl.session == 0 {
 						cl.session = r.Session
 					}
 				}
 				if ps := ref.sessions[r.Session]; ps != nil {
-					if m.Peer(r.Session) != ps.peer {
-						return fail("step %d: session %x: Peer %v, CONNECT's %v", step, r.Session, m.Peer(r.Session), ps.peer)
+					if m.peerInfo(r.Session) != ps.peer {
+						return fail("step %d: session %x: Peer %v, CONNECT's %v", step, r.Session, m.peerInfo(r.Session), ps.peer)
 					}
 				}
-			case c.Kind == KindUnlock && r.Op == wire.OpOK:
+			case c.kind == kindUnlock && r.Op == wire.OpOK:
 				if serial, ok := ref.answeredBy[r.Tag]; ok {
 					cancelNow[[2]uint64{serial, c.LockID}] = true
 				}
@@ -954,7 +954,7 @@ func simulate(program []byte) error {
 				continue
 			}
 			c := cmds[r.Tag]
-			if c.Kind != KindLock && c.Kind != KindLockMany {
+			if c.kind != kindLock && c.kind != kindLockMany {
 				continue
 			}
 			sender := senders[r.Tag]
@@ -1041,8 +1041,8 @@ func (cl *simClient) learn(id uint64, keys []string) {
 
 // reqKeys lists the keys of a LOCK or LOCKMANY as sent (a malformed list as far as it
 // reads).
-func reqKeys(c Command) []string {
-	if c.Kind == KindLock {
+func reqKeys(c command) []string {
+	if c.kind == kindLock {
 		return []string{string(c.Key)}
 	}
 	var keys []string
@@ -1057,7 +1057,7 @@ func reqKeys(c Command) []string {
 // checkGrant checks an OK to a LOCK or LOCKMANY of n keys: granted once, with one fence
 // (n consecutive ones), never after it was refused; fences strictly increase over all
 // grants.
-func checkGrant(r Result, k [3]uint64, n int, answered bool, prev uint64, maxFence *uint64, fenceOf map[uint64][2]uint64) error {
+func checkGrant(r result, k [3]uint64, n int, answered bool, prev uint64, maxFence *uint64, fenceOf map[uint64][2]uint64) error {
 	switch {
 	case r.Fence == 0:
 		return fmt.Errorf("LOCK granted with fence 0")
@@ -1093,7 +1093,7 @@ func (m *refMachine) sessionAlive(serial uint64) bool {
 // key has waiters exactly when it is hot, waiters of a session are linked and counted
 // with it, and no free key is left with a head that could be granted now (it is
 // reserved for a multi-key head, or stalled until grants may resume).
-func checkQueues(m *Machine, now int64) error {
+func checkQueues(m *machine, now int64) error {
 	nodes, waitKeys := 0, 0
 	for k, e := range m.locks {
 		n := 0
@@ -1160,7 +1160,7 @@ func checkQueues(m *Machine, now int64) error {
 }
 
 // compareState checks every observable of the Machine against the model.
-func compareState(m *Machine, ref *refMachine, keys []string, clients []*simClient) error {
+func compareState(m *machine, ref *refMachine, keys []string, clients []*simClient) error {
 	held := 0
 	for _, k := range keys {
 		s, id, f, ok := m.Holder(k)
@@ -1223,7 +1223,7 @@ func countWaiters(ref *refMachine) int {
 }
 
 // checkCaps checks the spec's caps on the Machine itself.
-func checkCaps(m *Machine, cfg MachineConfig) error {
+func checkCaps(m *machine, cfg machineConfig) error {
 	if cfg.MaxSessions > 0 && m.Sessions() > cfg.MaxSessions {
 		return fmt.Errorf("%d sessions, cap %d", m.Sessions(), cfg.MaxSessions)
 	}
@@ -1255,7 +1255,7 @@ func checkCaps(m *Machine, cfg MachineConfig) error {
 
 // simPeers are the far ends CONNECTs come from: two ports of one IP (once IPv4-mapped),
 // another IP, and none.
-var simPeers = []*Peer{
+var simPeers = []*peerInfo{
 	{Addr: netip.MustParseAddrPort("10.0.0.1:1000")},
 	{Addr: netip.MustParseAddrPort("10.0.0.1:2000")},
 	{Addr: netip.MustParseAddrPort("[::ffff:10.0.0.1]:3000")},
@@ -1268,7 +1268,7 @@ var simTTLs = []uint32{0, 1, 20, 100, 300, 500, 501}
 
 // nextCommand draws one client command: a new request, a duplicate of an earlier one
 // (a retransmission, possibly stale), a CONNECT, or a request of an unknown session.
-func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient) {
+func nextCommand(p *prog, clients *[]*simClient, tag int32) (command, *simClient) {
 	sel := p.byte()
 	if sel < 20 || len(*clients) == 0 {
 		// A new client connects, or a CONNECT is retransmitted.
@@ -1276,7 +1276,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 		newSession := uint64(p.pick(6))
 		if sel < 10 && len(*clients) > 0 {
 			cl := (*clients)[p.pick(len(*clients))]
-			return Command{Kind: KindConnect, ID: cl.nonce, Info: []byte("h"), Tag: tag, NewSession: newSession, Peer: cl.peer}, cl
+			return command{kind: kindConnect, ID: cl.nonce, Info: []byte("h"), Tag: tag, NewSession: newSession, peerInfo: cl.peer}, cl
 		}
 		cl := &simClient{nonce: uint64(len(*clients)) + 1, nextID: 1, peer: simPeers[p.pick(len(simPeers))]}
 		if len(*clients) >= 12 {
@@ -1288,7 +1288,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 		if p.byte() == 255 {
 			info = make([]byte, wire.MaxIsolationInfo+1)
 		}
-		return Command{Kind: KindConnect, ID: cl.nonce, Info: info, Tag: tag, NewSession: newSession, Peer: cl.peer}, cl
+		return command{kind: kindConnect, ID: cl.nonce, Info: info, Tag: tag, NewSession: newSession, peerInfo: cl.peer}, cl
 	}
 	cl := (*clients)[p.pick(len(*clients))]
 	session := cl.session
@@ -1305,26 +1305,26 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 		c.Tag = tag
 		return c, cl
 	}
-	c := Command{Session: session, Floor: cl.floor, Tag: tag}
-	kinds := []Kind{KindLock, KindLock, KindLock, KindLockMany, KindUpdate, KindUnlock, KindUnlock, KindTouch, KindPing, KindDisconnect, KindUnlockAll, Kind(200)}
-	c.Kind = kinds[p.pick(len(kinds))]
-	if c.Kind == KindDisconnect && p.byte() < 200 {
-		c.Kind = KindTouch // keep sessions alive most of the time
+	c := command{Session: session, Floor: cl.floor, Tag: tag}
+	kinds := []kind{kindLock, kindLock, kindLock, kindLockMany, kindUpdate, kindUnlock, kindUnlock, kindTouch, kindPing, kindDisconnect, kindUnlockAll, kind(200)}
+	c.kind = kinds[p.pick(len(kinds))]
+	if c.kind == kindDisconnect && p.byte() < 200 {
+		c.kind = kindTouch // keep sessions alive most of the time
 	}
-	if c.Kind == KindUnlockAll && p.byte() < 200 {
-		c.Kind = KindLock
+	if c.kind == kindUnlockAll && p.byte() < 200 {
+		c.kind = kindLock
 	}
-	c.Admin = c.Kind == KindUnlockAll && p.byte()&1 == 0
+	c.Admin = c.kind == kindUnlockAll && p.byte()&1 == 0
 	c.ID = cl.nextID
 	cl.nextID++
 	c.Key = []byte(simKeys[p.pick(len(simKeys))])
 	c.TTLMs = simTTLs[p.pick(len(simTTLs))]
-	if c.Kind == KindLock || c.Kind == KindLockMany {
+	if c.kind == kindLock || c.kind == kindLockMany {
 		if w := p.byte(); w < 128 {
 			c.Wait, c.WaitMs = true, []uint32{0, 0, 0, 50, 300, 1000}[w%6]
 		}
 	}
-	if c.Kind == KindLockMany {
+	if c.kind == kindLockMany {
 		// 1 to 3 keys, mostly distinct and valid; "" and duplicates are bad requests.
 		var keys []string
 		for n, tries := 1+p.pick(3), 0; len(keys) < n && tries < 8; tries++ {
@@ -1342,7 +1342,7 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 		}
 		c.Key, c.KeyCount = manyKeys(keys...), uint8(len(keys))
 	}
-	if c.Kind == KindUpdate || c.Kind == KindUnlock {
+	if c.kind == kindUpdate || c.kind == kindUnlock {
 		if len(cl.lockIDs) > 0 && p.byte() < 220 {
 			i := len(cl.lockIDs) - 1 - p.pick(min(len(cl.lockIDs), 4))
 			c.LockID = cl.lockIDs[i]
@@ -1362,30 +1362,30 @@ func nextCommand(p *prog, clients *[]*simClient, tag int32) (Command, *simClient
 	return c, cl
 }
 
-func fmtCmd(c Command) string {
-	names := map[Kind]string{KindConnect: "CONNECT", KindPing: "PING", KindTouch: "TOUCH", KindDisconnect: "DISCONNECT",
-		KindLock: "LOCK", KindUpdate: "UPDATE", KindUnlock: "UNLOCK", KindUnlockAll: "UNLOCKALL", KindIsolationDone: "ISOLATION-DONE",
-		KindLockMany: "LOCKMANY"}
-	n, ok := names[c.Kind]
+func fmtCmd(c command) string {
+	names := map[kind]string{kindConnect: "CONNECT", kindPing: "PING", kindTouch: "TOUCH", kindDisconnect: "DISCONNECT",
+		kindLock: "LOCK", kindUpdate: "UPDATE", kindUnlock: "UNLOCK", kindUnlockAll: "UNLOCKALL", kindIsolationDone: "ISOLATION-DONE",
+		kindLockMany: "LOCKMANY"}
+	n, ok := names[c.kind]
 	if !ok {
-		n = fmt.Sprintf("KIND(%d)", c.Kind)
+		n = fmt.Sprintf("KIND(%d)", c.kind)
 	}
 	key := fmt.Sprintf("%q", c.Key)
-	if c.Kind == KindLockMany {
+	if c.kind == kindLockMany {
 		key = fmt.Sprintf("%q", reqKeys(c))
 	}
 	wait := ""
 	if c.Wait {
 		wait = fmt.Sprintf(" wait=%dms", c.WaitMs)
 	}
-	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%s%s new=%d peer=%v admin=%v", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, key, wait, c.NewSession, c.Peer != nil, c.Admin)
+	return fmt.Sprintf("[%d] %s sess=%x floor=%d id=%d lock=%d ttl=%d key=%s%s new=%d peer=%v admin=%v", c.Tag, n, c.Session, c.Floor, c.ID, c.LockID, c.TTLMs, key, wait, c.NewSession, c.peerInfo != nil, c.Admin)
 }
 
-func fmtRes(r Result) string {
+func fmtRes(r result) string {
 	return fmt.Sprintf("[%d] op=%#x code=%d sess=%x id=%d fence=%d", r.Tag, r.Op, r.Code, r.Session, r.ID, r.Fence)
 }
 
-func fmtResults(rs []Result) string {
+func fmtResults(rs []result) string {
 	var b strings.Builder
 	for _, r := range rs {
 		b.WriteString(fmtRes(r) + "; ")

@@ -4,7 +4,7 @@
 package server
 
 // expireWaiters removes, within the budget, the waiters whose bound passed.
-func (m *Machine) expireWaiters(now int64) {
+func (m *machine) expireWaiters(now int64) {
 	for m.budget > 0 && len(m.bounds) > 0 && m.bounds[0].bound <= now {
 		m.budget--
 		m.giveUp(m.bounds[0])
@@ -16,13 +16,13 @@ func boundLess(a, b *waiter) bool {
 	return a.bound < b.bound || (a.bound == b.bound && a.seq < b.seq)
 }
 
-func (m *Machine) boundPush(w *waiter) {
+func (m *machine) boundPush(w *waiter) {
 	w.heapIdx = len(m.bounds)
 	m.bounds = append(m.bounds, w)
 	m.boundUp(w.heapIdx)
 }
 
-func (m *Machine) boundRemove(w *waiter) {
+func (m *machine) boundRemove(w *waiter) {
 	i := w.heapIdx
 	if i < 0 {
 		return
@@ -40,14 +40,14 @@ func (m *Machine) boundRemove(w *waiter) {
 	}
 }
 
-func (m *Machine) boundSwap(i, j int) {
+func (m *machine) boundSwap(i, j int) {
 	h := m.bounds
 	h[i], h[j] = h[j], h[i]
 	h[i].heapIdx = i
 	h[j].heapIdx = j
 }
 
-func (m *Machine) boundUp(i int) {
+func (m *machine) boundUp(i int) {
 	for i > 0 {
 		p := (i - 1) / 2
 		if !boundLess(m.bounds[i], m.bounds[p]) {
@@ -58,7 +58,7 @@ func (m *Machine) boundUp(i int) {
 	}
 }
 
-func (m *Machine) boundDown(i int) {
+func (m *machine) boundDown(i int) {
 	n := len(m.bounds)
 	for {
 		l := 2*i + 1

@@ -46,7 +46,7 @@ type waitKey struct {
 }
 
 // waiterOf returns s's waiter with request id, if any. No cost without waiters.
-func (m *Machine) waiterOf(s *session, id uint64) *waiter {
+func (m *machine) waiterOf(s *session, id uint64) *waiter {
 	if len(m.waiters) == 0 {
 		return nil
 	}
@@ -56,7 +56,7 @@ func (m *Machine) waiterOf(s *session, id uint64) *waiter {
 // waiterRoom checks the waiter caps for a new waiter of s on the keys of es (nil: a key
 // without an entry yet), and sets r to TOO_MANY_WAITERS if one is reached, recorded as
 // final for id.
-func (m *Machine) waiterRoom(s *session, id uint64, es []*entry, r *Result) bool {
+func (m *machine) waiterRoom(s *session, id uint64, es []*entry, r *result) bool {
 	full := false
 	if max := m.cfg.MaxWaitersPerSession; max > 0 && s.nwaiters >= max {
 		full = true
@@ -78,14 +78,14 @@ func (m *Machine) waiterRoom(s *session, id uint64, es []*entry, r *Result) bool
 
 // overCap tells, cheaply, whether n more keys of s might pass a lock cap (mayHold then
 // decides and refuses).
-func (m *Machine) overCap(s *session, n int) bool {
+func (m *machine) overCap(s *session, n int) bool {
 	return (m.cfg.MaxLocksPerSession > 0 && s.nlocks+s.waitKeys+n > m.cfg.MaxLocksPerSession) ||
 		(m.cfg.MaxLocks > 0 && m.held+m.waitKeys+n > m.cfg.MaxLocks)
 }
 
 // mayHold checks the lock caps for n more keys of s (waiting keys count as held), and
 // sets r to the refusal if one fails, recorded as final for id.
-func (m *Machine) mayHold(s *session, id uint64, n int, r *Result) bool {
+func (m *machine) mayHold(s *session, id uint64, n int, r *result) bool {
 	if max := m.cfg.MaxLocksPerSession; max > 0 && s.nlocks+s.waitKeys+n > max {
 		r.Op, r.Code = wire.OpError, wire.CodeTooManyLocks
 		s.released.add(id, answeredTooMany, &m.leafPool)
@@ -100,7 +100,7 @@ func (m *Machine) mayHold(s *session, id uint64, n int, r *Result) bool {
 }
 
 // entryFor returns key's entry, creating a free one.
-func (m *Machine) entryFor(key []byte) *entry {
+func (m *machine) entryFor(key []byte) *entry {
 	if e := m.locks[string(key)]; e != nil {
 		return e
 	}
@@ -114,7 +114,7 @@ func (m *Machine) entryFor(key []byte) *entry {
 // enqueue queues s's request id for the keys of es (entries, created by entryFor), in
 // every queue at once, and hands the first key on in case the waiter heads every queue
 // of free keys (then the grant waits for the lock-delay or for fences: it stalls).
-func (m *Machine) enqueue(now int64, s *session, c *Command, es []*entry) {
+func (m *machine) enqueue(now int64, s *session, c *command, es []*entry) {
 	w := &waiter{sess: s, id: c.ID, ttl: int64(c.TTLMs) * 1e6, heapIdx: -1}
 	if c.WaitMs > 0 {
 		w.bound = now + int64(c.WaitMs)*1e6
@@ -162,7 +162,7 @@ func (m *Machine) enqueue(now int64, s *session, c *Command, es []*entry) {
 
 // removeWaiter takes w out of every queue and every index. A free key whose head it was
 // goes on the hand-on list; a held key left without waiters is no longer hot.
-func (m *Machine) removeWaiter(w *waiter) {
+func (m *machine) removeWaiter(w *waiter) {
 	for i := range w.nodes {
 		n := &w.nodes[i]
 		e := n.e
@@ -191,7 +191,7 @@ func (m *Machine) removeWaiter(w *waiter) {
 
 // forget drops w from its session's list, the waiter index and the bound heap; its
 // nodes are out of the queues already.
-func (m *Machine) forget(w *waiter) {
+func (m *machine) forget(w *waiter) {
 	s := w.sess
 	if w.sprev != nil {
 		w.sprev.snext = w.snext
@@ -214,7 +214,7 @@ func (m *Machine) forget(w *waiter) {
 
 // giveUp removes w and answers its request LOCKED for good: its bound passed, or its
 // client cancelled it (UNLOCK of its id).
-func (m *Machine) giveUp(w *waiter) {
+func (m *machine) giveUp(w *waiter) {
 	s := w.sess
 	m.removeWaiter(w)
 	if w.id >= s.floor {
@@ -224,14 +224,14 @@ func (m *Machine) giveUp(w *waiter) {
 
 // dropWaiters takes every waiter of s out of the queues: its session ended or was
 // isolated. O(its waiting keys), bounded by the session's caps.
-func (m *Machine) dropWaiters(s *session) {
+func (m *machine) dropWaiters(s *session) {
 	for s.whead != nil {
 		m.removeWaiter(s.whead)
 	}
 }
 
 // settle hands on every key on the hand-on list, in order; handing on may list more.
-func (m *Machine) settle(now int64) {
+func (m *machine) settle(now int64) {
 	if len(m.handQ) == 0 {
 		return
 	}
@@ -246,7 +246,7 @@ func (m *Machine) settle(now int64) {
 // bound passed are removed first; a head that is not at the head of every queue of its
 // keys, or one of whose keys is held, keeps e reserved; a grant that must wait for the
 // lock-delay's end or for fences stalls e until then.
-func (m *Machine) handOn(e *entry, now int64) {
+func (m *machine) handOn(e *entry, now int64) {
 	for e.sess == nil && e.qhead != nil {
 		w := e.qhead.w
 		if w.bound != 0 && w.bound <= now {
@@ -268,13 +268,13 @@ func (m *Machine) handOn(e *entry, now int64) {
 }
 
 // canGrant tells whether n fences may be handed out now.
-func (m *Machine) canGrant(n int, now int64) bool {
+func (m *machine) canGrant(n int, now int64) bool {
 	return now >= m.cfg.LockDelayUntil && m.fenceEnd-m.fence >= uint64(n)
 }
 
 // grantWaiter grants every key of w, which heads every queue and finds every key free,
 // and pushes its OK (Tag -1: the network stage sends it to the session's address).
-func (m *Machine) grantWaiter(w *waiter, now int64) {
+func (m *machine) grantWaiter(w *waiter, now int64) {
 	s := w.sess
 	first := m.fence
 	for i := range w.nodes {
@@ -291,11 +291,11 @@ func (m *Machine) grantWaiter(w *waiter, now int64) {
 		m.take(s, e, w.id, now+w.ttl)
 	}
 	m.forget(w)
-	m.pushed = append(m.pushed, Result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
+	m.pushed = append(m.pushed, result{Op: wire.OpOK, Tag: -1, Session: s.id, ID: w.id, Fence: first})
 }
 
 // take gives free entry e to s as lock id with the next fence.
-func (m *Machine) take(s *session, e *entry, id uint64, deadline int64) {
+func (m *machine) take(s *session, e *entry, id uint64, deadline int64) {
 	e.sess, e.lockID, e.fence, e.deadline = s, id, m.fence, deadline
 	m.fence++
 	m.grants++
@@ -303,7 +303,7 @@ func (m *Machine) take(s *session, e *entry, id uint64, deadline int64) {
 }
 
 // stall lists e to be handed on once grants may resume (Apply: unstall).
-func (m *Machine) stall(e *entry) {
+func (m *machine) stall(e *entry) {
 	if e.stalled {
 		return
 	}
@@ -320,7 +320,7 @@ func (m *Machine) stall(e *entry) {
 
 // unstall hands on, within the budget, the keys stalled before this Apply, once grants
 // may resume: the first Apply at or after the lock-delay's end, or with fences again.
-func (m *Machine) unstall(now int64) {
+func (m *machine) unstall(now int64) {
 	if m.stallHead == nil || !m.canGrant(1, now) {
 		return
 	}
@@ -342,7 +342,7 @@ func (m *Machine) unstall(now int64) {
 // of the session hands it on at once (beginRelease), while its other entries are freed a
 // budget at a time.
 
-func (m *Machine) makeHot(e *entry) {
+func (m *machine) makeHot(e *entry) {
 	if e.hot {
 		return
 	}
@@ -351,7 +351,7 @@ func (m *Machine) makeHot(e *entry) {
 	s.linkHot(e)
 }
 
-func (m *Machine) makeCold(e *entry) {
+func (m *machine) makeCold(e *entry) {
 	if !e.hot {
 		return
 	}
@@ -365,10 +365,10 @@ func (m *Machine) makeCold(e *entry) {
 // Read-only views, for tests.
 
 // Waiters is the number of queued LOCK and LOCKMANY requests.
-func (m *Machine) Waiters() int { return len(m.waiters) }
+func (m *machine) Waiters() int { return len(m.waiters) }
 
 // Queue lists key's waiters, head first, as (session, request id) pairs.
-func (m *Machine) Queue(key string) [][2]uint64 {
+func (m *machine) Queue(key string) [][2]uint64 {
 	e := m.locks[key]
 	if e == nil {
 		return nil

@@ -12,7 +12,7 @@ import (
 // Machine tests of waiting (docs/PROTOCOL.md, Waiting): FIFO queues, pushed grants,
 // cancellation, bounds, session ends, lock-delay, LOCKMANY and the caps.
 
-func waitCmd(sess, id uint64, ttlMs, waitMs uint32, key string) Command {
+func waitCmd(sess, id uint64, ttlMs, waitMs uint32, key string) command {
 	c := lockCmd(sess, id, ttlMs, key)
 	c.Wait, c.WaitMs = true, waitMs
 	return c
@@ -28,13 +28,13 @@ func manyKeys(keys ...string) []byte {
 	return b
 }
 
-func manyCmd(sess, id uint64, ttlMs uint32, wait bool, waitMs uint32, keys ...string) Command {
-	return Command{Kind: KindLockMany, Session: sess, ID: id, TTLMs: ttlMs, Wait: wait, WaitMs: waitMs,
+func manyCmd(sess, id uint64, ttlMs uint32, wait bool, waitMs uint32, keys ...string) command {
+	return command{kind: kindLockMany, Session: sess, ID: id, TTLMs: ttlMs, Wait: wait, WaitMs: waitMs,
 		Key: manyKeys(keys...), KeyCount: uint8(len(keys))}
 }
 
 // split separates the pushed grants (Tag -1) from the answers to commands.
-func split(rs []Result) (answers, pushed []Result) {
+func split(rs []result) (answers, pushed []result) {
 	for _, r := range rs {
 		if r.Tag < 0 {
 			pushed = append(pushed, r)
@@ -46,7 +46,7 @@ func split(rs []Result) (answers, pushed []Result) {
 }
 
 // stepAnswer applies c and returns its answer and the grants pushed meanwhile.
-func (s *sim) stepAnswer(c Command) (Result, []Result) {
+func (s *sim) stepAnswer(c command) (result, []result) {
 	s.t.Helper()
 	answers, pushed := split(s.step(c))
 	require.Len(s.t, answers, 1, "answers to %+v", c)
@@ -54,7 +54,7 @@ func (s *sim) stepAnswer(c Command) (Result, []Result) {
 }
 
 // wantPush checks that exactly one grant was pushed, to (session, id), and returns its fence.
-func wantPush(t *testing.T, pushed []Result, session, id uint64) uint64 {
+func wantPush(t *testing.T, pushed []result, session, id uint64) uint64 {
 	t.Helper()
 	require.Len(t, pushed, 1, "pushed grants: %+v", pushed)
 	p := pushed[0]
@@ -144,11 +144,11 @@ func TestWaitIsolationHandsOnAfterDone(t *testing.T) {
 	wantHolder(t, s.m, "k", a, 1, r.Fence)
 	s.now += 5000 * ms
 	wantOp(t, s.one(waitCmd(b, 3, 10000, 0, "k")), wire.OpQueued)
-	out := s.step(Command{Kind: KindIsolationDone, Session: a, Tag: -1})
+	out := s.step(command{kind: kindIsolationDone, Session: a, Tag: -1})
 	f := wantPush(t, out, b, 3)
 	wantHolder(t, s.m, "k", b, 3, f)
 
-	s = newSim(t, func(c *MachineConfig) { c.Isolate = false })
+	s = newSim(t, func(c *machineConfig) { c.Isolate = false })
 	a, b = s.connect(1), s.connect(2)
 	wantOp(t, s.one(lockCmd(a, 1, 100, "k")), wire.OpOK)
 	wantOp(t, s.one(waitCmd(b, 3, 10000, 0, "k")), wire.OpQueued)
@@ -159,7 +159,7 @@ func TestWaitIsolationHandsOnAfterDone(t *testing.T) {
 // TestWaitLockDelay: waiting LOCKs during the lock-delay are queued, not refused; the
 // first Apply at or after its end grants the heads, in order.
 func TestWaitLockDelay(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.LockDelayUntil = 2000 * ms })
+	s := newSim(t, func(c *machineConfig) { c.LockDelayUntil = 2000 * ms })
 	a, b, c := s.connect(1), s.connect(2), s.connect(3)
 	wantOp(t, s.one(waitCmd(a, 1, 10000, 0, "k")), wire.OpQueued)
 	wantOp(t, s.one(waitCmd(b, 1, 10000, 0, "k")), wire.OpQueued)
@@ -182,12 +182,12 @@ func TestWaitLockDelay(t *testing.T) {
 // TestWaitNoFences: a grant to a waiter never uses a fence that is not durable; it waits
 // for the loop's next reservation.
 func TestWaitNoFences(t *testing.T) {
-	cfg := MachineConfig{MaxTTL: int64(60000 * ms)}
-	m := NewMachine(cfg)
+	cfg := machineConfig{MaxTTL: int64(60000 * ms)}
+	m := newMachine(cfg)
 	m.SetFenceLimit(m.NextFence() + 1)
-	out, _ := m.Apply(0, []Command{{Kind: KindConnect, ID: 1, NewSession: 10}, {Kind: KindConnect, ID: 2, NewSession: 20}}, nil, nil)
+	out, _ := m.Apply(0, []command{{kind: kindConnect, ID: 1, NewSession: 10}, {kind: kindConnect, ID: 2, NewSession: 20}}, nil, nil)
 	require.Len(t, out, 2)
-	out, _ = m.Apply(1, []Command{lockCmd(10, 1, 1000, "k"), waitCmd(20, 1, 1000, 0, "k"), unlockCmd(10, 2, 1, "k")}, nil, nil)
+	out, _ = m.Apply(1, []command{lockCmd(10, 1, 1000, "k"), waitCmd(20, 1, 1000, 0, "k"), unlockCmd(10, 2, 1, "k")}, nil, nil)
 	require.Len(t, out, 3, "%+v", out)
 	wantOp(t, out[0], wire.OpOK)
 	wantOp(t, out[1], wire.OpQueued)
@@ -225,14 +225,14 @@ func TestWaitSessionEnd(t *testing.T) {
 	wantOp(t, s.one(manyCmd(c, 1, 10000, true, 0, "k", "j")), wire.OpQueued)
 	wantOp(t, s.one(waitCmd(d, 2, 10000, 0, "k")), wire.OpQueued)
 	require.Len(t, s.m.Queue("k"), 3)
-	wantOp(t, s.one(Command{Kind: KindDisconnect, Session: b, ID: 2}), wire.OpDisconnected)
+	wantOp(t, s.one(command{kind: kindDisconnect, Session: b, ID: 2}), wire.OpDisconnected)
 	s.now += 200 * ms // d's lock expires: d is isolated
 	s.step()
 	require.True(t, s.m.Isolated(d))
 	require.Equal(t, [][2]uint64{{c, 1}}, s.m.Queue("k"))
 	require.Equal(t, [][2]uint64{{c, 1}}, s.m.Queue("j"))
 	s.now += 15000 * ms // c and a time out (a is isolated: it holds k)
-	s.one(Command{Kind: KindTouch, Session: a, ID: 2})
+	s.one(command{kind: kindTouch, Session: a, ID: 2})
 	s.step()
 	require.Zero(t, s.m.Waiters())
 	require.Empty(t, s.m.Queue("k"))
@@ -261,7 +261,7 @@ func TestLockMany(t *testing.T) {
 	wantOp(t, s.one(manyCmd(b, 1, 10000, false, 0, "y", "z")), wire.OpLocked)
 	wantFree(t, s.m, "y", "all or none")
 	wantErr(t, s.one(manyCmd(b, 2, 10000, false, 0, "q", "q")), wire.CodeBadRequest)
-	wantErr(t, s.one(Command{Kind: KindLockMany, Session: b, ID: 3, TTLMs: 10, Key: []byte{1, 'a', 0}, KeyCount: 2}), wire.CodeBadRequest)
+	wantErr(t, s.one(command{kind: kindLockMany, Session: b, ID: 3, TTLMs: 10, Key: []byte{1, 'a', 0}, KeyCount: 2}), wire.CodeBadRequest)
 	wantErr(t, s.one(manyCmd(b, 4, 0, false, 0, "q")), wire.CodeBadTTL)
 }
 
@@ -307,7 +307,7 @@ func TestLockManyNoDeadlock(t *testing.T) {
 // TestWaitCaps: waiters per key and per session (TOO_MANY_WAITERS), and waiting keys
 // counted as held against the lock caps; each refusal final for its id.
 func TestWaitCaps(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) {
+	s := newSim(t, func(c *machineConfig) {
 		c.MaxWaitersPerKey, c.MaxWaitersPerSession, c.MaxLocksPerSession = 2, 2, 3
 	})
 	a, b, c, d := s.connect(1), s.connect(2), s.connect(3), s.connect(4)
@@ -333,13 +333,13 @@ func TestWaitCaps(t *testing.T) {
 // TestWaitUnlockAll: UNLOCKALL isolates the holders (their waiters leave) and hands every
 // key on to the waiters of other sessions.
 func TestWaitUnlockAll(t *testing.T) {
-	s := newSim(t, func(c *MachineConfig) { c.Isolate = false })
+	s := newSim(t, func(c *machineConfig) { c.Isolate = false })
 	a, b, c := s.connect(1), s.connect(2), s.connect(3)
 	wantOp(t, s.one(lockCmd(a, 1, 10000, "k")), wire.OpOK)
 	wantOp(t, s.one(lockCmd(b, 1, 10000, "j")), wire.OpOK)
 	wantOp(t, s.one(waitCmd(b, 2, 10000, 0, "k")), wire.OpQueued)
 	wantOp(t, s.one(waitCmd(c, 1, 10000, 0, "k")), wire.OpQueued)
-	ans, pushed := s.stepAnswer(Command{Kind: KindUnlockAll, Session: c, ID: 2, Admin: true})
+	ans, pushed := s.stepAnswer(command{kind: kindUnlockAll, Session: c, ID: 2, Admin: true})
 	wantOp(t, ans, wire.OpPong)
 	f := wantPush(t, pushed, c, 1)
 	wantHolder(t, s.m, "k", c, 1, f)
