@@ -8,11 +8,12 @@ import (
 
 // redirect answers a follower's batch. Only CONNECT, which arrives padded to 512
 // bytes, gets REDIRECT: a REDIRECT to a small frame would be larger than its request.
-// Everything else gets DISCONNECTED (PING its PONG), and the client, connecting again,
-// is redirected then.
+// Everything else gets ERROR NOT_LEADER (PING its PONG), no larger than its request:
+// the client keeps its session and sends the request again, with the same id, to
+// another server of the cluster.
 func (s *Server) redirect() {
 	for _, c := range s.cmds {
-		r := result{Op: wire.OpDisconnected, Tag: c.Tag, Session: c.Session, ID: c.ID}
+		r := result{Op: wire.OpError, Code: wire.CodeNotLeader, Tag: c.Tag, Session: c.Session, ID: c.ID}
 		switch c.kind {
 		case kindConnect:
 			r.Op = wire.OpRedirect

@@ -62,6 +62,7 @@ var outcomeNames = [...]string{
 	outError + int(wire.CodeForbidden):        "forbidden",
 	outError + int(wire.CodeServerFull):       "server_full",
 	outError + int(wire.CodeTooManyWaiters):   "too_many_waiters",
+	outError + int(wire.CodeNotLeader):        "not_leader",
 }
 
 const numOutcomes = len(outcomeNames)

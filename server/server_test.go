@@ -576,7 +576,9 @@ func TestServerRedirect(t *testing.T) {
 	assert.Equal(t, uint16(2), f.ServerID)
 	assert.Equal(t, "127.0.0.1:9", string(f.Addr))
 	c.session = 5
-	requireOp(t, c.lockFrame("k", time.Second), wire.OpDisconnected, "LOCK on a follower (REDIRECT is for CONNECT only)")
+	f = c.lockFrame("k", time.Second)
+	requireOp(t, f, wire.OpError, "LOCK on a follower (REDIRECT is for CONNECT only)")
+	assert.Equal(t, wire.CodeNotLeader, f.Code, "the client keeps its session and tries another server")
 }
 
 func TestServerSessionTimeout(t *testing.T) {

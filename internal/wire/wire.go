@@ -83,6 +83,9 @@ const (
 	CodeForbidden        Code = 12
 	CodeServerFull       Code = 13
 	CodeTooManyWaiters   Code = 14
+	// CodeNotLeader: this server is a follower of a cluster (or a leader not yet ready):
+	// the request was not applied; send it again, with the same id, to another server.
+	CodeNotLeader Code = 15
 )
 
 // LOCK and LOCKMANY flags.
