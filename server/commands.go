@@ -62,7 +62,7 @@ func (s *Server) parse(i int) {
 		}
 		if f.Op == wire.OpConnect {
 			// Parse admits a CONNECT only alone in its datagram (PAD aside).
-			s.connect(msg.Addr, key, nonce, &d.Header, &f)
+			s.connect(msg.Addr, key, nonce, &d.Header, &f, plain)
 			return
 		}
 		if tag < 0 {
@@ -72,35 +72,49 @@ func (s *Server) parse(i int) {
 			}
 			tag = int32(len(s.routes))
 			s.routes = append(s.routes, route{msg.Addr, key})
+			s.noteDatagram(msg.Addr, key, nonce, admin, 0, false, plain)
 		}
 		c := command{Tag: tag, Session: d.Session, Floor: d.Floor, ID: f.ID}
-		switch f.Op {
-		case wire.OpPing:
-			c.kind = kindPing
-		case wire.OpTouch:
-			c.kind = kindTouch
-		case wire.OpDisconnect:
-			c.kind = kindDisconnect
-		case wire.OpLock:
-			c.kind, c.TTLMs, c.Key = kindLock, f.TTLMs, f.Key
-			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
-		case wire.OpLockMany:
-			c.kind, c.TTLMs, c.Key, c.KeyCount = kindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
+		if !requestCommand(&c, &f, admin) {
+			continue // Parse admits only the request opcodes
+		}
+		switch c.kind {
+		case kindLockMany:
 			s.manyFences += f.KeyCount - 1 // a fence per key
-			c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
-		case wire.OpUpdate:
-			c.kind, c.LockID, c.TTLMs, c.Key = kindUpdate, f.LockID, f.TTLMs, f.Key
-		case wire.OpUnlock:
-			c.kind, c.LockID, c.Key = kindUnlock, f.LockID, f.Key
-		case wire.OpUnlockAll:
-			c.kind, c.Admin = kindUnlockAll, admin
+		case kindUnlockAll:
 			s.logUnlockAll(&c, msg.Addr, key)
-		default:
-			continue // Parse admits only the request opcodes above
 		}
 		s.cmds = append(s.cmds, c)
 	}
 	s.stats.requests.Add(uint64(len(s.cmds) - before))
+}
+
+// requestCommand fills c's kind and arguments from request frame f; false for an
+// opcode that is not a request of a session. admin: the sender may send UNLOCKALL.
+func requestCommand(c *command, f *wire.Frame, admin bool) bool {
+	switch f.Op {
+	case wire.OpPing:
+		c.kind = kindPing
+	case wire.OpTouch:
+		c.kind = kindTouch
+	case wire.OpDisconnect:
+		c.kind = kindDisconnect
+	case wire.OpLock:
+		c.kind, c.TTLMs, c.Key = kindLock, f.TTLMs, f.Key
+		c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
+	case wire.OpLockMany:
+		c.kind, c.TTLMs, c.Key, c.KeyCount = kindLockMany, f.TTLMs, f.Keys, uint8(f.KeyCount)
+		c.Wait, c.WaitMs = f.Flags&wire.LockWait != 0, f.WaitMs
+	case wire.OpUpdate:
+		c.kind, c.LockID, c.TTLMs, c.Key = kindUpdate, f.LockID, f.TTLMs, f.Key
+	case wire.OpUnlock:
+		c.kind, c.LockID, c.Key = kindUnlock, f.LockID, f.Key
+	case wire.OpUnlockAll:
+		c.kind, c.Admin = kindUnlockAll, admin
+	default:
+		return false
+	}
+	return true
 }
 
 // noKeys is an empty keyring: it opens nothing, and tells why.
@@ -152,8 +166,8 @@ func (s *Server) bind(session uint64, from netip.AddrPort, key *seal.Key, nonce 
 // got), one over its address's rate draws RATE_LIMITED, and the rest go to the machine
 // with a fresh session id and the Peer the session will be bound to. A follower keeps no
 // state and answers a CONNECT with a REDIRECT smaller than it: it skips both checks.
-func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h *wire.Header, f *wire.Frame) {
-	if s.cfg.Redirect == nil {
+func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h *wire.Header, f *wire.Frame, connectPlain []byte) {
+	if s.redirectTo == nil {
 		if !s.cookies.valid(f.Cookie, from, f.ID, s.clock) {
 			c := s.cookies.make(from, f.ID, s.clock/cookieSlot)
 			s.early(from, key, h.Session, wire.OpCookie, f.ID, 0, c[:])
@@ -175,8 +189,10 @@ func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h
 	}
 	tag := int32(len(s.routes))
 	s.routes = append(s.routes, route{from, key})
+	newSession := s.newSessionID()
+	s.noteDatagram(from, key, nonce, p.Admin, newSession, true, connectPlain)
 	s.cmds = append(s.cmds, command{
-		kind: kindConnect, NewSession: s.newSessionID(), peerInfo: p, Admin: p.Admin,
+		kind: kindConnect, NewSession: newSession, peerInfo: p, Admin: p.Admin,
 		Tag: tag, Session: h.Session, Floor: h.Floor, ID: f.ID, Info: f.Info,
 	})
 	s.stats.requests.Add(1)

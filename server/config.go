@@ -44,6 +44,12 @@ type Config struct {
 	// Redirect, if set, makes this server a follower that answers every request, CONNECT
 	// included, with REDIRECT to it.
 	Redirect *Member
+	// Cluster, if set, makes this server a node of a cluster replicated with Raft (see
+	// ClusterConfig). ListenAddr defaults to this member's ClientAddr, ServerID and
+	// Servers come from Members, and Redirect must be nil. The machine's settings
+	// (MaxTTL, SessionTimeout, the caps, whether IsolateCmd is set) must be the same on
+	// every node: each node applies the log with its own.
+	Cluster *ClusterConfig
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// HTTPAddr, if set, is the TCP address of the operators' HTTP server: /metrics,
@@ -234,6 +240,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Keys == nil && !c.Insecure && !loopbackListen(c.ListenAddr) {
 		return ErrInsecureListen
+	}
+	if c.Cluster != nil {
+		if c.Redirect != nil {
+			return ErrClusterRedirect
+		}
+		if err := c.Cluster.validate(); err != nil {
+			return err
+		}
+		for _, m := range c.Cluster.Members {
+			if c.Keys == nil && !c.Insecure && !loopbackListen(m.RaftAddr) {
+				return ErrInsecureListen
+			}
+		}
 	}
 	return nil
 }

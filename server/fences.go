@@ -145,3 +145,15 @@ func (s *Server) collectReservation(wait bool) {
 		s.m.SetFenceLimit(r.end)
 	}
 }
+
+// raiseFence makes the next fence at least floor: a new cluster leader's floor, so
+// fences rise even past a log that was lost. Fences below the current one are never
+// handed out again.
+func (m *machine) raiseFence(floor uint64) {
+	if floor > m.fence {
+		m.fence = floor
+	}
+	if m.fence > m.fenceEnd {
+		m.fenceEnd = m.fence
+	}
+}

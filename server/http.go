@@ -96,6 +96,7 @@ type lockScan struct {
 // is going on. Called by the loop before each read and between busy batches; with no
 // request and no scan it costs a channel length.
 func (s *Server) serveRequests() {
+	s.serveCluster()
 	for len(s.reqs) > 0 {
 		req := <-s.reqs
 		if !req.locks {

@@ -110,6 +110,9 @@ func (s *Server) process(n int, now int64) {
 	s.cmds = s.cmds[:0]
 	s.results = s.results[:0]
 	s.beginBatch(now)
+	if s.rep != nil {
+		s.beginCluster()
+	}
 	s.debug = s.log.Enabled(context.Background(), slog.LevelDebug)
 	s.stats.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
@@ -117,9 +120,12 @@ func (s *Server) process(n int, now int64) {
 		s.parse(i)
 		s.batch.frames(len(s.cmds) - before)
 	}
-	if s.cfg.Redirect != nil {
+	switch {
+	case s.rep != nil:
+		s.processCluster()
+	case s.redirectTo != nil:
 		s.redirect()
-	} else {
+	default:
 		s.collectIsolations()
 		s.reserveBatch(len(s.cmds) + s.manyFences)
 		s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
@@ -130,8 +136,10 @@ func (s *Server) process(n int, now int64) {
 		}
 		s.maybeReturnMemory(now)
 	}
-	s.noteMachine(now)
-	s.foldResults()
+	if s.rep == nil || !s.cl.leading {
+		s.noteMachine(now)
+		s.foldResults() // a leader's are folded as its entries are applied
+	}
 	s.publish()
 	s.encode(s.behind)
 }

@@ -37,7 +37,7 @@ func (s *Server) replySize(r *result) int {
 	case wire.OpError:
 		return wire.FrameHeaderSize + 4
 	case wire.OpRedirect:
-		return wire.FrameHeaderSize + 3 + len(s.cfg.Redirect.Addr)
+		return wire.FrameHeaderSize + 3 + len(s.redirectTo.Addr)
 	}
 	return wire.FrameHeaderSize
 }
@@ -54,7 +54,7 @@ func (s *Server) appendReply(b []byte, r *result) []byte {
 		// bytes of its request (no amplification).
 		return wire.AppendError(b, r.ID, r.Code, "")
 	case wire.OpRedirect:
-		return wire.AppendRedirect(b, r.ID, s.cfg.Redirect.ID, s.cfg.Redirect.Addr)
+		return wire.AppendRedirect(b, r.ID, s.redirectTo.ID, s.redirectTo.Addr)
 	}
 	return wire.AppendEmpty(b, r.Op, r.ID)
 }

@@ -89,6 +89,13 @@ type Server struct {
 	scan      *lockScan        // a GET /locks snapshot being read; see http.go
 	inDelay   bool             // the lock-delay has not been seen to end yet
 	isoSeen   uint64           // the machine's isolations logged so far
+
+	mcfg        machineConfig    // what the machine was made with (a restore makes it again)
+	redirectTo  *Member          // a follower's REDIRECT target; nil: none (see beginCluster)
+	leaderHint  Member           // the cluster's leader, as redirectTo points to it
+	rep         *replica         // nil: a single server
+	cl          clusterLoop      // the loop's state as a cluster node
+	clusterReqs chan *clusterReq // Raft's goroutines' requests to the loop
 }
 
 // New opens the data directory, binds the socket and starts serving; with
@@ -102,6 +109,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	go s.loop()
+	if s.cfg.Cluster != nil {
+		if err := s.startReplica(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	s.serveHTTP()
 	return s, nil
 }
@@ -109,6 +122,20 @@ func New(cfg Config) (*Server, error) {
 // newServer does all of New but start the loop.
 func newServer(cfg Config) (*Server, error) {
 	cfg.Servers = slices.Clone(cfg.Servers) // the caller may reuse its slice
+	if cfg.Cluster != nil {
+		cc := cfg.Cluster.withDefaults()
+		cc.Members = slices.Clone(cc.Members)
+		cfg.Cluster = &cc
+		if err := cc.validate(); err != nil {
+			return nil, err
+		}
+		me := cc.Members[cc.self()]
+		if cfg.ListenAddr == "" {
+			cfg.ListenAddr = me.ClientAddr
+		}
+		cfg.ServerID = uint16(cc.self() + 1)
+		cfg.Servers = cc.servers()
+	}
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -177,13 +204,25 @@ func newServer(cfg Config) (*Server, error) {
 		MaxWaitersPerKey:     cfg.MaxWaitersPerKey,
 		MaxWaitersPerSession: cfg.MaxWaitersPerSession,
 	}
+	if cfg.Cluster != nil {
+		// The log holds the state, and its time stands still while no node leads: a
+		// restarted cluster node needs no lock-delay, and its fences come from the log.
+		st.lockDelay = false
+		mc.FirstFence = 1
+		s.clusterReqs = make(chan *clusterReq, clusterQueue)
+		s.cl.origin = newOrigin()
+	}
 	if st.lockDelay {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
 		s.delayUntil, s.inDelay = mc.LockDelayUntil, true
 	}
+	s.mcfg = mc
 	s.m = newMachine(mc)
+	s.redirectTo = cfg.Redirect
 	s.reserved = make(chan reservation, 1)
-	if err := s.reserve(0); err != nil {
+	if cfg.Cluster != nil {
+		s.m.SetFenceLimit(unlimitedFences)
+	} else if err := s.reserve(0); err != nil {
 		conn.Close()
 		if httpLn != nil {
 			httpLn.Close()
@@ -260,6 +299,10 @@ func (s *Server) stop(clean bool) error {
 	}
 	s.closed = true
 	s.stopHTTP() // its handlers may be waiting for the loop: before the loop ends
+	var rerr error
+	if s.rep != nil {
+		rerr = s.rep.stop() // Raft's FSM hands entries to the loop: before the loop ends
+	}
 	if !clean {
 		s.isoCancel()
 	}
@@ -277,6 +320,9 @@ func (s *Server) stop(clean bool) error {
 	}
 	if cerr := s.store.close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = rerr
 	}
 	return err
 }

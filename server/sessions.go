@@ -4,7 +4,10 @@
 
 package server
 
-import "net/netip"
+import (
+	"iter"
+	"net/netip"
+)
 
 type session struct {
 	id        uint64
@@ -205,4 +208,16 @@ func (m *machine) peerInfo(session uint64) *peerInfo {
 func (m *machine) Isolated(session uint64) bool {
 	s := m.sessions[session]
 	return s != nil && s.isolated
+}
+
+// isolating lists the sessions whose isolation command has not been reported ended, in
+// LRU order: a new cluster leader runs them again, since their end never reached the log.
+func (m *machine) isolating() iter.Seq2[uint64, string] {
+	return func(yield func(uint64, string) bool) {
+		for s := m.lruHead; s != nil; s = s.next {
+			if s.isolating && !yield(s.id, s.info) {
+				return
+			}
+		}
+	}
 }

@@ -1,0 +1,226 @@
+// The loop of a cluster node. The leader turns each batch into a log entry instead of
+// applying it; every node applies committed entries (handed over by the FSM) to its
+// machine with the time the leader stamped in them, and the node that proposed an entry
+// sends its replies. Followers answer REDIRECT and NOT_LEADER.
+
+package server
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/seal"
+	"github.com/netmutex/netmutex/internal/wire"
+)
+
+// clusterLoop is the loop's state as a cluster node. Owned by the loop.
+type clusterLoop struct {
+	origin  uint64    // this process's mark on its entries (replica.origin)
+	leading bool      // leader, caught up with earlier terms: proposes
+	base    int64     // the log time when this node started leading
+	since   time.Time // when it started leading
+	lastNow int64     // the log time of the last applied entry
+	w       entryWriter
+	r       entryReader
+	dropped uint64 // batches dropped because the proposer was behind
+}
+
+// logNow is the leader's time for a new entry. It continues from the last applied
+// entry's: the log's time stands still between leaders, so a failover extends every
+// lease by the election's length and never shortens one.
+func (s *Server) logNow() int64 { return s.cl.base + int64(time.Since(s.cl.since)) }
+
+// serveCluster serves the requests of Raft's goroutines.
+func (s *Server) serveCluster() {
+	for len(s.clusterReqs) > 0 {
+		req := <-s.clusterReqs
+		switch req.kind {
+		case reqApply:
+			for _, b := range req.logs {
+				s.applyEntry(b)
+			}
+		case reqSnapshot:
+			req.data = s.encodeSnapshot()
+		case reqRestore:
+			req.err = s.restoreSnapshot(req.data)
+		case reqRole:
+			s.setLeading(req.leading)
+		}
+		close(req.done)
+	}
+}
+
+// setLeading starts or stops this node's leading. A new leader stamps its first entry
+// with a fence floor and runs again the isolation commands that were running on the
+// old leader: their end was never logged.
+func (s *Server) setLeading(leading bool) {
+	if leading == s.cl.leading {
+		return
+	}
+	s.cl.leading = leading
+	s.deadline = time.Unix(0, 1) // re-arm: the ticks are the leader's
+	if !leading {
+		s.log.Info("cluster: no longer leading")
+		return
+	}
+	s.cl.base, s.cl.since = s.cl.lastNow+1, time.Now()
+	s.offer(leaderEntry(s.cl.origin, s.logNow(), uint64(time.Now().UnixNano())))
+	n := 0
+	for sid, info := range s.m.isolating() {
+		s.startIsolation(isolation{Session: sid, Info: info})
+		n++
+	}
+	s.log.Info("cluster: leading", "log_time", time.Duration(s.cl.base), "isolations_resumed", n)
+}
+
+// offer hands an entry to the proposer; false if it is behind, and the entry is dropped
+// (its requests are retransmitted by their clients).
+func (s *Server) offer(b []byte) bool {
+	select {
+	case s.rep.proposals <- b:
+		return true
+	default:
+		s.cl.dropped++
+		s.behind = true
+		return false
+	}
+}
+
+// processCluster is process for a cluster node: the batch's datagrams were checked by
+// parse (and, leading, written into s.cl.w); the leader proposes them, a follower
+// answers them.
+func (s *Server) processCluster() {
+	if s.cl.leading {
+		if !s.cl.w.empty() || !s.m.Idle() {
+			s.offer(s.cl.w.take()) // without datagrams: a tick, so that time moves on
+		}
+		s.results = s.results[:0]
+		return
+	}
+	if s.redirectTo != nil {
+		s.redirect()
+	}
+}
+
+// beginCluster starts a batch of a cluster node: the leader opens its entry, a follower
+// looks up the leader its REDIRECTs name (nil: none known, and the batch is dropped).
+func (s *Server) beginCluster() {
+	if s.cl.leading {
+		s.collectIsolations()
+		s.cl.w.begin(s.cl.origin, s.logNow())
+		for _, c := range s.cmds {
+			s.cl.w.isolationDone(c.Session) // the ended runs, first in the entry
+		}
+		return
+	}
+	s.redirectTo = nil
+	if m, ok := s.rep.leader(); ok {
+		s.leaderHint = m
+		s.redirectTo = &s.leaderHint
+	}
+}
+
+// noteDatagram writes a checked datagram into the leader's entry.
+func (s *Server) noteDatagram(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, admin bool, newSession uint64, connect bool, plain []byte) {
+	if s.rep != nil && s.cl.leading {
+		s.cl.w.datagram(from, key, nonce, admin, newSession, connect, plain)
+	}
+}
+
+// applyEntry applies one committed entry to the machine. The process that proposed it
+// sends its replies and starts its isolation commands; every other node, and the same
+// node replaying its log after a restart, only applies it.
+func (s *Server) applyEntry(b []byte) {
+	r := &s.cl.r
+	if err := r.read(b); err != nil {
+		s.log.Error("cluster: unreadable log entry skipped", "err", err, "len", len(b))
+		return
+	}
+	now := max(r.now, s.cl.lastNow)
+	s.cl.lastNow = now
+	mine := r.origin == s.cl.origin
+	s.routes = s.routes[:0]
+	s.out = s.out[:0]
+	s.nEarly = 0
+	s.cmds = s.cmds[:0]
+	s.results = s.results[:0]
+	if r.kind == entryLeader {
+		s.m.raiseFence(r.floor)
+	}
+	for _, sid := range r.isos {
+		s.cmds = append(s.cmds, command{kind: kindIsolationDone, Session: sid, Tag: -1})
+	}
+	var d entryDatagram
+	for {
+		ok, err := r.next(&d)
+		if err != nil {
+			s.log.Error("cluster: torn log entry: its remaining datagrams skipped", "err", err)
+		}
+		if !ok {
+			break
+		}
+		s.entryCommands(&d)
+	}
+	s.results, s.isos = s.m.Apply(now, s.cmds, s.results, s.isos[:0])
+	s.stats.grants.Store(s.m.Grants())
+	s.stats.isolations.Store(s.m.Isolations())
+	if mine {
+		s.encode(false)
+		s.send()
+		if s.cl.leading {
+			for _, iso := range s.isos {
+				s.startIsolation(iso)
+			}
+		}
+	}
+	s.noteMachine(now)
+	s.foldResults()
+	s.publish()
+}
+
+// entryCommands turns one datagram of an entry into commands, as parse did on the
+// leader, its checks already passed. The sender's replay window takes its counter on
+// every node, so a new leader refuses what the old one saw.
+func (s *Server) entryCommands(d *entryDatagram) {
+	dg, err := wire.Parse(d.plain, false)
+	if err != nil {
+		return // parse on the leader admitted it: not reached
+	}
+	var key *seal.Key
+	if d.flags&dgSealed != 0 && s.keys != nil {
+		key = s.keys.Lookup(d.keyID)
+	}
+	tag := int32(len(s.routes))
+	s.routes = append(s.routes, route{d.from, key})
+	admin := d.flags&dgAdmin != 0
+	var f wire.Frame
+	if d.flags&dgConnect != 0 {
+		for dg.Next(&f) {
+			if f.Op != wire.OpConnect {
+				continue
+			}
+			p := &peerInfo{Addr: d.from, Admin: admin}
+			if d.flags&dgSealed != 0 {
+				p.KeyID, p.Prefix = d.keyID, d.nonce.Prefix
+				p.Window.Accept(d.nonce.Counter)
+			}
+			s.cmds = append(s.cmds, command{
+				kind: kindConnect, NewSession: d.newSession, peerInfo: p, Admin: admin,
+				Tag: tag, Session: dg.Session, Floor: dg.Floor, ID: f.ID, Info: f.Info,
+			})
+			return
+		}
+		return
+	}
+	if d.flags&dgSealed != 0 {
+		if p := s.m.peerInfo(dg.Session); p != nil {
+			p.Window.Accept(d.nonce.Counter) // false on the leader, whose parse took it
+		}
+	}
+	for dg.Next(&f) {
+		c := command{Tag: tag, Session: dg.Session, Floor: dg.Floor, ID: f.ID}
+		if requestCommand(&c, &f, admin) {
+			s.cmds = append(s.cmds, c)
+		}
+	}
+}

@@ -1,0 +1,249 @@
+// Log entries: what a cluster leader's loop puts in the Raft log, and how every node
+// reads it back. One entry is what one loop iteration collected (the datagrams that
+// authenticated and bound, the isolation runs that ended) with the leader's time, so
+// a batch of requests shares one replication as it shares one system call.
+
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+
+	"github.com/netmutex/netmutex/internal/seal"
+)
+
+// Entry kinds.
+const (
+	entryBatch  = 1 // datagrams and ended isolation runs, applied in one Apply
+	entryLeader = 2 // a new leader's first entry: it raises the fence floor
+)
+
+// Datagram flags in an entry.
+const (
+	dgConnect = 1 << 0 // a CONNECT: NewSession follows
+	dgAdmin   = 1 << 1 // the sender may send UNLOCKALL
+	dgSealed  = 1 << 2 // it arrived sealed: key id, nonce prefix and counter follow
+	dgIPv4    = 1 << 3 // the sender's IP is 4 bytes, not 16 (kept as it came, so that
+	// it compares equal to the addresses of later datagrams)
+)
+
+// entryHeaderSize: kind, origin, now, and for a batch the two counts.
+const entryHeaderSize = 1 + 8 + 8
+
+// ErrBadEntry: a log entry this version cannot read. Entries come from the log, written
+// by a leader of the cluster: one that does not parse is a bug or a newer version.
+var ErrBadEntry = errors.New("server: bad log entry")
+
+// entryWriter builds one batch entry. The loop starts one per batch (begin) and adds
+// each datagram that passed its checks; take hands the bytes over (to the log, which
+// keeps them), so every entry has a buffer of its own.
+type entryWriter struct {
+	b     []byte
+	n     int // datagrams
+	isos  int // ended isolation runs
+	nAt   int // where the datagram count goes
+	isoAt int
+}
+
+func (w *entryWriter) begin(origin uint64, now int64) {
+	w.b = make([]byte, 0, 1024)
+	w.b = append(w.b, entryBatch)
+	w.b = binary.BigEndian.AppendUint64(w.b, origin)
+	w.b = binary.BigEndian.AppendUint64(w.b, uint64(now))
+	w.isoAt = len(w.b)
+	w.b = append(w.b, 0, 0)
+	w.nAt = -1
+	w.n, w.isos = 0, 0
+}
+
+// isolationDone records that the isolation run of session ended. All of them come
+// before the first datagram.
+func (w *entryWriter) isolationDone(session uint64) {
+	w.b = binary.BigEndian.AppendUint64(w.b, session)
+	w.isos++
+	binary.BigEndian.PutUint16(w.b[w.isoAt:], uint16(w.isos))
+}
+
+// datagram records one datagram of requests (plain: opened, checked by wire.Parse).
+func (w *entryWriter) datagram(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, admin bool, newSession uint64, connect bool, plain []byte) {
+	if w.nAt < 0 {
+		w.nAt = len(w.b)
+		w.b = append(w.b, 0, 0)
+	}
+	var flags byte
+	if connect {
+		flags |= dgConnect
+	}
+	if admin {
+		flags |= dgAdmin
+	}
+	if key != nil {
+		flags |= dgSealed
+	}
+	if from.Addr().Is4() {
+		flags |= dgIPv4
+	}
+	w.b = append(w.b, flags)
+	if from.Addr().Is4() {
+		ip := from.Addr().As4()
+		w.b = append(w.b, ip[:]...)
+	} else {
+		ip := from.Addr().As16()
+		w.b = append(w.b, ip[:]...)
+	}
+	w.b = binary.BigEndian.AppendUint16(w.b, from.Port())
+	if key != nil {
+		w.b = append(w.b, key.ID)
+		w.b = append(w.b, nonce.Prefix[:]...)
+		w.b = binary.BigEndian.AppendUint64(w.b, nonce.Counter)
+	}
+	if connect {
+		w.b = binary.BigEndian.AppendUint64(w.b, newSession)
+	}
+	w.b = binary.BigEndian.AppendUint16(w.b, uint16(len(plain)))
+	w.b = append(w.b, plain...)
+	w.n++
+	binary.BigEndian.PutUint16(w.b[w.nAt:], uint16(w.n))
+}
+
+// empty tells that nothing was added since begin.
+func (w *entryWriter) empty() bool { return w.n == 0 && w.isos == 0 }
+
+// take returns the entry and forgets it.
+func (w *entryWriter) take() []byte {
+	if w.nAt < 0 {
+		w.b = append(w.b, 0, 0)
+	}
+	b := w.b
+	w.b = nil
+	return b
+}
+
+// leaderEntry is a new leader's first entry: no fence below floor is handed out after
+// it (the leader's wall clock in nanoseconds, so fences rise even if every node lost
+// its log).
+func leaderEntry(origin uint64, now int64, floor uint64) []byte {
+	b := make([]byte, 0, entryHeaderSize+8)
+	b = append(b, entryLeader)
+	b = binary.BigEndian.AppendUint64(b, origin)
+	b = binary.BigEndian.AppendUint64(b, uint64(now))
+	return binary.BigEndian.AppendUint64(b, floor)
+}
+
+// entryReader reads an entry back.
+type entryReader struct {
+	kind   byte
+	origin uint64
+	now    int64
+	floor  uint64   // entryLeader
+	isos   []uint64 // entryBatch: sessions whose isolation run ended
+	rest   []byte   // the datagrams
+	n      int      // datagrams left
+}
+
+// entryDatagram is one datagram of a batch entry.
+type entryDatagram struct {
+	flags      byte
+	from       netip.AddrPort
+	keyID      uint8
+	nonce      seal.Nonce
+	newSession uint64
+	plain      []byte // aliases the entry
+}
+
+func (r *entryReader) read(b []byte) error {
+	if len(b) < entryHeaderSize {
+		return ErrBadEntry
+	}
+	r.kind = b[0]
+	r.origin = binary.BigEndian.Uint64(b[1:])
+	r.now = int64(binary.BigEndian.Uint64(b[9:]))
+	b = b[entryHeaderSize:]
+	r.isos = r.isos[:0]
+	switch r.kind {
+	case entryLeader:
+		if len(b) != 8 {
+			return ErrBadEntry
+		}
+		r.floor = binary.BigEndian.Uint64(b)
+		r.rest, r.n = nil, 0
+		return nil
+	case entryBatch:
+	default:
+		return ErrBadEntry
+	}
+	if len(b) < 2 {
+		return ErrBadEntry
+	}
+	nIso := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < nIso*8+2 {
+		return ErrBadEntry
+	}
+	for i := 0; i < nIso; i++ {
+		r.isos = append(r.isos, binary.BigEndian.Uint64(b[i*8:]))
+	}
+	b = b[nIso*8:]
+	r.n = int(binary.BigEndian.Uint16(b))
+	r.rest = b[2:]
+	return nil
+}
+
+// next reads the next datagram into d; false at the end or on a torn entry.
+func (r *entryReader) next(d *entryDatagram) (bool, error) {
+	if r.n == 0 {
+		if len(r.rest) != 0 {
+			return false, ErrBadEntry
+		}
+		return false, nil
+	}
+	b := r.rest
+	if len(b) < 1+4+2 {
+		return false, ErrBadEntry
+	}
+	d.flags = b[0]
+	b = b[1:]
+	var ip netip.Addr
+	if d.flags&dgIPv4 != 0 {
+		ip = netip.AddrFrom4([4]byte(b[:4]))
+		b = b[4:]
+	} else {
+		if len(b) < 16+2 {
+			return false, ErrBadEntry
+		}
+		ip = netip.AddrFrom16([16]byte(b[:16]))
+		b = b[16:]
+	}
+	d.from = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b))
+	b = b[2:]
+	d.keyID, d.nonce = 0, seal.Nonce{}
+	if d.flags&dgSealed != 0 {
+		if len(b) < 1+seal.PrefixSize+8 {
+			return false, ErrBadEntry
+		}
+		d.keyID = b[0]
+		copy(d.nonce.Prefix[:], b[1:])
+		d.nonce.Counter = binary.BigEndian.Uint64(b[1+seal.PrefixSize:])
+		b = b[1+seal.PrefixSize+8:]
+	}
+	d.newSession = 0
+	if d.flags&dgConnect != 0 {
+		if len(b) < 8 {
+			return false, ErrBadEntry
+		}
+		d.newSession = binary.BigEndian.Uint64(b)
+		b = b[8:]
+	}
+	if len(b) < 2 {
+		return false, ErrBadEntry
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	if len(b) < 2+n {
+		return false, ErrBadEntry
+	}
+	d.plain = b[2 : 2+n]
+	r.rest = b[2+n:]
+	r.n--
+	return true, nil
+}
