@@ -79,6 +79,12 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	return c
 }
 
+// Validate checks the members and this node's place among them, defaults not applied.
+func (c *ClusterConfig) Validate() error {
+	cc := c.withDefaults()
+	return cc.validate()
+}
+
 func (c *ClusterConfig) validate() error {
 	seen := map[string]bool{}
 	for _, m := range c.Members {

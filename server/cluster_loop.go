@@ -58,6 +58,7 @@ func (s *Server) setLeading(leading bool) {
 		return
 	}
 	s.cl.leading = leading
+	s.leading.Store(leading)
 	s.deadline = time.Unix(0, 1) // re-arm: the ticks are the leader's
 	if !leading {
 		s.log.Info("cluster: no longer leading")

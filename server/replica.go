@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -227,11 +228,19 @@ func (rep *replica) leader() (Member, bool) {
 	return rep.cfg.memberNamed(string(id))
 }
 
-// raftLogger routes Raft's logs (warnings and errors only: its info level logs every
-// heartbeat failure of a dead peer) to stderr in hclog's format.
+// raftLogger routes Raft's warnings and errors (its info level logs every heartbeat) to
+// the server's logger, one record a line.
 func raftLogger(log *slog.Logger) hclog.Logger {
-	_ = log
-	return hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	return hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log},
+		DisableTime: true})
+}
+
+// slogWriter writes each line hclog formats as one warning of log.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Warn(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 var errNoLoop = errors.New("server: stopped")

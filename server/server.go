@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
@@ -96,7 +97,12 @@ type Server struct {
 	rep         *replica         // nil: a single server
 	cl          clusterLoop      // the loop's state as a cluster node
 	clusterReqs chan *clusterReq // Raft's goroutines' requests to the loop
+	leading     atomic.Bool      // the loop's cl.leading, for Leading
 }
+
+// Leading tells whether this server is the cluster's leader, caught up and serving. A
+// single server (no Config.Cluster) always is.
+func (s *Server) Leading() bool { return s.rep == nil || s.leading.Load() }
 
 // New opens the data directory, binds the socket and starts serving; with
 // Config.HTTPAddr it serves /metrics, /locks, /healthz and /readyz there too (see

@@ -74,6 +74,9 @@ type flags struct {
 	keyFile        string
 	insecure       boolValue
 	version        boolValue
+	name           string
+	initialCluster string
+	listenRaft     addrValue
 
 	maxSessions, maxSessionsPerAddr, maxLocksPerSession, maxLocks capValue
 	connectRate, maxIsolations, maxWaitersPerKey, maxWaitersSess  capValue
@@ -84,6 +87,7 @@ type flags struct {
 func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 	f := &flags{
 		listen:         addrValue{v: def.ListenAddr},
+		listenRaft:     addrValue{emptyOK: true, emptyMeans: "this node's RAFT_TCP_ADDRESS"},
 		http:           addrValue{v: defaultHTTPAddr, emptyOK: true, emptyMeans: "no HTTP server"},
 		data:           nonEmptyValue(defaultDataDir()),
 		maxTTL:         durationValue(def.MaxTTL),
@@ -121,6 +125,9 @@ func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.keyFile, "key-file", "", "seal every datagram with the pre-shared keys of `file` (lines 'ID HEX [admin]': the first key seals, all open; admin keys may send UNLOCKALL); without it the server serves loopback only")
 	fs.Var(&f.insecure, "insecure", "without -key-file, serve a non-loopback address anyway: anyone on the network path can then act for a client")
 	fs.Var(&f.version, "version", "print the version and the Go version, and exit")
+	fs.StringVar(&f.name, "name", "", "this node's `name` in -initial-cluster")
+	fs.StringVar(&f.initialCluster, "initial-cluster", "", "run as a node of a Raft cluster of these `members`: NAME=CLIENT_UDP_ADDRESS/RAFT_TCP_ADDRESS,... (the same list on every node; see CLUSTER above); empty: a single server")
+	fs.Var(&f.listenRaft, "listen-raft", "TCP `host:port` to bind Raft to, when it differs from this node's RAFT_TCP_ADDRESS in -initial-cluster (a proxy in front); empty: that address")
 
 	fs.Var(&f.maxSessions, "max-sessions", "at most `n` sessions in all; more CONNECTs are refused TOO_MANY_SESSIONS; 0: the default")
 	fs.Var(&f.maxSessionsPerAddr, "max-sessions-per-addr", "at most `n` sessions from one IP address; more are refused TOO_MANY_SESSIONS; 0: the default")
@@ -143,6 +150,22 @@ SIGINT, SIGTERM or SIGHUP stops it cleanly: running isolation commands are waite
 for (each at most -isolate-timeout), then the clean stop is recorded in -data, so
 the next start has no lock-delay if no lock was held. SIGHUP stops rather than
 reopening logs: there is no log file to reopen.
+
+CLUSTER: with -name and -initial-cluster, netmutexd is one node of a cluster
+replicated with Raft. Start each node with its own -name and -data and the same
+-initial-cluster (and the same -key-file, -max-ttl, -session-timeout, caps and
+-isolate-cmd), for example:
+
+  netmutexd -name n1 -data d1 -initial-cluster "n1=127.0.0.1:15661/127.0.0.1:16661,n2=127.0.0.1:15662/127.0.0.1:16662,n3=127.0.0.1:15663/127.0.0.1:16663"
+
+and the same with n2/d2 and n3/d3. A node serves clients on its CLIENT_UDP_ADDRESS
+(-listen overrides it) and talks Raft on its RAFT_TCP_ADDRESS, sealed with the
+-key-file's keys when there are keys. The leader serves; followers redirect. A
+cluster of 3 survives the loss of 1 node, of 5 the loss of 2: sessions, locks,
+wait queues and fences are in the replicated log, so clients keep them across a
+failover (about a second) without a lock-delay. With no quorum nothing is granted.
+A node that lost its disk is replaced by starting a node with the same -name and
+an empty -data: it catches up from the others.
 
 Exit statuses: 0 clean stop, -h or -version; 1 failed to start or to stop
 cleanly; 2 bad flag.

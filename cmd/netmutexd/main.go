@@ -286,6 +286,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cfg.MaxWaitersPerKey = int(f.maxWaitersPerKey)
 	cfg.MaxWaitersPerSession = int(f.maxWaitersSess)
 	cfg.HTTPAddr = f.http.v
+	if err := clusterFlags(fs, f, &cfg); err != nil {
+		return err
+	}
 	if f.keyFile != "" {
 		keys, err := seal.LoadKeyFile(f.keyFile)
 		if err != nil {

@@ -1,0 +1,121 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/netmutex/netmutex/internal/seal"
+	"github.com/netmutex/netmutex/internal/wire"
+	"github.com/stretchr/testify/require"
+)
+
+// freePorts returns n UDP ports and n TCP ports on 127.0.0.1 free a moment ago.
+func freePorts(t *testing.T, n int) (udp, tcp []string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		require.NoError(t, err)
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		udp = append(udp, u.LocalAddr().String())
+		tcp = append(tcp, l.Addr().String())
+		defer u.Close()
+		defer l.Close()
+	}
+	return udp, tcp
+}
+
+// testCluster is n nodes in this process, each with its own data directory.
+type testCluster struct {
+	t       *testing.T
+	members []ClusterMember
+	dirs    []string
+	nodes   []*Server
+	ring    *seal.Keyring
+}
+
+func newTestCluster(t *testing.T, n int, ring *seal.Keyring) *testCluster {
+	udp, tcp := freePorts(t, n)
+	tc := &testCluster{t: t, ring: ring}
+	for i := 0; i < n; i++ {
+		tc.members = append(tc.members, ClusterMember{Name: fmt.Sprintf("n%d", i+1), ClientAddr: udp[i], RaftAddr: tcp[i]})
+		tc.dirs = append(tc.dirs, t.TempDir())
+	}
+	tc.nodes = make([]*Server, n)
+	for i := range tc.nodes {
+		tc.start(i)
+	}
+	t.Cleanup(func() {
+		for _, s := range tc.nodes {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	return tc
+}
+
+func (tc *testCluster) start(i int) {
+	cfg := testConfig(tc.t, tc.dirs[i])
+	cfg.ListenAddr = ""
+	cfg.Keys = tc.ring
+	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members}
+	tc.nodes[i] = startServer(tc.t, cfg)
+}
+
+// leader waits for a node that leads and serves, and returns its index.
+func (tc *testCluster) leader() int {
+	tc.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, s := range tc.nodes {
+			if s != nil && s.Leading() {
+				return i
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	tc.t.Fatal("no leader")
+	return -1
+}
+
+func TestClusterFailoverKeepsSessionAndLocks(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	li := tc.leader()
+	leader := tc.nodes[li]
+	follower := tc.nodes[(li+1)%3]
+
+	c := newSealedClient(t, leader.Addr(), ring, 1)
+	conn := c.connect("info")
+	require.Len(t, conn.Servers, 3, "CONNECTED lists the cluster")
+	lockID, f := c.lock("k", 10*time.Second)
+	requireOp(t, f, wire.OpOK, "LOCK on the leader")
+	fence := f.Fence
+
+	// A follower redirects CONNECT and answers requests NOT_LEADER.
+	fc := newSealedClient(t, follower.Addr(), ring, 1)
+	fc.sealer, fc.session, fc.nextID = c.sealer, c.session, c.nextID+100
+	f = fc.lockFrame("other", time.Second)
+	requireOp(t, f, wire.OpError, "LOCK on a follower")
+	require.Equal(t, wire.CodeNotLeader, f.Code)
+
+	// The leader dies; a new one is elected and knows the session and the lock.
+	started := time.Now()
+	require.NoError(t, leader.Abort())
+	tc.nodes[li] = nil
+	ni := tc.leader()
+	t.Logf("new leader after %v", time.Since(started))
+	nc := newSealedClient(t, tc.nodes[ni].Addr(), ring, 1)
+	nc.sealer, nc.session, nc.nextID = c.sealer, c.session, c.nextID+200
+	f = nc.call(func(b []byte) []byte { return wire.AppendUpdate(b, nc.id(), lockID, 10_000, "k") })
+	requireOp(t, f, wire.OpOK, "UPDATE of the lock on the new leader")
+	require.Equal(t, fence, f.Fence, "same lock, same fence")
+	_, f = nc.lock("k2", time.Second)
+	requireOp(t, f, wire.OpOK, "LOCK on the new leader")
+	require.Greater(t, f.Fence, fence, "fences rise across a failover")
+	f = nc.unlock("k", lockID)
+	requireOp(t, f, wire.OpOK, "UNLOCK on the new leader")
+}
