@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/netmutex/netmutex/internal/raftlink"
 	"go.etcd.io/bbolt"
 )
 
@@ -153,17 +153,13 @@ func (s *Server) startReplica() error {
 }
 
 // newRaftTransport is Raft's TCP transport, its streams authenticated and sealed with
-// the key file's keys when there are keys.
+// the key file's keys when there are keys (internal/raftlink).
 func newRaftTransport(bind, advertise string, cfg Config, logw hclog.Logger) (*raft.NetworkTransport, error) {
-	adv, err := net.ResolveTCPAddr("tcp", advertise)
-	if err != nil {
-		return nil, fmt.Errorf("server: raft address: %w", err)
-	}
-	t, err := raft.NewTCPTransportWithLogger(bind, adv, 3, 2*time.Second, logw)
+	layer, err := raftlink.Listen(bind, advertise, cfg.Keys)
 	if err != nil {
 		return nil, fmt.Errorf("server: raft listen: %w", err)
 	}
-	return t, nil
+	return raft.NewNetworkTransportWithLogger(&trackedLayer{Layer: layer}, 3, 2*time.Second, logw), nil
 }
 
 // propose hands the loop's entries to Raft in order. Apply blocks while Raft's queue is

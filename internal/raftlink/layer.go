@@ -160,19 +160,6 @@ func keysFrom(r *seal.Keyring) *keys {
 	return k
 }
 
-// linkSecret is the secret the handshake feeds to HKDF for key.
-//
-// seal.Key does not expose its secret bytes, so this is derived from what it does
-// expose: the XChaCha20-Poly1305 keystream of key under a nonce no datagram uses. A zero
-// Sealer seals with prefix 0^16 and counter 1, while every datagram sender draws a
-// random 16-byte prefix, so this nonce never encrypts anything that is sent (probability
-// 2^-128), and the ciphertext of 32 zero bytes is XChaCha20's keystream: a pseudorandom
-// function of the secret, unknown to anyone without it. Once seal exposes the secret,
-// this becomes the secret itself (HKDF then does the rest).
-func linkSecret(key *seal.Key) [seal.KeySize]byte {
-	var s seal.Sealer
-	var zero, out [seal.KeySize]byte
-	sealed := s.Seal(nil, key, zero[:])
-	copy(out[:], sealed[seal.HeaderSize:])
-	return out
-}
+// linkSecret is the secret the handshake feeds to HKDF for key: the key file's secret,
+// kept apart from the datagrams' AEAD by HKDF's labels.
+func linkSecret(key *seal.Key) [seal.KeySize]byte { return key.Secret() }

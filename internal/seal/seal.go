@@ -49,9 +49,14 @@ var (
 type Key struct {
 	ID uint8
 	// Admin keys may also release every lock (UNLOCKALL).
-	Admin bool
-	aead  cipher.AEAD
+	Admin  bool
+	aead   cipher.AEAD
+	secret [KeySize]byte // for keys derived from it (HKDF), such as Raft's streams'
 }
+
+// Secret returns a copy of the key's 32 secret bytes, for derivations (HKDF with a
+// label of their own) that must not reuse the datagram AEAD's key as it is.
+func (k *Key) Secret() [KeySize]byte { return k.secret }
 
 // NewKey makes a key from 32 secret bytes.
 func NewKey(id uint8, secret []byte, admin bool) (*Key, error) {
@@ -62,7 +67,9 @@ func NewKey(id uint8, secret []byte, admin bool) (*Key, error) {
 	if err != nil {
 		return nil, ErrKeyBytes
 	}
-	return &Key{ID: id, Admin: admin, aead: aead}, nil
+	k := &Key{ID: id, Admin: admin, aead: aead}
+	copy(k.secret[:], secret)
+	return k, nil
 }
 
 // Nonce is the nonce of a datagram: who sealed it, and its place in that sender's count.
