@@ -22,8 +22,23 @@ type clusterLoop struct {
 	lastNow int64     // the log time of the last applied entry
 	w       entryWriter
 	r       entryReader
-	dropped uint64 // batches dropped because the proposer was behind
+	dropped uint64 // entries dropped because the proposer was behind
+	full    uint64 // datagrams dropped because the next entry was full
+	// Entries proposed and not yet applied. At most maxInflight: while that many are
+	// on their way through the log, the batches that arrive gather into the next entry,
+	// so that under load entries grow instead of multiplying (each costs Raft its own
+	// encoding, storing and replication).
+	inflight int
+	offered  time.Time // when the last entry was proposed
 }
+
+// maxInflight is how many of its entries the leader lets be on their way at once: one
+// being written and replicated, one behind it, and the batches gathering in the next.
+const maxInflight = 2
+
+// inflightLost is how long the leader waits for one of its entries to be applied before
+// it counts them lost (an entry Raft failed to commit while this node still led).
+const inflightLost = time.Second
 
 // logNow is the leader's time for a new entry. It continues from the last applied
 // entry's: the log's time stands still between leaders, so a failover extends every
@@ -38,6 +53,9 @@ func (s *Server) serveCluster() {
 		case reqApply:
 			for _, b := range req.logs {
 				s.applyEntry(b)
+			}
+			if s.cl.leading {
+				s.propose() // what gathered while the applied entries were on their way
 			}
 		case reqSnapshot:
 			req.data = s.encodeSnapshot()
@@ -59,13 +77,17 @@ func (s *Server) setLeading(leading bool) {
 	}
 	s.cl.leading = leading
 	s.leading.Store(leading)
+	s.cl.inflight = 0
+	s.cl.w.reset()
 	s.deadline = time.Unix(0, 1) // re-arm: the ticks are the leader's
 	if !leading {
 		s.log.Info("cluster: no longer leading")
 		return
 	}
 	s.cl.base, s.cl.since = s.cl.lastNow+1, time.Now()
-	s.offer(leaderEntry(s.cl.origin, s.logNow(), uint64(time.Now().UnixNano())))
+	if s.offer(leaderEntry(s.cl.origin, s.logNow(), uint64(time.Now().UnixNano()))) {
+		s.cl.inflight++
+	}
 	n := 0
 	for sid, info := range s.m.isolating() {
 		s.startIsolation(isolation{Session: sid, Info: info})
@@ -92,9 +114,7 @@ func (s *Server) offer(b []byte) bool {
 // answers them.
 func (s *Server) processCluster() {
 	if s.cl.leading {
-		if !s.cl.w.empty() || !s.m.Idle() {
-			s.offer(s.cl.w.take()) // without datagrams: a tick, so that time moves on
-		}
+		s.propose()
 		s.results = s.results[:0]
 		return
 	}
@@ -103,14 +123,30 @@ func (s *Server) processCluster() {
 	}
 }
 
+// propose offers the gathered entry unless maxInflight of this leader's entries are on
+// their way. With nothing gathered and nothing in flight it offers an empty entry when
+// time alone changes the machine: a tick, so that expiries happen in the log's time.
+func (s *Server) propose() {
+	if s.cl.inflight >= maxInflight && time.Since(s.cl.offered) > inflightLost {
+		s.log.Warn("cluster: entries proposed a second ago were not applied: counted lost", "entries", s.cl.inflight)
+		s.cl.inflight = 0
+	}
+	if s.cl.inflight >= maxInflight || (s.cl.w.empty() && (s.cl.inflight > 0 || s.m.Idle())) {
+		return
+	}
+	if s.offer(s.cl.w.take(s.cl.origin, s.logNow())) {
+		s.cl.inflight++
+		s.cl.offered = time.Now()
+	}
+}
+
 // beginCluster starts a batch of a cluster node: the leader opens its entry, a follower
 // looks up the leader its REDIRECTs name (nil: none known, and the batch is dropped).
 func (s *Server) beginCluster() {
 	if s.cl.leading {
 		s.collectIsolations()
-		s.cl.w.begin(s.cl.origin, s.logNow())
 		for _, c := range s.cmds {
-			s.cl.w.isolationDone(c.Session) // the ended runs, first in the entry
+			s.cl.w.isolationDone(c.Session)
 		}
 		return
 	}
@@ -123,8 +159,9 @@ func (s *Server) beginCluster() {
 
 // noteDatagram writes a checked datagram into the leader's entry.
 func (s *Server) noteDatagram(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, admin bool, newSession uint64, connect bool, plain []byte) {
-	if s.rep != nil && s.cl.leading {
-		s.cl.w.datagram(from, key, nonce, admin, newSession, connect, plain)
+	if s.rep != nil && s.cl.leading && !s.cl.w.datagram(from, key, nonce, admin, newSession, connect, plain) {
+		s.cl.full++
+		s.behind = true
 	}
 }
 
@@ -140,6 +177,9 @@ func (s *Server) applyEntry(b []byte) {
 	now := max(r.now, s.cl.lastNow)
 	s.cl.lastNow = now
 	mine := r.origin == s.cl.origin
+	if mine && s.cl.inflight > 0 {
+		s.cl.inflight--
+	}
 	s.routes = s.routes[:0]
 	s.out = s.out[:0]
 	s.nEarly = 0

@@ -8,6 +8,7 @@ package server
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"net/netip"
 
 	"github.com/netmutex/netmutex/internal/seal"
@@ -35,41 +36,28 @@ const entryHeaderSize = 1 + 8 + 8
 // by a leader of the cluster: one that does not parse is a bug or a newer version.
 var ErrBadEntry = errors.New("server: bad log entry")
 
-// entryWriter builds one batch entry. The loop starts one per batch (begin) and adds
-// each datagram that passed its checks; take hands the bytes over (to the log, which
-// keeps them), so every entry has a buffer of its own.
+// maxEntryBytes bounds one entry's datagrams: while the log is behind, the leader's
+// batches gather into the next entry up to this, and later datagrams are dropped (their
+// clients retransmit). 1 MiB is hundreds of full datagrams: one AppendEntries.
+const maxEntryBytes = 1 << 20
+
+// entryWriter gathers the next batch entry: each datagram that passed its checks, and
+// the isolation runs that ended. take builds the entry in a buffer of its own (the log
+// keeps it) and starts over; the writer's own buffer is reused.
 type entryWriter struct {
-	b     []byte
-	n     int // datagrams
-	isos  int // ended isolation runs
-	nAt   int // where the datagram count goes
-	isoAt int
+	dgs  []byte   // the datagrams' records
+	n    int      // datagrams in dgs
+	isos []uint64 // sessions whose isolation run ended
 }
 
-func (w *entryWriter) begin(origin uint64, now int64) {
-	w.b = make([]byte, 0, 1024)
-	w.b = append(w.b, entryBatch)
-	w.b = binary.BigEndian.AppendUint64(w.b, origin)
-	w.b = binary.BigEndian.AppendUint64(w.b, uint64(now))
-	w.isoAt = len(w.b)
-	w.b = append(w.b, 0, 0)
-	w.nAt = -1
-	w.n, w.isos = 0, 0
-}
+// isolationDone records that the isolation run of session ended.
+func (w *entryWriter) isolationDone(session uint64) { w.isos = append(w.isos, session) }
 
-// isolationDone records that the isolation run of session ended. All of them come
-// before the first datagram.
-func (w *entryWriter) isolationDone(session uint64) {
-	w.b = binary.BigEndian.AppendUint64(w.b, session)
-	w.isos++
-	binary.BigEndian.PutUint16(w.b[w.isoAt:], uint16(w.isos))
-}
-
-// datagram records one datagram of requests (plain: opened, checked by wire.Parse).
-func (w *entryWriter) datagram(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, admin bool, newSession uint64, connect bool, plain []byte) {
-	if w.nAt < 0 {
-		w.nAt = len(w.b)
-		w.b = append(w.b, 0, 0)
+// datagram records one datagram of requests (plain: opened, checked by wire.Parse); false
+// when the entry is full and the datagram was not recorded.
+func (w *entryWriter) datagram(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, admin bool, newSession uint64, connect bool, plain []byte) bool {
+	if len(w.dgs)+len(plain) > maxEntryBytes || w.n == math.MaxUint16 {
+		return false
 	}
 	var flags byte
 	if connect {
@@ -84,40 +72,54 @@ func (w *entryWriter) datagram(from netip.AddrPort, key *seal.Key, nonce seal.No
 	if from.Addr().Is4() {
 		flags |= dgIPv4
 	}
-	w.b = append(w.b, flags)
+	b := append(w.dgs, flags)
 	if from.Addr().Is4() {
 		ip := from.Addr().As4()
-		w.b = append(w.b, ip[:]...)
+		b = append(b, ip[:]...)
 	} else {
 		ip := from.Addr().As16()
-		w.b = append(w.b, ip[:]...)
+		b = append(b, ip[:]...)
 	}
-	w.b = binary.BigEndian.AppendUint16(w.b, from.Port())
+	b = binary.BigEndian.AppendUint16(b, from.Port())
 	if key != nil {
-		w.b = append(w.b, key.ID)
-		w.b = append(w.b, nonce.Prefix[:]...)
-		w.b = binary.BigEndian.AppendUint64(w.b, nonce.Counter)
+		b = append(b, key.ID)
+		b = append(b, nonce.Prefix[:]...)
+		b = binary.BigEndian.AppendUint64(b, nonce.Counter)
 	}
 	if connect {
-		w.b = binary.BigEndian.AppendUint64(w.b, newSession)
+		b = binary.BigEndian.AppendUint64(b, newSession)
 	}
-	w.b = binary.BigEndian.AppendUint16(w.b, uint16(len(plain)))
-	w.b = append(w.b, plain...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(plain)))
+	w.dgs = append(b, plain...)
 	w.n++
-	binary.BigEndian.PutUint16(w.b[w.nAt:], uint16(w.n))
+	return true
 }
 
-// empty tells that nothing was added since begin.
-func (w *entryWriter) empty() bool { return w.n == 0 && w.isos == 0 }
+// empty tells that nothing was recorded since the last take.
+func (w *entryWriter) empty() bool { return w.n == 0 && len(w.isos) == 0 }
 
-// take returns the entry and forgets it.
-func (w *entryWriter) take() []byte {
-	if w.nAt < 0 {
-		w.b = append(w.b, 0, 0)
+// take returns the entry, stamped with now (the latest time of the datagrams it holds,
+// so that no lease it grants starts before its request was received), and starts over.
+func (w *entryWriter) take(origin uint64, now int64) []byte {
+	isos := w.isos[:min(len(w.isos), math.MaxUint16)]
+	b := make([]byte, 0, entryHeaderSize+2+8*len(isos)+2+len(w.dgs))
+	b = append(b, entryBatch)
+	b = binary.BigEndian.AppendUint64(b, origin)
+	b = binary.BigEndian.AppendUint64(b, uint64(now))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(isos)))
+	for _, sid := range isos {
+		b = binary.BigEndian.AppendUint64(b, sid)
 	}
-	b := w.b
-	w.b = nil
+	b = binary.BigEndian.AppendUint16(b, uint16(w.n))
+	b = append(b, w.dgs...)
+	w.isos = append(w.isos[:0], w.isos[len(isos):]...)
+	w.dgs, w.n = w.dgs[:0], 0
 	return b
+}
+
+// reset forgets what was recorded (leadership lost: its requests are retransmitted).
+func (w *entryWriter) reset() {
+	w.dgs, w.n, w.isos = w.dgs[:0], 0, w.isos[:0]
 }
 
 // leaderEntry is a new leader's first entry: no fence below floor is handed out after
