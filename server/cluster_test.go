@@ -2,7 +2,9 @@ package server
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -59,6 +61,9 @@ func newTestCluster(t *testing.T, n int, ring *seal.Keyring) *testCluster {
 
 func (tc *testCluster) start(i int) {
 	cfg := testConfig(tc.t, tc.dirs[i])
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", tc.members[i].Name)
+	}
 	cfg.ListenAddr = ""
 	cfg.Keys = tc.ring
 	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members}
@@ -118,4 +123,72 @@ func TestClusterFailoverKeepsSessionAndLocks(t *testing.T) {
 	require.Greater(t, f.Fence, fence, "fences rise across a failover")
 	f = nc.unlock("k", lockID)
 	requireOp(t, f, wire.OpOK, "UNLOCK on the new leader")
+}
+
+// sameSession makes a client that speaks for c's session through another socket to addr, as
+// a client does after a failover (keys: the same key and nonce prefix).
+func sameSession(t *testing.T, c *client, addr interface{ String() string }, ring *seal.Keyring) *client {
+	nc := newSealedClient(t, addr, ring, 1)
+	nc.sealer, nc.session, nc.floor = c.sealer, c.session, c.floor
+	c.nextID += 1000
+	nc.nextID = c.nextID
+	return nc
+}
+
+// TestClusterFullRestart: every node stops (cleanly, then killed) and starts again on its
+// data: the session and its lock are still there, with no lock-delay, and new fences
+// are above every earlier one.
+func TestClusterFullRestart(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	for round, clean := range []bool{true, false} {
+		li := tc.leader()
+		c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+		c.connect("restart")
+		lockID, f := c.lock("held", time.Minute)
+		requireOp(t, f, wire.OpOK, "LOCK")
+		fence := f.Fence
+		for i, s := range tc.nodes {
+			if clean {
+				require.NoError(t, s.Close())
+			} else {
+				require.NoError(t, s.Abort())
+			}
+			tc.nodes[i] = nil
+		}
+		for i := range tc.nodes {
+			tc.start(i)
+		}
+		li = tc.leader()
+		nc := sameSession(t, c, tc.nodes[li].Addr(), ring)
+		f = nc.call(func(b []byte) []byte { return wire.AppendUpdate(b, nc.id(), lockID, 60_000, "held") })
+		requireOp(t, f, wire.OpOK, fmt.Sprintf("round %d: UPDATE after the restart", round))
+		other := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+		other.connect("other")
+		requireOp(t, other.lockFrame("held", time.Second), wire.OpLocked, "the key is still held")
+		_, f = other.lock(fmt.Sprintf("new%d", round), time.Second)
+		requireOp(t, f, wire.OpOK, "a new key: no lock-delay")
+		require.Greater(t, f.Fence, fence, "fences rise across a full restart")
+		requireOp(t, nc.unlock("held", lockID), wire.OpOK, "UNLOCK")
+	}
+}
+
+// TestClusterExpiryInLogTime: with no traffic, a lock expires by the leader's ticks.
+func TestClusterExpiryInLogTime(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	li := tc.leader()
+	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	c.connect("expiry")
+	_, f := c.lock("short", 500*time.Millisecond)
+	requireOp(t, f, wire.OpOK, "LOCK")
+	other := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	other.connect("other")
+	requireOp(t, other.lockFrame("short", time.Second), wire.OpLocked, "held for its TTL")
+	time.Sleep(700 * time.Millisecond)
+	requireOp(t, other.lockFrame("short", time.Second), wire.OpOK, "expired in the log's time")
+	for i, s := range tc.nodes {
+		require.Eventually(t, func() bool { return s.Stats().Isolations == 1 }, 2*time.Second, 5*time.Millisecond,
+			"node %d applied the expiry (an isolation: the session lived on)", i)
+	}
 }
