@@ -2,8 +2,10 @@ package server
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -67,6 +69,7 @@ func (tc *testCluster) start(i int) {
 	cfg.ListenAddr = ""
 	cfg.Keys = tc.ring
 	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members}
+	cfg.HTTPAddr = "127.0.0.1:0"
 	tc.nodes[i] = startServer(tc.t, cfg)
 }
 
@@ -99,6 +102,9 @@ func TestClusterFailoverKeepsSessionAndLocks(t *testing.T) {
 	lockID, f := c.lock("k", 10*time.Second)
 	requireOp(t, f, wire.OpOK, "LOCK on the leader")
 	fence := f.Fence
+
+	require.Contains(t, readyz(t, leader), "role: leader")
+	require.Contains(t, readyz(t, follower), "role: follower; leader: server "+fmt.Sprint(li+1))
 
 	// A follower redirects CONNECT and answers requests NOT_LEADER.
 	fc := newSealedClient(t, follower.Addr(), ring, 1)
@@ -191,4 +197,15 @@ func TestClusterExpiryInLogTime(t *testing.T) {
 		require.Eventually(t, func() bool { return s.Stats().Isolations == 1 }, 2*time.Second, 5*time.Millisecond,
 			"node %d applied the expiry (an isolation: the session lived on)", i)
 	}
+}
+
+// readyz is the body of GET /readyz.
+func readyz(t *testing.T, s *Server) string {
+	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/readyz")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	return string(b)
 }

@@ -22,7 +22,7 @@ type collector struct {
 	sessions, locksHeld, waiters, lockDelay, fencesLeft        *prometheus.Desc
 	isolations, isoStarted, isoRun, isoFailed, isoDuration     *prometheus.Desc
 	isoRunning, isoQueued, fsyncs, stateWriteErrors            *prometheus.Desc
-	up                                                         *prometheus.Desc
+	up, leader                                                 *prometheus.Desc
 }
 
 func newCollector(s *Server) *collector {
@@ -65,6 +65,7 @@ func newCollector(s *Server) *collector {
 		fsyncs:           d("fsyncs_total", "fsyncs of the data directory's state file and of the directory."),
 		stateWriteErrors: d("state_write_errors_total", "Writes of the state file that failed."),
 		up:               d("loop_running", "1 while the server's network loop runs."),
+		leader:           d("leader", "1 while this server serves: a single server, or a cluster node that leads and has applied every earlier entry; 0 for a follower."),
 	}
 }
 
@@ -75,7 +76,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.authRefused, c.cookies, c.rateLimited, c.batches, c.ticks, c.grants, c.pushed,
 		c.pushDropped, c.sessionsEnded, c.sessions, c.locksHeld, c.waiters, c.lockDelay,
 		c.fencesLeft, c.isolations, c.isoStarted, c.isoRun, c.isoFailed,
-		c.isoDuration, c.isoRunning, c.isoQueued, c.fsyncs, c.stateWriteErrors, c.up} {
+		c.isoDuration, c.isoRunning, c.isoQueued, c.fsyncs, c.stateWriteErrors, c.up, c.leader} {
 		ch <- d
 	}
 }
@@ -149,6 +150,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	default:
 	}
 	gauge(c.up, up)
+	leading := 0.0
+	if s.Leading() {
+		leading = 1
+	}
+	gauge(c.leader, leading)
 }
 
 // successOf is the outcome of a request of kind k that succeeded.

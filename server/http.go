@@ -232,7 +232,21 @@ func (s *Server) handleHealth(ready bool) http.HandlerFunc {
 			fmt.Fprintln(w, "ok")
 			return
 		}
+		if s.rep != nil && !s.Leading() {
+			// A follower is ready to redirect once it knows a leader; with none the
+			// cluster serves nobody through it.
+			m, ok := s.rep.leader()
+			if !ok {
+				http.Error(w, "not ready: no leader known (an election, or no quorum)", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "ready\nrole: follower; leader: server %d at %s\n", m.ID, m.Addr)
+			return
+		}
 		fmt.Fprintln(w, "ready")
+		if s.rep != nil {
+			fmt.Fprintln(w, "role: leader")
+		}
 		if d := s.lockDelayRemaining(); d > 0 {
 			fmt.Fprintf(w, "lock-delay: %v left, no lock granted until then\n", d.Round(time.Millisecond))
 		}
