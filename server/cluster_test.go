@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,11 +39,16 @@ type testCluster struct {
 	dirs    []string
 	nodes   []*Server
 	ring    *seal.Keyring
+	// snapshotEvery is the nodes' SnapshotThreshold (and trailing log); 0: the default.
+	snapshotEvery uint64
 }
 
-func newTestCluster(t *testing.T, n int, ring *seal.Keyring) *testCluster {
+func newTestCluster(t *testing.T, n int, ring *seal.Keyring, snapshotEvery ...uint64) *testCluster {
 	udp, tcp := freePorts(t, n)
 	tc := &testCluster{t: t, ring: ring}
+	if len(snapshotEvery) > 0 {
+		tc.snapshotEvery = snapshotEvery[0]
+	}
 	for i := 0; i < n; i++ {
 		tc.members = append(tc.members, ClusterMember{Name: fmt.Sprintf("n%d", i+1), ClientAddr: udp[i], RaftAddr: tcp[i]})
 		tc.dirs = append(tc.dirs, t.TempDir())
@@ -68,7 +74,7 @@ func (tc *testCluster) start(i int) {
 	}
 	cfg.ListenAddr = ""
 	cfg.Keys = tc.ring
-	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members}
+	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members, SnapshotThreshold: tc.snapshotEvery}
 	cfg.HTTPAddr = "127.0.0.1:0"
 	tc.nodes[i] = startServer(tc.t, cfg)
 }
@@ -208,4 +214,54 @@ func readyz(t *testing.T, s *Server) string {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 	return string(b)
+}
+
+// heldOn is the fence of key as node s's /locks shows it (0: not held there).
+func heldOn(t *testing.T, s *Server, key string) uint64 {
+	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/locks")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var v lockView
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
+	for _, r := range v.Locks {
+		if r.Key == key {
+			return r.Fence
+		}
+	}
+	return 0
+}
+
+// TestClusterSnapshotCatchUp: the log is compacted behind snapshots; a node whose data
+// directory was lost starts again empty and catches up from the leader's snapshot (its
+// machine restored), then the cluster survives the loss of the old leader with that node
+// in the quorum, the lock still held.
+func TestClusterSnapshotCatchUp(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring, 16)
+	li := tc.leader()
+	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	c.connect("snap")
+	lockID, f := c.lock("held", time.Minute)
+	requireOp(t, f, wire.OpOK, "LOCK")
+	fence := f.Fence
+	for i := 0; i < 40; i++ { // entries past the threshold
+		requireOp(t, c.touch(), wire.OpPong, "TOUCH")
+	}
+	require.NoError(t, tc.nodes[li].rep.raft.Snapshot().Error(), "snapshot on the leader")
+
+	fi := (li + 1) % 3
+	require.NoError(t, tc.nodes[fi].Abort())
+	tc.nodes[fi] = nil
+	tc.dirs[fi] = t.TempDir() // its disk is lost
+	tc.start(fi)
+	require.Eventually(t, func() bool { return heldOn(t, tc.nodes[fi], "held") == fence }, 10*time.Second, 20*time.Millisecond,
+		"the new node restored the lock from the snapshot")
+
+	require.NoError(t, tc.nodes[li].Abort())
+	tc.nodes[li] = nil
+	ni := tc.leader()
+	nc := sameSession(t, c, tc.nodes[ni].Addr(), ring)
+	f = nc.call(func(b []byte) []byte { return wire.AppendUpdate(b, nc.id(), lockID, 60_000, "held") })
+	requireOp(t, f, wire.OpOK, "UPDATE after the old leader's loss")
+	require.Equal(t, fence, f.Fence)
 }

@@ -129,11 +129,8 @@ func (s *Server) encodeSnapshot() []byte {
 	b = append(b, clusterSnapMagic...)
 	b = append(b, clusterSnapVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(s.cl.lastNow))
-	return any(s.m).(interface{ appendSnapshot([]byte) []byte }).appendSnapshot(b) // TODO(wip): direct call once snapshot.go lands
+	return s.m.appendSnapshot(b)
 }
-
-// restoreMachineFunc is restoreMachine (snapshot.go). TODO(wip): direct call once it lands.
-var restoreMachineFunc func(machineConfig, []byte) (*machine, error)
 
 // errBadClusterSnapshot: a snapshot that is not a cluster node's of this version.
 var errBadClusterSnapshot = errors.New("server: not a cluster snapshot of this version")
@@ -143,7 +140,7 @@ func (s *Server) restoreSnapshot(b []byte) error {
 	if len(b) < clusterSnapHeader || string(b[:4]) != clusterSnapMagic || b[4] != clusterSnapVersion {
 		return errBadClusterSnapshot
 	}
-	m, err := restoreMachineFunc(s.mcfg, b[clusterSnapHeader:])
+	m, err := restoreMachine(s.mcfg, b[clusterSnapHeader:])
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 
@@ -71,9 +70,6 @@ const windowWords = seal.WindowSize / 64
 //
 // It borrows entry.heapIdx to number the entries while it writes, and restores it.
 func (m *machine) appendSnapshot(b []byte) []byte {
-	if !windowLayoutOK {
-		panic("server: seal.Window is no longer {top uint64; bits [WindowSize/64]uint64}: update snapshot.go")
-	}
 	b = slices.Grow(b, 64+40*len(m.locks)+96*len(m.sessions))
 	b = append(b, snapMagic...)
 	b = append(b, snapVersion)
@@ -301,31 +297,8 @@ func boolByte(v bool) byte {
 	return 0
 }
 
-// windowState reads a replay window's newest counter and bitmap. seal.Window keeps them
-// unexported and offers no accessor (internal/seal is not the snapshot's to change), so
-// reflect reads them: it may read unexported fields, it only refuses to set them.
-// restoreWindow writes them back by replaying Accepts.
-func windowState(w *seal.Window) (top uint64, bits [windowWords]uint64) {
-	v := reflect.ValueOf(w).Elem()
-	top = v.Field(0).Uint()
-	a := v.Field(1)
-	for i := range bits {
-		bits[i] = a.Index(i).Uint()
-	}
-	return top, bits
-}
-
-// windowLayoutOK tells that seal.Window is laid out as windowState reads it.
-var windowLayoutOK = func() bool {
-	t := reflect.TypeFor[seal.Window]()
-	if t.NumField() != 2 {
-		return false
-	}
-	top, bits := t.Field(0), t.Field(1)
-	return top.Name == "top" && top.Type.Kind() == reflect.Uint64 &&
-		bits.Name == "bits" && bits.Type.Kind() == reflect.Array &&
-		bits.Type.Len() == windowWords && bits.Type.Elem().Kind() == reflect.Uint64
-}()
+// windowState reads a replay window's newest counter and bitmap.
+func windowState(w *seal.Window) (top uint64, bits [windowWords]uint64) { return w.State() }
 
 // restoreWindow rebuilds the window whose state is (top, bits) by accepting, in
 // increasing order, each counter whose bit is set: a bit i stands for the one counter

@@ -47,3 +47,8 @@ func (w *Window) Accept(counter uint64) bool {
 func (w *Window) bit(c uint64) bool { return w.bits[(c/64)%(WindowSize/64)]&(1<<(c%64)) != 0 }
 func (w *Window) setBit(c uint64)   { w.bits[(c/64)%(WindowSize/64)] |= 1 << (c % 64) }
 func (w *Window) clearBit(c uint64) { w.bits[(c/64)%(WindowSize/64)] &^= 1 << (c % 64) }
+
+// State returns the newest counter accepted and the bitmap of the WindowSize counters up
+// to it (counter c at bit c mod WindowSize), for snapshots of the sessions that keep a
+// window. Accepting each set counter in increasing order makes the same window again.
+func (w *Window) State() (top uint64, bits [WindowSize / 64]uint64) { return w.top, w.bits }
