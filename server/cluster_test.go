@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -39,15 +40,21 @@ type testCluster struct {
 	dirs    []string
 	nodes   []*Server
 	ring    *seal.Keyring
+	// isolateLog, if set, makes every node run an isolation command that appends the
+	// info to isolateLog-<node name>.
+	isolateLog string
 	// snapshotEvery is the nodes' SnapshotThreshold (and trailing log); 0: the default.
 	snapshotEvery uint64
 }
 
-func newTestCluster(t *testing.T, n int, ring *seal.Keyring, snapshotEvery ...uint64) *testCluster {
+// clusterOption sets up a testCluster before its nodes start.
+type clusterOption func(*testCluster)
+
+func newTestCluster(t *testing.T, n int, ring *seal.Keyring, opts ...clusterOption) *testCluster {
 	udp, tcp := freePorts(t, n)
 	tc := &testCluster{t: t, ring: ring}
-	if len(snapshotEvery) > 0 {
-		tc.snapshotEvery = snapshotEvery[0]
+	for _, o := range opts {
+		o(tc)
 	}
 	for i := 0; i < n; i++ {
 		tc.members = append(tc.members, ClusterMember{Name: fmt.Sprintf("n%d", i+1), ClientAddr: udp[i], RaftAddr: tcp[i]})
@@ -76,6 +83,9 @@ func (tc *testCluster) start(i int) {
 	cfg.Keys = tc.ring
 	cfg.Cluster = &ClusterConfig{Name: tc.members[i].Name, Members: tc.members, SnapshotThreshold: tc.snapshotEvery}
 	cfg.HTTPAddr = "127.0.0.1:0"
+	if tc.isolateLog != "" {
+		cfg.IsolateCmd = "cat >> " + tc.isolateLog + "-" + tc.members[i].Name + "; echo >> " + tc.isolateLog + "-" + tc.members[i].Name
+	}
 	tc.nodes[i] = startServer(tc.t, cfg)
 }
 
@@ -237,7 +247,7 @@ func heldOn(t *testing.T, s *Server, key string) uint64 {
 // in the quorum, the lock still held.
 func TestClusterSnapshotCatchUp(t *testing.T) {
 	ring := testRing(t)
-	tc := newTestCluster(t, 3, ring, 16)
+	tc := newTestCluster(t, 3, ring, func(tc *testCluster) { tc.snapshotEvery = 16 })
 	li := tc.leader()
 	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
 	c.connect("snap")
@@ -264,4 +274,31 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	f = nc.call(func(b []byte) []byte { return wire.AppendUpdate(b, nc.id(), lockID, 60_000, "held") })
 	requireOp(t, f, wire.OpOK, "UPDATE after the old leader's loss")
 	require.Equal(t, fence, f.Fence)
+}
+
+// TestClusterIsolationOnLeaderOnce: an expired lock isolates its session; the isolation
+// command runs on the leader only, once, and its end (through the log) frees the key on
+// every node.
+func TestClusterIsolationOnLeaderOnce(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring, func(tc *testCluster) { tc.isolateLog = filepath.Join(t.TempDir(), "isolated") })
+	li := tc.leader()
+	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	c.connect("host-42")
+	_, f := c.lock("k", 200*time.Millisecond)
+	requireOp(t, f, wire.OpOK, "LOCK")
+	other := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	other.connect("other")
+	require.Eventually(t, func() bool { return other.lockFrame("k", time.Second).Op == wire.OpOK }, 5*time.Second, 50*time.Millisecond,
+		"the key is free once the isolation command has ended")
+	for i, m := range tc.members {
+		b, _ := os.ReadFile(tc.isolateLog + "-" + m.Name)
+		if i == li {
+			require.Equal(t, "host-42\n", string(b), "the leader ran the command once")
+		} else {
+			require.Empty(t, string(b), "a follower never runs it")
+		}
+		require.Eventually(t, func() bool { return heldOn(t, tc.nodes[i], "k") != f.Fence }, 2*time.Second, 10*time.Millisecond,
+			"node %s applied the end of the isolation", m.Name)
+	}
 }
