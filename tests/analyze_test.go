@@ -32,7 +32,7 @@ func TestAnalyzeHistory(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &raw))
 	var ops []porcupine.Operation
 	for _, r := range raw {
-		if r.Input.Kind == opRestart || r.Input.Key == key {
+		if r.Input.Kind.everyKey() || r.Input.Key == key {
 			ops = append(ops, porcupine.Operation{ClientId: r.ClientId, Input: r.Input, Call: r.Call, Output: r.Output, Return: r.Return})
 		}
 	}

@@ -81,6 +81,7 @@ func linSlack() int64 { return int64(linFaults.MaxLatency() + 5*time.Millisecond
 // recorder collects operations from all workers.
 type recorder struct {
 	epoch time.Time
+	slack int64 // the model's slack (linSlack for TestLinearizability)
 	mu    sync.Mutex
 	ops   []porcupine.Operation
 	n     atomic.Int64
@@ -96,13 +97,13 @@ func (r *recorder) add(client int, in lockInput, out lockOutput) {
 	case resUnknown:
 		ret = never // an unknown outcome lasts to the end of the history
 	case resCancelled:
-		ret = cancelledReturn(in.Call, in.Ret, linSlack()) // granted at the latest then
+		ret = cancelledReturn(in.Call, in.Ret, r.slack) // granted at the latest then
 	}
 	r.mu.Lock()
 	r.ops = append(r.ops, porcupine.Operation{ClientId: client, Input: in, Call: in.Call, Output: out, Return: ret})
 	r.counts[in.Kind.String()+" "+out.Res.String()]++
 	r.mu.Unlock()
-	if in.Kind != opRestart {
+	if !in.Kind.everyKey() {
 		r.n.Add(1)
 	}
 }
@@ -140,7 +141,7 @@ func testLinearizability(t *testing.T, keyFile string) {
 	// after r+T (a duplicate UPDATE extends the lease again).
 	slack := linSlack()
 
-	rec := &recorder{epoch: time.Now(), counts: map[string]int{}}
+	rec := &recorder{epoch: time.Now(), slack: slack, counts: map[string]int{}}
 	ctx, cancel := context.WithTimeout(context.Background(), p.maxRun)
 	defer cancel()
 	stop := make(chan struct{})
@@ -151,7 +152,8 @@ func testLinearizability(t *testing.T, keyFile string) {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			linWorker(ctx, stop, w, p.keys, px.Addr().String(), keyFile, rec, func(s string) {
+			lc := linConn{addrs: []string{px.Addr().String()}, keyFile: keyFile, retries: linRetries, timeout: linTimeout}
+			linWorker(ctx, stop, w, p.keys, lc, rec, func(s string) {
 				unexpected.Add(1)
 				firstUnexpected.CompareAndSwap(nil, &s)
 			})
@@ -223,39 +225,59 @@ func testLinearizability(t *testing.T, keyFile string) {
 	markCrashes(ops)
 	checkFences(t, ops)
 
+	if path, hist, ok := checkLinearizable(t, ops, slack, p.checkTime); !ok {
+		t.Fatalf("visualisation in %s, history in %s "+
+			"(NETMUTEX_HISTORY=%s NETMUTEX_HISTORY_KEY=<key> go test -run TestAnalyzeHistory -v ./tests); proxy seed %d (%s, with -run %s), server log %s",
+			path, hist, hist, px.Seed(), faultproxy.SeedEnv, t.Name(), d.logPath)
+	}
+}
+
+// checkLinearizable checks ops with porcupine within budget and logs the verdict. When it
+// is not Ok, it says so as an error, logs the verdict of each key, and writes the
+// visualisation (path) and the history as JSON (hist) for TestAnalyzeHistory.
+func checkLinearizable(t *testing.T, ops []porcupine.Operation, slack int64, budget time.Duration) (path, hist string, ok bool) {
+	t.Helper()
 	model := lockModel(slack)
 	checkStart := time.Now()
-	res, info := porcupine.CheckOperationsVerbose(model, ops, p.checkTime)
+	res, info := porcupine.CheckOperationsVerbose(model, ops, budget)
 	t.Logf("porcupine: %v in %v", res, time.Since(checkStart).Round(time.Millisecond))
-	if res != porcupine.Ok {
-		path := filepath.Join(os.TempDir(), fmt.Sprintf("netmutex-linearizability-%d.html", time.Now().UnixNano()))
-		if err := porcupine.VisualizePath(model, info, path); err != nil {
-			t.Logf("visualisation: %v", err)
-		}
-		hist := strings.TrimSuffix(path, ".html") + ".json"
-		if b, err := json.Marshal(ops); err == nil {
-			os.WriteFile(hist, b, 0o644)
-		}
-		for _, part := range partitionByKey(ops) {
-			if r := porcupine.CheckOperationsTimeout(model, part, p.checkTime); r != porcupine.Ok {
-				t.Logf("key %s: %v (%d operations)", part[0].Input.(lockInput).Key, r, len(part))
-			}
-		}
-		t.Fatalf("porcupine says %v (want Ok) for %d operations; visualisation in %s, history in %s "+
-			"(NETMUTEX_HISTORY=%s NETMUTEX_HISTORY_KEY=<key> go test -run TestAnalyzeHistory -v ./tests); proxy seed %d (%s, with -run %s), server log %s",
-			res, len(ops), path, hist, hist, px.Seed(), faultproxy.SeedEnv, t.Name(), d.logPath)
+	if res == porcupine.Ok {
+		return "", "", true
 	}
+	path = filepath.Join(os.TempDir(), fmt.Sprintf("netmutex-linearizability-%d.html", time.Now().UnixNano()))
+	if err := porcupine.VisualizePath(model, info, path); err != nil {
+		t.Logf("visualisation: %v", err)
+	}
+	hist = strings.TrimSuffix(path, ".html") + ".json"
+	if b, err := json.Marshal(ops); err == nil {
+		os.WriteFile(hist, b, 0o644)
+	}
+	for _, part := range partitionByKey(ops) {
+		if r := porcupine.CheckOperationsTimeout(model, part, budget); r != porcupine.Ok {
+			t.Logf("key %s: %v (%d operations)", part[0].Input.(lockInput).Key, r, len(part))
+		}
+	}
+	t.Errorf("porcupine says %v (want Ok) for %d operations", res, len(ops))
+	return path, hist, false
+}
+
+// linConn is how a worker reaches the service, and its pacing.
+type linConn struct {
+	addrs   []string
+	keyFile string
+	retries int
+	timeout time.Duration
 }
 
 // linWorker runs random operations on one connection, reopening it after an unknown
 // outcome (which may have left a lock behind that would isolate the session) or an
 // isolation.
-func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, keyFile string, rec *recorder, unexpected func(string)) {
+func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, lc linConn, rec *recorder, unexpected func(string)) {
 	rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 	var nm *netmutex.NetMutex
 	defer func() {
 		if nm != nil {
-			nm.Close(2, linTimeout)
+			nm.Close(2, lc.timeout)
 		}
 	}()
 	stopped := func() bool {
@@ -268,13 +290,13 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 	}
 	reopen := func() {
 		if nm != nil {
-			nm.Close(2, linTimeout)
+			nm.Close(2, lc.timeout)
 			nm = nil
 		}
 		for !stopped() {
-			c, err := netmutex.Open(linRetries, linTimeout, []string{addr}, &netmutex.Options{
-				IsolationInfo: fmt.Sprintf("worker %d", w), KeyFile: keyFile,
-				Retries: linRetries, Timeout: linTimeout, // Acquire's pacing until QUEUED
+			c, err := netmutex.Open(lc.retries, lc.timeout, lc.addrs, &netmutex.Options{
+				IsolationInfo: fmt.Sprintf("worker %d", w), KeyFile: lc.keyFile,
+				Retries: lc.retries, Timeout: lc.timeout, // Acquire's pacing until QUEUED
 			})
 			if err == nil {
 				nm = c
@@ -339,7 +361,7 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			err = nm.Acquire(actx, &l, key, ttl)
 			acancel()
 		} else {
-			err = nm.Lock(linRetries, linTimeout, &l, key, ttl)
+			err = nm.Lock(lc.retries, lc.timeout, &l, key, ttl)
 		}
 		r := rec.now()
 		res := classify(kind, err)
@@ -364,7 +386,7 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			}
 			ttl = time.Duration(200+rng.IntN(int(linMaxTTL/time.Millisecond)-200)) * time.Millisecond
 			c = rec.now()
-			err = nm.Update(linRetries, linTimeout, &l, ttl)
+			err = nm.Update(lc.retries, lc.timeout, &l, ttl)
 			r = rec.now()
 			res = classify(opUpdate, err)
 			rec.add(w, lockInput{Kind: opUpdate, Key: key, Fence: fence, TTL: int64(ttl), Call: c, Ret: r}, lockOutput{Res: res})
@@ -378,7 +400,7 @@ func linWorker(ctx context.Context, stop <-chan struct{}, w, keys int, addr, key
 			continue
 		}
 		c = rec.now()
-		err = nm.Unlock(linRetries, linTimeout, &l)
+		err = nm.Unlock(lc.retries, lc.timeout, &l)
 		r = rec.now()
 		res = classify(opUnlock, err)
 		rec.add(w, lockInput{Kind: opUnlock, Key: key, Fence: fence, Call: c, Ret: r}, lockOutput{Res: res})

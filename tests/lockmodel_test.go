@@ -31,6 +31,10 @@ import (
 // until r+TTL a try-Lock may be refused LOCKED on a key nobody holds, because waiting
 // Acquires queued on it during the lock-delay are served first.
 //
+// A failover of a cluster (no leader from Call to Ret) is in every partition too: nothing
+// is lost, but the log's time, in which leases are counted, stands still meanwhile, so a
+// lease held across it may end up to Ret-Call later in real time.
+//
 // Acquire (a waiting LOCK) linearizes at its grant, like a Lock that succeeds. One that
 // ended with its context (deadline or cancel) is "cancelled": the client's clean-up
 // UNLOCK leaves the queue or releases the grant, but asynchronously, so the waiter may
@@ -52,11 +56,17 @@ const (
 	opUnlock
 	opRestart
 	opAcquire
+	// opFailover: a cluster served no leader from Call to Ret. The log's time stands
+	// still meanwhile, so a lease held then ends up to TTL (Ret-Call) later in real time.
+	opFailover
 )
 
 func (k opKind) String() string {
-	return [...]string{"?", "Lock", "Update", "Unlock", "Restart", "Acquire"}[k]
+	return [...]string{"?", "Lock", "Update", "Unlock", "Restart", "Acquire", "Failover"}[k]
 }
+
+// everyKey: the operation is in every key's partition (a restart, a failover).
+func (k opKind) everyKey() bool { return k == opRestart || k == opFailover }
 
 // Outcomes.
 type outcome uint8
@@ -142,6 +152,8 @@ func lockModel(slack int64) porcupine.Model {
 			switch in.Kind {
 			case opRestart:
 				return "Restart"
+			case opFailover:
+				return fmt.Sprintf("Failover(%dms)", in.TTL/1e6)
 			case opLock, opAcquire:
 				if out.Res == resOK {
 					return fmt.Sprintf("%v(%s, %dms) -> fence %d", in.Kind, in.Key, in.TTL/1e6, out.Fence)
@@ -167,13 +179,14 @@ func lockModel(slack int64) porcupine.Model {
 	return nm.ToModel()
 }
 
-// partitionByKey splits the history by key; restarts go into every partition.
+// partitionByKey splits the history by key; restarts and failovers go into every
+// partition.
 func partitionByKey(h []porcupine.Operation) [][]porcupine.Operation {
 	byKey := map[string][]porcupine.Operation{}
 	var restarts []porcupine.Operation
 	for _, op := range h {
 		in := op.Input.(lockInput)
-		if in.Kind == opRestart {
+		if in.Kind.everyKey() {
 			restarts = append(restarts, op)
 			continue
 		}
@@ -256,6 +269,15 @@ func stepKey(s keyState, in lockInput, out lockOutput, slack int64) []any {
 			n.Holder, n.Ghost, n.Since = 0, false, 0
 		}
 		n.GrantFrom, n.WaitersUntil = in.Call+in.TTL, in.Ret+in.TTL+slack
+		return one(n)
+
+	case opFailover:
+		// Nothing is lost; a lease held now may end up to TTL later. A hidden holder's
+		// bound is the isolation its session was seen to suffer: not moved.
+		n := s
+		if !n.Ghost && n.Holder != 0 && n.Holder != hidden {
+			n.Hi += in.TTL
+		}
 		return one(n)
 
 	case opLock:
