@@ -302,3 +302,33 @@ func TestClusterIsolationOnLeaderOnce(t *testing.T) {
 			"node %s applied the end of the isolation", m.Name)
 	}
 }
+
+// TestClusterFailoverExtendsLeases: the log's time stands still while no node leads, so a
+// lock outlives a failover by the election's length: never freed before its grant plus
+// its TTL plus the time no node led.
+func TestClusterFailoverExtendsLeases(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	li := tc.leader()
+	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	c.connect("holder")
+	const ttl = 400 * time.Millisecond
+	sent := time.Now()
+	_, f := c.lock("k", ttl)
+	requireOp(t, f, wire.OpOK, "LOCK")
+	killed := time.Now()
+	require.NoError(t, tc.nodes[li].Abort())
+	tc.nodes[li] = nil
+	ni := tc.leader()
+	elected := time.Now()
+	other := newSealedClient(t, tc.nodes[ni].Addr(), ring, 1)
+	other.connect("other")
+	for other.lockFrame("k", time.Second).Op != wire.OpOK {
+		require.Less(t, time.Since(sent), 10*time.Second, "the lock never expired")
+		time.Sleep(5 * time.Millisecond)
+	}
+	freed := time.Now()
+	t.Logf("TTL %v, no leader for %v, freed %v after the LOCK was sent", ttl, elected.Sub(killed), freed.Sub(sent))
+	require.GreaterOrEqual(t, freed.Sub(sent), ttl+elected.Sub(killed)-20*time.Millisecond,
+		"freed before its TTL plus the election")
+}
