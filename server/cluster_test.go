@@ -257,7 +257,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	for i := 0; i < 40; i++ { // entries past the threshold
 		requireOp(t, c.touch(), wire.OpPong, "TOUCH")
 	}
-	require.NoError(t, tc.nodes[li].rep.raft.Snapshot().Error(), "snapshot on the leader")
+	require.NoError(t, tc.nodes[li].rep.raft.Load().Snapshot().Error(), "snapshot on the leader")
 
 	fi := (li + 1) % 3
 	require.NoError(t, tc.nodes[fi].Abort())

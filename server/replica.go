@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,7 +43,9 @@ type replica struct {
 	cfg       ClusterConfig
 	self      Member // as clients know this node
 	origin    uint64 // this process's mark on the entries it proposes: random per start
-	raft      *raft.Raft
+	// raft is set once Raft runs. The loop runs before it (restoring a snapshot goes
+	// through the loop) and, until then, serves as a follower that knows no leader.
+	raft      atomic.Pointer[raft.Raft]
 	trans     *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
 	notify    chan bool
@@ -61,22 +64,28 @@ func newOrigin() uint64 {
 	return binary.BigEndian.Uint64(b[:]) | 1
 }
 
-// startReplica starts Raft once the loop runs (restoring a snapshot goes through it).
-func (s *Server) startReplica() error {
-	cc := *s.cfg.Cluster
-	me := cc.Members[cc.self()]
-	dir := filepath.Join(s.cfg.DataDir, "raft")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("server: raft directory: %w", err)
-	}
+// newReplica is a cluster node's replica before its Raft runs.
+func newReplica(cc ClusterConfig, origin uint64) *replica {
 	rep := &replica{
 		cfg:       cc,
-		origin:    s.cl.origin,
+		origin:    origin,
 		notify:    make(chan bool, 4),
 		proposals: make(chan []byte, proposalQueue),
 		done:      make(chan struct{}),
 	}
 	rep.self, _ = cc.memberNamed(cc.Name)
+	return rep
+}
+
+// startReplica starts Raft once the loop runs (restoring a snapshot goes through it).
+func (s *Server) startReplica() error {
+	rep := s.rep
+	cc := rep.cfg
+	me := cc.Members[cc.self()]
+	dir := filepath.Join(s.cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("server: raft directory: %w", err)
+	}
 	logw := raftLogger(s.log)
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(dir, "raft.db"),
@@ -89,8 +98,10 @@ func (s *Server) startReplica() error {
 	fail := func(err error) error {
 		if rep.trans != nil {
 			rep.trans.Close()
+			rep.trans = nil
 		}
 		store.Close()
+		rep.store = nil
 		return err
 	}
 	logs, err := raft.NewLogCache(maxAppendEntries*2, store)
@@ -137,13 +148,11 @@ func (s *Server) startReplica() error {
 			return fail(fmt.Errorf("server: raft bootstrap: %w", err))
 		}
 	}
-	s.rep = rep
 	r, err := raft.NewRaft(rc, &fsm{s: s}, logs, store, snaps, rep.trans)
 	if err != nil {
-		s.rep = nil
 		return fail(fmt.Errorf("server: raft: %w", err))
 	}
-	rep.raft = r
+	rep.raft.Store(r)
 	rep.wg.Add(2)
 	go rep.propose()
 	go rep.watch(s)
@@ -169,7 +178,7 @@ func (rep *replica) propose() {
 	for {
 		select {
 		case b := <-rep.proposals:
-			rep.raft.Apply(b, 0) // the reply leaves when the entry is applied, not here
+			rep.raft.Load().Apply(b, 0) // the reply leaves when the entry is applied, not here
 		case <-rep.done:
 			return
 		}
@@ -185,11 +194,11 @@ func (rep *replica) watch(s *Server) {
 		select {
 		case leading := <-rep.notify:
 			if leading {
-				if err := rep.raft.Barrier(barrierTimeout).Error(); err != nil {
+				if err := rep.raft.Load().Barrier(barrierTimeout).Error(); err != nil {
 					s.log.Warn("elected, but the barrier failed: not serving", "err", err)
 					continue
 				}
-				if rep.raft.State() != raft.Leader {
+				if rep.raft.Load().State() != raft.Leader {
 					continue
 				}
 			}
@@ -203,21 +212,32 @@ func (rep *replica) watch(s *Server) {
 // stop shuts Raft down while the loop still runs (the FSM hands entries to the loop),
 // then ends the two goroutines and closes the log.
 func (rep *replica) stop() error {
-	err := rep.raft.Shutdown().Error()
+	var err error
+	if r := rep.raft.Load(); r != nil {
+		err = r.Shutdown().Error()
+	}
 	close(rep.done)
 	rep.wg.Wait()
-	if cerr := rep.trans.Close(); err == nil {
-		err = cerr
+	if rep.trans != nil {
+		if cerr := rep.trans.Close(); err == nil {
+			err = cerr
+		}
 	}
-	if cerr := rep.store.Close(); err == nil {
-		err = cerr
+	if rep.store != nil {
+		if cerr := rep.store.Close(); err == nil {
+			err = cerr
+		}
 	}
 	return err
 }
 
 // leader is the client-facing Member of the current leader, if known and not this node.
 func (rep *replica) leader() (Member, bool) {
-	_, id := rep.raft.LeaderWithID()
+	r := rep.raft.Load()
+	if r == nil {
+		return Member{}, false
+	}
+	_, id := r.LeaderWithID()
 	if id == "" || string(id) == rep.cfg.Name {
 		return Member{}, false
 	}

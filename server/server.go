@@ -217,6 +217,7 @@ func newServer(cfg Config) (*Server, error) {
 		mc.FirstFence = 1
 		s.clusterReqs = make(chan *clusterReq, clusterQueue)
 		s.cl.origin = newOrigin()
+		s.rep = newReplica(*cfg.Cluster, s.cl.origin)
 	}
 	if st.lockDelay {
 		mc.LockDelayUntil = int64(st.delay) // the loop's clock starts at 0 at epoch
