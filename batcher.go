@@ -4,7 +4,9 @@
 package netmutex
 
 import (
+	"errors"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
@@ -31,6 +33,8 @@ func (c *serverConn) sendLoop() {
 	for !c.closing.Load() {
 		now := nanotime()
 		session := c.session.Load()
+		c.steer(now, session)
+		hold := c.holding(now) // a pause between rounds of servers that are not the leader
 		took := false
 		for len(c.list) < cap(c.list) {
 			r := c.ring.pop()
@@ -40,14 +44,17 @@ func (c *serverConn) sendLoop() {
 			took = true
 			r.attemptEnd = now + r.timeout
 			c.list = append(c.list, r)
-			if session != 0 {
+			if session != 0 && !hold {
 				c.send(r, now, session)
 			}
 		}
 		if now-c.lastScan >= scanInterval {
 			c.scan(now, session)
 		}
-		c.sendCleanups(session)
+		c.resendDue(now, session)
+		if !hold {
+			c.sendCleanups(session)
+		}
 		if session != 0 {
 			c.connSent = 0
 		}
@@ -55,9 +62,8 @@ func (c *serverConn) sendLoop() {
 			c.redirectParked()
 		} else if session == 0 && !c.isolated.Load() && !c.leaving.Load() {
 			c.maybeConnect(now)
-		} else if session != 0 && c.touchDue(now) {
-			b := c.pk.reserve(session, c.floor, wire.FrameHeaderSize)
-			*b = wire.AppendEmpty(*b, wire.OpTouch, c.takeID())
+		} else if session != 0 && !hold && c.touchDue(now) {
+			c.touch(now, session)
 		}
 		sent := c.pk.flush()
 		if sent {
@@ -110,7 +116,8 @@ func (c *serverConn) takeID() uint64 {
 	return id
 }
 
-// send puts r's frame in the batch, giving it an id and a slot on its first attempt.
+// send puts r's frame in the batch as an attempt, giving it an id and a slot on its
+// first.
 func (c *serverConn) send(r *request, now int64, session uint64) {
 	if r.id == 0 {
 		id := c.takeID()
@@ -129,6 +136,12 @@ func (c *serverConn) send(r *request, now int64, session uint64) {
 	}
 	r.sent++
 	r.attemptEnd = now + r.timeout
+	c.pack(r, now, session)
+}
+
+// pack puts a copy of r's frame, with its id, in the batch.
+func (c *serverConn) pack(r *request, now int64, session uint64) {
+	r.lastSent, r.gen = now, c.mv.gen
 	b := c.pk.reserve(session, c.floor, len(r.frame.B))
 	start := len(*b)
 	*b = append(*b, r.frame.B...)
@@ -161,6 +174,7 @@ type packer struct {
 	session uint64 // the open datagram's session
 	frames  uint64 // frames packed since the last write, published per system call
 	wrote   bool   // a write happened since the last flush
+	refused bool   // a write met ECONNREFUSED: nothing listens at the server's address
 }
 
 func (p *packer) init(w batchWriter, stats *connStats, unbatched bool, keys *seal.Keyring) {
@@ -259,9 +273,13 @@ func (p *packer) write() {
 	if len(p.out) == 0 {
 		return
 	}
-	// A failed send (say, ECONNREFUSED from a server that went away) loses these
-	// datagrams like any other loss: the retransmission scan covers them.
-	n, _ := p.w.WriteBatch(p.out)
+	// A failed send loses these datagrams like any other loss: the retransmission scan
+	// covers them. ECONNREFUSED says more: the server went away, and the send loop
+	// moves to another (retarget.go).
+	n, err := p.w.WriteBatch(p.out)
+	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
+		p.refused = true
+	}
 	p.stats.sendCalls.Add(1)
 	p.stats.datagramsOut.Add(uint64(n))
 	p.stats.framesOut.Add(p.frames)

@@ -17,7 +17,10 @@ const maxHops = 4
 
 // exchange runs one operation to its result. A LOCK or UNLOCKALL answered with
 // DISCONNECTED (the server forgot the session) is sent again on the new session; a
-// REDIRECT is followed; a server that stopped answering is left for another.
+// REDIRECT is followed. Within the session, the connection itself moves between the
+// cluster's servers (retarget.go); when it cannot (NOT_LEADER where the socket cannot
+// be moved, or every attempt unanswered), the call goes on over a new connection to
+// another server, on a new session: the last resort.
 func (nm *NetMutex) exchange(pc *pacing, p *params) (result, *serverConn) {
 	for hop := 0; ; hop++ {
 		c := nm.conn.Load()
@@ -35,6 +38,10 @@ func (nm *NetMutex) exchange(pc *pacing, p *params) (result, *serverConn) {
 				}
 			case res.op == wire.OpDisconnected && (p.op == wire.OpLock || p.op == wire.OpLockMany || p.op == wire.OpUnlockAll):
 				continue
+			case res.op == wire.OpError && res.code == wire.CodeNotLeader:
+				if nm.failover(c, pc) {
+					continue
+				}
 			case res.err == ErrTooMuchRetries:
 				nm.failover(c, pc)
 			}
@@ -156,17 +163,29 @@ func (nm *NetMutex) switchTo(old *serverConn, addrs []string, pc *pacing) bool {
 	return true
 }
 
-// failover leaves a server that stopped answering for another one of the cluster.
-func (nm *NetMutex) failover(old *serverConn, pc *pacing) {
+// failover leaves a server that stopped answering, or is not the leader, for another
+// one of the cluster, and reports whether the NetMutex moved.
+func (nm *NetMutex) failover(old *serverConn, pc *pacing) bool {
 	nm.switchMu.Lock()
 	var others []string
 	for _, a := range nm.servers {
-		if a != old.addr {
+		if a != old.currentAddr() {
 			others = append(others, a)
 		}
 	}
 	nm.switchMu.Unlock()
-	if len(others) > 0 {
-		nm.switchTo(old, others, pc)
+	return len(others) > 0 && nm.switchTo(old, others, pc)
+}
+
+// clusterAddrs returns the cluster's addresses as the server told them, or fallback.
+func (c *serverConn) clusterAddrs(fallback []string) []string {
+	si := c.server.Load()
+	if si == nil || len(si.servers) == 0 {
+		return fallback
 	}
+	addrs := make([]string, 0, len(si.servers))
+	for _, s := range si.servers {
+		addrs = append(addrs, s.Addr)
+	}
+	return addrs
 }

@@ -101,6 +101,10 @@ func resultErr(res result) error {
 			return ErrForbidden
 		case wire.CodeTooManyWaiters:
 			return ErrTooManyWaiters
+		case wire.CodeNotLeader:
+			// Only where no server of the cluster would lead within the call's
+			// attempts: no answer, as far as the caller is concerned.
+			return ErrTooMuchRetries
 		}
 	}
 	return ErrRefused

@@ -7,6 +7,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -20,10 +21,12 @@ import (
 
 // batchConn is the socket the loops use: batchio's batched UDP socket, or an in-memory
 // one in unit tests (as quic-go's newConn takes a batchConn). Close unblocks a
-// ReadBatch in progress with an error.
+// ReadBatch in progress with an error. retarget connects the socket to another server,
+// keeping its local address; only the send loop calls it.
 type batchConn interface {
 	batchio.Conn
 	Close() error
+	retarget(to netip.AddrPort) error
 }
 
 // udpConn is a connected UDP socket behind batchio.
@@ -33,6 +36,8 @@ type udpConn struct {
 }
 
 func (u udpConn) Close() error { return u.sock.Close() }
+
+func (u udpConn) retarget(to netip.AddrPort) error { return reconnect(u.sock, to) }
 
 var _ batchConn = udpConn{}
 
@@ -61,7 +66,8 @@ type serverInfo struct {
 // serverConn is one UDP socket to one server with its two loops: sendLoop drains the
 // ring into datagrams, recvLoop hands replies to their waiters.
 type serverConn struct {
-	addr     string
+	addr     string                 // the address dialed
+	target   atomic.Pointer[string] // the address the socket points at now (retarget.go)
 	bc       batchConn
 	ring     *ring
 	table    inflight
@@ -82,6 +88,7 @@ type serverConn struct {
 	cookie    atomic.Pointer[[wire.CookieSize]byte]
 	cookieNew atomic.Bool
 	refused   atomic.Uint32 // the last ERROR code that answered our CONNECT, 0 = none
+	sig       signals       // news of the server, from the receive loop to the send loop
 
 	sleeping atomic.Bool
 	wake     chan struct{}
@@ -102,12 +109,21 @@ type serverConn struct {
 	connSent    int64 // when the last CONNECT left, 0 = none in flight
 	connBackoff int64 // wait before the next CONNECT
 	cleanups    []cleanup
+	mv          mover // where the socket points (retarget.go)
 
 	// Owned by the receive loop.
 	in           []batchio.Message
 	opened       []byte                // a sealed datagram's plain content
-	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that sent CONNECTED
+	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that answers
 	window       seal.Window
+	// After the socket moved (retarget.go): the prefix of the server left, if it was
+	// heard from, whose datagrams still queued are late; and whether the server now
+	// talked to has been heard from.
+	seenGen     uint32
+	stalePrefix [seal.PrefixSize]byte
+	hasStale    bool
+	heard       bool
+	late        bool // the datagram being handled is a late one of the server left
 }
 
 // connConfig is what a connection is made with.
@@ -115,6 +131,7 @@ type connConfig struct {
 	info        string        // IsolationInfo sent with CONNECT
 	keys        *seal.Keyring // nil: plain datagrams
 	connectWait time.Duration // the longest wait between CONNECT attempts
+	timeout     time.Duration // the wait for an answer to a TOUCH (0: DefaultTimeout)
 	notify      chan struct{} // signalled when a CONNECT is answered
 	unbatched   bool          // one frame per datagram per call: the benchmarks' baseline
 }
@@ -128,11 +145,12 @@ const firstIDRange = 1 << 61
 // loop's are padded onto cache lines of their own, so the two loops do not bounce one
 // line between cores.
 type connStats struct {
-	_                                               cpu.CacheLinePad
-	framesOut, datagramsOut, sendCalls, retransmits atomic.Uint64
-	_                                               cpu.CacheLinePad
-	framesIn, datagramsIn, recvCalls, badIn, busy   atomic.Uint64
-	_                                               cpu.CacheLinePad
+	_                                                      cpu.CacheLinePad
+	framesOut, datagramsOut, sendCalls, retransmits, moves atomic.Uint64
+	_                                                      cpu.CacheLinePad
+	framesIn, datagramsIn, recvCalls, badIn, busy          atomic.Uint64
+	notLeader                                              atomic.Uint64
+	_                                                      cpu.CacheLinePad
 }
 
 // dialServer opens a socket to addr and starts its loops, which connect at once.
@@ -152,6 +170,7 @@ func dialServer(addr string, cfg connConfig) (*serverConn, error) {
 		return nil, err
 	}
 	c := newServerConn(addr, udpConn{bc, sock}, cfg)
+	c.mv.cur = unmapped(ua.AddrPort())
 	c.start()
 	return c, nil
 }
@@ -172,6 +191,11 @@ func newServerConn(addr string, bc batchConn, cfg connConfig) *serverConn {
 		floor:     first,
 		in:        make([]batchio.Message, batchio.MaxBatch),
 		opened:    make([]byte, 0, 2*wire.MaxDatagram),
+	}
+	c.target.Store(&c.addr)
+	c.mv.timeout = int64(cfg.timeout)
+	if c.mv.timeout <= 0 {
+		c.mv.timeout = int64(DefaultTimeout)
 	}
 	c.requests.init(c)
 	c.pk.init(bc, &c.stats, cfg.unbatched, cfg.keys)
@@ -199,6 +223,13 @@ func (c *serverConn) close() {
 	c.wakeSender()
 	c.bc.Close()
 	c.wg.Wait()
+}
+
+// wakeIfSleeping wakes the send loop if it sleeps.
+func (c *serverConn) wakeIfSleeping() {
+	if c.sleeping.Load() && c.sleeping.CompareAndSwap(true, false) {
+		c.wakeSender()
+	}
 }
 
 func (c *serverConn) wakeSender() {
@@ -295,12 +326,18 @@ func (c *serverConn) maybeConnect(now int64) {
 	if p := c.cookie.Load(); p != nil {
 		cookie = p[:]
 	}
+	c.pk.addDatagram(c.connectDatagram(c.connNonce.Load(), cookie), 1)
+}
+
+// connectDatagram builds a datagram of one CONNECT, padded to the least size a server
+// takes, in the packer's next buffer.
+func (c *serverConn) connectDatagram(nonce uint64, cookie []byte) []byte {
 	buf := wire.BeginDatagram(c.pk.ownDatagram(), wire.Header{})
-	buf = wire.AppendConnect(buf, c.connNonce.Load(), c.info, cookie)
+	buf = wire.AppendConnect(buf, nonce, c.info, cookie)
 	if pad := wire.MinConnectDatagram - (len(buf) + wire.TrailerSize); pad > 0 {
 		buf = wire.AppendPad(buf, max(pad, wire.FrameHeaderSize))
 	}
-	c.pk.addDatagram(wire.FinishDatagram(buf), 1)
+	return wire.FinishDatagram(buf)
 }
 
 // handleConnectReply takes what answers our CONNECT: CONNECTED, REDIRECT, a COOKIE to
@@ -322,7 +359,11 @@ func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]b
 	case wire.OpError:
 		// A refusal: Open reports it if no server grants a session in time. The
 		// CONNECT keeps being retried meanwhile: a rate limit or a full table passes.
-		c.refused.Store(uint32(f.Code))
+		// NOT_LEADER is no refusal: a follower that knows no leader yet, during an
+		// election; another address, or this one later, will answer.
+		if f.Code != wire.CodeNotLeader {
+			c.refused.Store(uint32(f.Code))
+		}
 		return
 	}
 	if f.Op == wire.OpRedirect {
@@ -336,7 +377,7 @@ func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]b
 			retransmitWindow: time.Duration(con.RetransmitWindowMs) * time.Millisecond,
 			servers:          con.Servers,
 		})
-		c.serverPrefix, c.window = prefix, seal.Window{}
+		c.serverPrefix, c.window, c.heard = prefix, seal.Window{}, true
 		c.session.Store(con.Session)
 	}
 	select {
@@ -346,17 +387,4 @@ func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]b
 	if c.sleeping.CompareAndSwap(true, false) {
 		c.wakeSender()
 	}
-}
-
-// clusterAddrs returns the cluster's addresses as the server told them, or fallback.
-func (c *serverConn) clusterAddrs(fallback []string) []string {
-	si := c.server.Load()
-	if si == nil || len(si.servers) == 0 {
-		return fallback
-	}
-	addrs := make([]string, 0, len(si.servers))
-	for _, s := range si.servers {
-		addrs = append(addrs, s.Addr)
-	}
-	return addrs
 }

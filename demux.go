@@ -25,7 +25,11 @@ func (c *serverConn) recvLoop() {
 				return
 			}
 			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // the server is not there (yet): time-outs decide
+				// Nothing listens there: the send loop moves to another server of the
+				// cluster if there is one; otherwise time-outs decide.
+				c.sig.unreachable.Store(true)
+				c.wakeIfSleeping()
+				continue
 			}
 			time.Sleep(time.Millisecond) // an unexpected error: do not spin on it
 			continue
@@ -54,7 +58,15 @@ func (c *serverConn) handleBatch(n int) uint64 {
 	var f wire.Frame
 	c.stats.recvCalls.Add(1)
 	c.stats.datagramsIn.Add(uint64(n))
+	if c.keys != nil {
+		if g := c.sig.gen.Load(); g != c.seenGen {
+			// The socket moved to another server.
+			c.seenGen = g
+			c.stalePrefix, c.hasStale, c.heard = c.serverPrefix, c.heard, false
+		}
+	}
 	frames := uint64(0)
+	served := false
 	for i := 0; i < n; i++ {
 		d, prefix, err := c.open(c.in[i].Buf[:c.in[i].N])
 		if err != nil {
@@ -67,10 +79,14 @@ func (c *serverConn) handleBatch(n int) uint64 {
 		}
 		for d.Next(&f) {
 			frames++
+			served = served || serves(&f)
 			c.handleReply(d.Session, &f, prefix)
 		}
 	}
 	c.stats.framesIn.Add(frames)
+	if served && !c.sig.served.Load() {
+		c.sig.served.Store(true)
+	}
 	return frames
 }
 
@@ -83,7 +99,10 @@ var errReplay = errors.New("netmutex: replayed reply")
 // why no session comes. Counters are checked against a replay window for the server
 // that granted the session; a reply under another prefix (before CONNECTED, or from a
 // restarted server) can only complete a request waiting for its exact id, and request
-// ids are never reused on a connection, so a replay of it finds nobody.
+// ids are never reused on a connection, so a replay of it finds nobody. After the socket
+// moved to another server, the first reply that opens under a prefix other than the
+// server left's is the new server's: its counters are tracked from there, and a reply
+// still under the old one is late.
 func (c *serverConn) open(b []byte) (wire.Datagram, [seal.PrefixSize]byte, error) {
 	var prefix [seal.PrefixSize]byte
 	if c.keys == nil {
@@ -100,6 +119,13 @@ func (c *serverConn) open(b []byte) (wire.Datagram, [seal.PrefixSize]byte, error
 	plain, _, nonce, err := c.keys.Open(c.opened[:0], b)
 	if err != nil {
 		return wire.Datagram{}, prefix, err
+	}
+	c.late = c.hasStale && nonce.Prefix == c.stalePrefix && !(c.heard && nonce.Prefix == c.serverPrefix)
+	if !c.heard && !c.late {
+		if nonce.Prefix != c.serverPrefix {
+			c.serverPrefix, c.window = nonce.Prefix, seal.Window{}
+		}
+		c.heard = true
 	}
 	if nonce.Prefix == c.serverPrefix && !c.window.Accept(nonce.Counter) {
 		return wire.Datagram{}, prefix, errReplay
@@ -130,6 +156,17 @@ func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.Pre
 		c.handleConnectReply(f, prefix)
 		return
 	}
+	switch f.Op {
+	case wire.OpRedirect, wire.OpCookie, wire.OpError:
+		if f.ID != 0 && f.ID == c.sig.probe.Load() {
+			c.handleProbeReply(f)
+			return
+		}
+		if f.Op == wire.OpError && f.Code == wire.CodeNotLeader {
+			c.handleNotLeader(f.ID)
+			return
+		}
+	}
 	r := c.table.lookup(f.ID)
 	if r == nil || r.conn != c || r.state.Load() != f.ID {
 		return // late, duplicated, a TOUCH's reply, or not ours
@@ -148,6 +185,44 @@ func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.Pre
 		return
 	}
 	c.deliver(r, session, f)
+}
+
+// serves reports whether f shows the server serving: anything but NOT_LEADER, or the
+// REDIRECT a follower answers a probe with.
+func serves(f *wire.Frame) bool {
+	return f.Op != wire.OpRedirect && (f.Op != wire.OpError || f.Code != wire.CodeNotLeader)
+}
+
+// handleNotLeader takes an ERROR NOT_LEADER, which is no answer: the request waits on,
+// and the send loop sends it again, with its id, to another server (retarget.go).
+func (c *serverConn) handleNotLeader(id uint64) {
+	c.stats.notLeader.Add(1)
+	if c.late {
+		return // an answer of the server the socket just left, read late
+	}
+	if id != c.sig.touch.Load() {
+		r := c.table.lookup(id)
+		if r == nil || r.conn != c || r.state.Load() != id {
+			return // late, or not ours
+		}
+	}
+	c.sig.notLeader.Store(true)
+	c.wakeIfSleeping()
+}
+
+// handleProbeReply takes the answer to a probe (retarget.go): where the leader is, or
+// that the probed server serves.
+func (c *serverConn) handleProbeReply(f *wire.Frame) {
+	switch f.Op {
+	case wire.OpRedirect:
+		addr := string(f.Addr)
+		c.sig.leader.Store(&addr)
+	case wire.OpCookie:
+		c.sig.serving.Store(true)
+	default:
+		return // NOT_LEADER: no leader is known yet; the pause runs its course
+	}
+	c.wakeIfSleeping()
 }
 
 // deliver completes r with f if r is still waiting for exactly f's id on this

@@ -283,6 +283,12 @@ type Stats struct {
 	Retransmits uint64
 	// Busy counts reply datagrams in which the server said it was falling behind.
 	Busy uint64
+	// Moves counts the times the connection moved to another server of the cluster,
+	// keeping its session: the server had stopped answering, or was not the leader.
+	Moves uint64
+	// NotLeader counts NOT_LEADER answers: requests a follower sent back, which went
+	// to another server.
+	NotLeader uint64
 }
 
 // Stats returns the counters of the connection to the current server.
@@ -296,5 +302,6 @@ func (nm *NetMutex) Stats() Stats {
 		FramesOut: s.framesOut.Load(), DatagramsOut: s.datagramsOut.Load(), SendCalls: s.sendCalls.Load(),
 		FramesIn: s.framesIn.Load(), DatagramsIn: s.datagramsIn.Load(), RecvCalls: s.recvCalls.Load(),
 		BadDatagrams: s.badIn.Load(), Retransmits: s.retransmits.Load(), Busy: s.busy.Load(),
+		Moves: s.moves.Load(), NotLeader: s.notLeader.Load(),
 	}
 }

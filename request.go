@@ -58,6 +58,8 @@ type request struct {
 	session    uint64 // the session it was sent in
 	sent       int    // attempts made (since the last QUEUED, when parked)
 	firstSent  int64  // nanotime of the first attempt
+	lastSent   int64  // nanotime of the latest copy
+	gen        uint32 // the socket's moves when the latest copy left (retarget.go)
 	attemptEnd int64
 	parked     bool // QUEUED: kept alive by slow retransmissions until granted or given up
 
@@ -97,7 +99,7 @@ func (p *requestPool) acquire(op wire.Op, attempts int, timeout, deadline int64)
 	r.frame = framePool.Get()
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
-	r.id, r.session, r.sent, r.firstSent, r.attemptEnd = 0, 0, 0, 0, 0
+	r.id, r.session, r.sent, r.firstSent, r.lastSent, r.attemptEnd = 0, 0, 0, 0, 0, 0
 	r.wait, r.parked = false, false
 	r.queued.Store(false)
 	r.res = result{}

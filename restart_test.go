@@ -8,6 +8,7 @@ import (
 
 	"github.com/netmutex/netmutex/internal/wire"
 	"github.com/netmutex/netmutex/server"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -99,18 +100,28 @@ func TestUnlockAfterRestart(t *testing.T) {
 	require.ErrorIs(t, nm.Unlock(testRetries, testTimeout, &held), ErrLockLost, "Unlock of a lock from before the restart")
 }
 
-// TestRedirectMidSession: a server that becomes a follower answers REDIRECT to the
-// requests of a live client, which follows it to the leader.
+// TestRedirectMidSession: the server a client uses becomes a follower of a leader the
+// client was never told of. Its requests draw NOT_LEADER, which no caller sees: the
+// connection asks the follower who leads (a CONNECT without cookie, answered REDIRECT)
+// and moves its socket there. That leader never knew the session (nothing replicates it
+// here), so the Lock goes through on a new session, within the same call, as it would
+// after a restart; the lock held on the old server is reported lost.
 func TestRedirectMidSession(t *testing.T) {
 	leader := startServer(t, nil)
 	rs := newRestartable(t, 10*time.Second)
 	nm := openClient(t, rs.srv, nil)
 	var l Lock
 	require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second))
+	_, s := session(nm)
 	rs.cfg.Redirect = &wire.Server{ID: 9, Addr: leader.Addr().String()}
 	rs.restart(true)
 	var l2 Lock
-	require.NoError(t, nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second), "Lock through a redirect")
+	require.NoError(t, nm.Lock(testRetries, testTimeout, &l2, "k2", time.Second), "Lock through the follower")
 	require.Equal(t, uint64(1), leader.Stats().Grants, "leader's grants")
+	c, s2 := session(nm)
+	assert.Equal(t, leader.Addr().String(), c.currentAddr(), "on the leader")
+	assert.NotEqual(t, s, s2, "the session the leader never knew")
+	assert.Positive(t, nm.Stats().NotLeader, "NOT_LEADER answers")
 	require.ErrorIs(t, nm.Unlock(testRetries, testTimeout, &l), ErrLockLost, "lock held on the old server")
+	require.NoError(t, nm.Unlock(testRetries, testTimeout, &l2))
 }

@@ -59,9 +59,13 @@ type cleanup struct {
 
 // scan walks every held request once: drops finished ones, sends parked ones once a
 // session exists, retransmits or fails those whose attempt ran out, and computes the
-// ack floor.
+// ack floor. A request whose attempt ran out without a datagram from the server since
+// it left moves the socket to another server of the cluster (retarget.go).
 func (c *serverConn) scan(now int64, session uint64) {
 	c.lastScan = now
+	c.sample(now)
+	hold := c.holding(now)
+	silent := false
 	floor := c.nextID
 	kept := c.list[:0]
 	for _, r := range c.list {
@@ -102,7 +106,12 @@ func (c *serverConn) scan(now int64, session uint64) {
 				c.drop(r)
 				continue
 			}
-			if r.id != 0 && session != 0 {
+			if r.id != 0 && session != 0 && hold {
+				// The copy of this attempt leaves when the pause ends.
+				r.sent++
+				r.attemptEnd = now + c.period(r)
+			} else if r.id != 0 && session != 0 {
+				silent = silent || c.silent(r, now)
 				c.send(r, now, session)
 				if r.parked {
 					r.attemptEnd = now + parkedResendFor(r.ttl)
@@ -113,7 +122,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 				}
 				r.attemptEnd = now + r.timeout
 			}
-		case r.id == 0 && session != 0:
+		case r.id == 0 && session != 0 && !hold:
 			c.send(r, now, session)
 		}
 		if r.id != 0 && r.id < floor {
@@ -124,6 +133,13 @@ func (c *serverConn) scan(now int64, session uint64) {
 	clear(c.list[len(kept):])
 	c.list = kept
 	c.floor = max(c.floor, floor)
+	touchLost := c.touchSilent(now)
+	if session != 0 && !hold && (silent || touchLost) {
+		// The server said nothing for a whole attempt: gone, or cut off. A lost
+		// datagram looks the same, and costs a round trip to a follower or two.
+		c.mv.round = 0
+		c.moveNext(now, now, false)
+	}
 }
 
 // redirectParked answers the requests waiting for a session with the REDIRECT that
@@ -208,10 +224,17 @@ func (c *serverConn) idleWait(now int64) time.Duration {
 	if c.session.Load() == 0 {
 		return time.Duration(max(c.connBackoff, connRetryMin))
 	}
+	wait := time.Second
 	if si := c.server.Load(); si != nil {
-		return max(time.Duration(c.lastSend+int64(si.sessionTimeout/3)-now), time.Millisecond)
+		wait = time.Duration(c.lastSend + int64(si.sessionTimeout/3) - now)
 	}
-	return time.Second
+	if m := &c.mv; m.touchAt != 0 {
+		wait = min(wait, time.Duration(m.touchAt+m.timeout-now)) // to notice it unanswered
+	}
+	if m := &c.mv; m.resendAt != 0 {
+		wait = min(wait, time.Duration(m.resendAt-now))
+	}
+	return max(wait, time.Millisecond)
 }
 
 // touchDue reports whether the session needs a TOUCH: nothing has left for a third of

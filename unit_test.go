@@ -3,6 +3,7 @@ package netmutex
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -21,9 +22,17 @@ import (
 // end-to-end tests.
 type memConn struct {
 	mu      sync.Mutex
-	written [][]byte // every datagram written, copied
-	calls   int      // WriteBatch calls
+	written [][]byte         // every datagram written, copied
+	to      []netip.AddrPort // where each went: the target when it was written
+	calls   int              // WriteBatch calls
 	onWrite func(d []byte)
+
+	// The socket's target, moved by retarget (the send loop's goroutine, as
+	// WriteBatch, so onWrite sees the target its datagram goes to); retargetErr, if
+	// set, refuses every move.
+	target      netip.AddrPort
+	moves       []netip.AddrPort
+	retargetErr error
 
 	replies chan []byte
 	closed  chan struct{}
@@ -43,6 +52,7 @@ func (m *memConn) WriteBatch(ms []batchio.Message) (int, error) {
 	for _, msg := range ms {
 		d := append([]byte(nil), msg.Buf...)
 		m.written = append(m.written, d)
+		m.to = append(m.to, m.target)
 		copies = append(copies, d)
 	}
 	hook := m.onWrite
@@ -83,6 +93,31 @@ func (m *memConn) TryReadBatch(ms []batchio.Message) (int, error) {
 func (m *memConn) Close() error {
 	m.once.Do(func() { close(m.closed) })
 	return nil
+}
+
+func (m *memConn) retarget(to netip.AddrPort) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.retargetErr != nil {
+		return m.retargetErr
+	}
+	m.target = to
+	m.moves = append(m.moves, to)
+	return nil
+}
+
+// moved returns the targets of every move so far.
+func (m *memConn) moved() []netip.AddrPort {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]netip.AddrPort(nil), m.moves...)
+}
+
+// current is where the socket points.
+func (m *memConn) current() netip.AddrPort {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.target
 }
 
 func (m *memConn) reply(d []byte) { m.replies <- d }
