@@ -24,7 +24,7 @@ import (
 // movedFlags are the comparison's flags, which moved to bench/compare.
 var movedFlags = []string{"vs", "plot", "sweep-d", "install-redis", "etcd-fsync"}
 
-func parseFlags(args []string, stderr io.Writer) (*load.Options, error) {
+func parseFlags(args []string, stderr io.Writer) (*load.Options, int, error) {
 	for _, a := range args {
 		if a == "--" {
 			break
@@ -35,7 +35,7 @@ func parseFlags(args []string, stderr io.Writer) (*load.Options, error) {
 		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		for _, m := range movedFlags {
 			if name == m {
-				return nil, fmt.Errorf("-%s belongs to the comparison with peers, a module of its own: go run ./bench/compare -%s ... (see bench/README.md)", m, m)
+				return nil, 0, fmt.Errorf("-%s belongs to the comparison with peers, a module of its own: go run ./bench/compare -%s ... (see bench/README.md)", m, m)
 			}
 		}
 	}
@@ -43,21 +43,25 @@ func parseFlags(args []string, stderr io.Writer) (*load.Options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o.Register(fs)
+	cluster := registerCluster(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: go run ./bench [flags]")
 		fmt.Fprintln(fs.Output(), "\nnetmutex alone under load. The comparison with Redis and etcd is go run ./bench/compare.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+		return nil, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	if err := o.Check(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return o, nil
+	if err := checkCluster(*cluster, o); err != nil {
+		return nil, 0, err
+	}
+	return o, *cluster, nil
 }
 
 func main() {
@@ -71,7 +75,7 @@ func main() {
 }
 
 func mainErr(args []string, stdout, stderr io.Writer) error {
-	o, err := parseFlags(args, stderr)
+	o, cluster, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
@@ -88,6 +92,9 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	}
 	load.PrintMachine(human, rep.Machine)
 	fmt.Fprintf(human, "workload: %s\n\n", o.DescribeWorkload())
+	if cluster > 0 {
+		return runCluster(o, cluster, rep, stdout, human)
+	}
 
 	sys, err := load.StartNetmutex(o)
 	if err != nil {

@@ -86,3 +86,26 @@ func TestMovedFlags(t *testing.T) {
 		}
 	}
 }
+
+// -cluster runs the job against a cluster of netmutexd processes, one netmutexd and the
+// embedded server, in that order; it builds netmutexd first (about 2s in all once the
+// build is cached, so -short runs it too).
+func TestSmokeCluster(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := mainErr([]string{"-cluster", "3", "-c", "8", "-d", "300ms", "-warmup", "50ms", "-json"}, &out, &errOut)
+	require.NoError(t, err, "bench; stderr:\n%s", errOut.String())
+	var rep load.Report
+	require.NoError(t, json.Unmarshal(out.Bytes(), &rep), "stdout is not JSON:\n%s", out.String())
+	require.Len(t, rep.Results, 3)
+	for i, name := range []string{"netmutex-raft3", "netmutexd", "netmutex"} {
+		r := rep.Results[i]
+		assert.Equal(t, name, r.System)
+		assert.NotZero(t, r.Pairs, "%s: pairs", name)
+		assert.Zero(t, r.Errors, "%s: errors (first: %s)", name, r.FirstErr)
+	}
+	assert.Contains(t, rep.Results[0].Note, "3 netmutexd processes replicated with Raft")
+
+	for _, args := range [][]string{{"-cluster", "1"}, {"-cluster", "-1"}, {"-cluster", "3", "-addr", "127.0.0.1:1"}} {
+		assert.Error(t, mainErr(args, &out, &errOut), "%q accepted", args)
+	}
+}

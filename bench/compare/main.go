@@ -30,6 +30,7 @@ type options struct {
 	sweepD       time.Duration
 	installRedis bool
 	etcdFsync    bool
+	cluster      int // -cluster: nodes; 0: the embedded server
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -42,6 +43,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.sweepD, "sweep-d", 2*time.Second, "measured duration of each point of the -plot sweep")
 	fs.BoolVar(&o.installRedis, "install-redis", false, "when redis-server is missing, install it: runs bench/compare/install-redis.sh (sudo apt-get install redis-server)")
 	fs.BoolVar(&o.etcdFsync, "etcd-fsync", true, "etcd fsyncs its log (its default); false sets UnsafeNoFsync")
+	registerCluster(fs, o)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: go run ./bench/compare [flags]")
 		fmt.Fprintln(fs.Output(), "\nnetmutex, then each peer of -vs, under the same workload. Without -install-redis, a missing\nredis-server skips the Redis peers.\n\nFlags:")
@@ -61,6 +63,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.plot != "" && !strings.HasSuffix(o.plot, ".png") && !strings.HasSuffix(o.plot, ".svg") {
 		return nil, fmt.Errorf("-plot: file name must end in .png or .svg")
+	}
+	if err := checkCluster(fs, o, vs); err != nil {
+		return nil, err
 	}
 	var err error
 	if o.vs, err = parseVs(*vs); err != nil {

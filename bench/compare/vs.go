@@ -58,6 +58,10 @@ func (lb *lab) open(name string) (load.System, error) {
 	switch name {
 	case "netmutex":
 		return load.StartNetmutex(&lb.o.Options)
+	case "netmutexd":
+		return openNetmutexd(lb.o, 1)
+	case clusterName(lb.o.cluster):
+		return openNetmutexd(lb.o, lb.o.cluster)
 	case "redis-rueidis", "redis-goredis":
 		if lb.redis == nil && lb.redisErr == nil {
 			lb.redis, lb.redisErr = startRedis(lb.o.installRedis, lb.log)
@@ -113,7 +117,7 @@ func latencyAt() int {
 // peer; with -plot, also the sweep over sweepGoroutines. A peer that cannot be set up or
 // fails is reported as skipped; the others still run.
 func compare(o *options, rep *load.Report, human io.Writer) error {
-	systems := append([]string{"netmutex"}, o.vs...)
+	systems := o.systems()
 	lb := &lab{o: o, log: human}
 	defer lb.close()
 
@@ -125,7 +129,7 @@ func compare(o *options, rep *load.Report, human io.Writer) error {
 	for _, name := range systems {
 		sys, err := lb.open(name)
 		if err != nil {
-			if name == "netmutex" {
+			if name == systems[0] {
 				return err
 			}
 			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
@@ -138,7 +142,7 @@ func compare(o *options, rep *load.Report, human io.Writer) error {
 			if err == nil {
 				return false
 			}
-			if name == "netmutex" {
+			if name == systems[0] {
 				return true
 			}
 			fmt.Fprintf(human, "%s: SKIPPED: %v\n\n", name, err)
@@ -151,7 +155,7 @@ func compare(o *options, rep *load.Report, human io.Writer) error {
 		r, err := cache.Run(o.Workload(o.Goroutines, o.Duration), human)
 		if failed(err) {
 			sys.Close()
-			if name == "netmutex" {
+			if name == systems[0] {
 				return err
 			}
 			continue
@@ -283,7 +287,7 @@ func printSweep(w io.Writer, rs []*load.Result) {
 
 // estimate estimates how long the whole invocation runs, for the first line.
 func (o *options) estimate() time.Duration {
-	n := time.Duration(1 + len(o.vs))
+	n := time.Duration(len(o.systems()))
 	d := n * (o.Warmup + o.Duration)
 	if o.plot != "" {
 		d += n * time.Duration(len(sweepGoroutines)) * (o.Warmup + o.sweepD)
