@@ -242,17 +242,22 @@ func TestCannotMoveFallsBack(t *testing.T) {
 	assert.Empty(t, m.moved())
 }
 
-// TestIdleConnectionMoves: with nothing to send, an unanswered TOUCH moves the socket
-// too, so the session stays alive on the server that now leads.
+// TestIdleConnectionMoves: with nothing to send, a TOUCH unanswered, or answered
+// NOT_LEADER, moves the socket too, so the session stays alive on the server that now
+// leads.
 func TestIdleConnectionMoves(t *testing.T) {
-	m := newMemConn()
-	u := newUnitCluster(m, nil, map[netip.AddrPort]role{addrA: silent, addrB: leads})
-	c := clusterConn(t, m, nil, 150*time.Millisecond, addrA, addrB)
-	require.Eventually(t, func() bool {
-		touches := ops(u.sent(), wire.OpTouch)
-		return len(touches) > 0 && touches[len(touches)-1].to == addrB
-	}, 5*time.Second, time.Millisecond)
-	assert.Equal(t, addrB.String(), c.currentAddr())
+	for _, r := range []role{silent, follows} {
+		t.Run(map[role]string{silent: "silent", follows: "follower"}[r], func(t *testing.T) {
+			m := newMemConn()
+			u := newUnitCluster(m, nil, map[netip.AddrPort]role{addrA: r, addrB: leads})
+			c := clusterConn(t, m, nil, 150*time.Millisecond, addrA, addrB)
+			require.Eventually(t, func() bool {
+				touches := ops(u.sent(), wire.OpTouch)
+				return len(touches) > 0 && touches[len(touches)-1].to == addrB
+			}, 5*time.Second, time.Millisecond)
+			assert.Equal(t, addrB.String(), c.currentAddr())
+		})
+	}
 }
 
 // TestMoveLearnsTheServersPrefix: with keys, after a move the client tracks the counters

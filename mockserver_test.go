@@ -68,3 +68,59 @@ func TestClientDropsBadReplies(t *testing.T) {
 	sock.Close()
 	<-done
 }
+
+// TestConnectNotLeaderIsNoRefusal: a CONNECT answered ERROR NOT_LEADER (a node that
+// knows no leader yet, during an election) is tried again; Open succeeds once the
+// server answers, and if it never does, Open reports that no server answered, not a
+// refusal.
+func TestConnectNotLeaderIsNoRefusal(t *testing.T) {
+	for _, notLeaders := range []int{2, 1 << 30} {
+		sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		require.NoError(t, err)
+		const session = 9 << 32
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 2048)
+			connects := 0
+			for {
+				n, from, err := sock.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				d, err := wire.Parse(buf[:n], false)
+				if err != nil {
+					continue
+				}
+				var f wire.Frame
+				for d.Next(&f) {
+					var reply []byte
+					switch {
+					case f.Op == wire.OpConnect && connects < notLeaders:
+						connects++
+						reply = wire.FinishDatagram(wire.AppendError(wire.BeginDatagram(nil, wire.Header{}), f.ID, wire.CodeNotLeader, ""))
+					case f.Op == wire.OpConnect:
+						reply = wire.FinishDatagram(wire.AppendConnected(wire.BeginDatagram(nil, wire.Header{Session: session}), f.ID,
+							&wire.Connected{Session: session, MaxTTLMs: 60000, SessionTimeoutMs: 15000, RetransmitWindowMs: 60000, ServerID: 1}))
+					default:
+						continue
+					}
+					sock.WriteToUDPAddrPort(reply, from)
+				}
+			}
+		}()
+		nm, err := Open(3, 100*time.Millisecond, []string{sock.LocalAddr().String()}, nil)
+		if notLeaders == 2 {
+			require.NoError(t, err, "Open after two NOT_LEADER")
+			require.Equal(t, uint64(session), nm.conn.Load().session.Load())
+			nm.Close(1, 10*time.Millisecond)
+		} else {
+			require.ErrorIs(t, err, ErrNoServers, "Open while nobody leads")
+			for _, refusal := range []error{ErrAuth, ErrRateLimited, ErrTooManySessions, ErrRefused, ErrTooMuchRetries} {
+				require.NotErrorIs(t, err, refusal)
+			}
+		}
+		sock.Close()
+		<-done
+	}
+}

@@ -1,9 +1,16 @@
 // Package netmutex is the client of the netmutex lock server: distributed try-locks with
 // a TTL, heartbeats, fencing tokens and isolation of holders whose lock expired.
 //
-// One NetMutex holds one UDP socket to one server of the cluster and is safe for any
-// number of goroutines. Requests from all of them are batched into shared datagrams;
-// the steady state allocates nothing.
+// One NetMutex holds one UDP socket to one server of the cluster at a time and is safe
+// for any number of goroutines. Requests from all of them are batched into shared
+// datagrams; the steady state allocates nothing.
+//
+// Failover keeps the session: when the server stops answering (nothing from it for one
+// attempt's timeout while a request waits), refuses datagrams, or answers that it is
+// not the cluster's leader, the socket moves to the next server the cluster named, with
+// the same local address, and every waiting request is sent there again with its id.
+// A cluster that replicates sessions then serves them on, locks held included; calls
+// wait through an election within their pacing (docs/PROTOCOL.md, Failover).
 //
 // Each call comes in two forms that share one implementation: the original's
 // (retries, timeout) form, where every attempt waits timeout and a lost datagram is sent
@@ -64,7 +71,8 @@ type Options struct {
 	// Retries caps the attempts of a context-form call (default DefaultRetries).
 	Retries int
 	// Timeout is the wait for each attempt of a context-form call (default
-	// DefaultTimeout).
+	// DefaultTimeout). A server that sends nothing for that long while a request waits
+	// is left for another server of the cluster.
 	Timeout time.Duration
 
 	unbatched bool // one frame per datagram per system call: the benchmarks' baseline
