@@ -33,6 +33,7 @@ func (c *serverConn) sendLoop() {
 	for !c.closing.Load() {
 		now := nanotime()
 		session := c.session.Load()
+		c.noteHeard(now)
 		c.steer(now, session)
 		hold := c.holding(now) // a pause between rounds of servers that are not the leader
 		took := false

@@ -132,6 +132,7 @@ func clusterConn(t *testing.T, m *memConn, keys *seal.Keyring, sessionTimeout ti
 	c.server.Store(&serverInfo{sessionTimeout: sessionTimeout, retransmitWindow: time.Minute, servers: servers})
 	c.session.Store(7)
 	c.mv.cur, m.target = addrs[0], addrs[0]
+	c.lastSend = nanotime() // no TOUCH before the test's requests
 	c.start()
 	t.Cleanup(c.close)
 	return c
@@ -273,6 +274,7 @@ func TestMoveLearnsTheServersPrefix(t *testing.T) {
 	c.session.Store(7)
 	c.mv.cur, m.target = addrA, addrA
 	c.serverPrefix, c.heard = u.sealer[addrA].Prefix(), true // as CONNECTED from A left them
+	c.lastSend = nanotime()
 	c.start()
 	t.Cleanup(c.close)
 

@@ -72,9 +72,10 @@ func (c *serverConn) currentAddr() string { return *c.target.Load() }
 // holding reports whether a pause is running: nothing is sent to the server meanwhile.
 func (c *serverConn) holding(now int64) bool { return c.mv.resendAt > now }
 
-// sample notes whether anything came from the server since the last call, and whether
-// it served. The scan calls it, once a millisecond at most.
-func (c *serverConn) sample(now int64) {
+// noteHeard notes whether anything came from the server since the last call. The send
+// loop calls it first thing in every round, before it sends: what it notices came
+// before anything sent in the same round, whose time is the same now.
+func (c *serverConn) noteHeard(now int64) {
 	m := &c.mv
 	if f := c.stats.framesIn.Load(); f != m.frames {
 		m.frames, m.heardAt = f, now
@@ -82,16 +83,22 @@ func (c *serverConn) sample(now int64) {
 			m.touchAt = 0
 		}
 	}
+}
+
+// sampleServed notes whether the server served since the last call: the rounds of
+// refusals then start anew. The scan calls it, once a millisecond at most: the flag
+// is written by the receive loop, and a write per round would bounce its cache line.
+func (c *serverConn) sampleServed() {
 	if c.sig.served.Load() {
 		c.sig.served.Store(false)
-		m.round, m.pauses = 0, 0 // the server here is the leader: later refusals start anew
+		c.mv.round, c.mv.pauses = 0, 0
 	}
 }
 
 // silent reports whether r has waited a whole attempt on this server without a single
-// datagram coming back from it, while another server could be asked.
+// datagram coming back from it since it left, while another server could be asked.
 func (c *serverConn) silent(r *request, now int64) bool {
-	return r.lastSent > c.mv.heardAt && now-r.lastSent >= c.period(r) && c.canLeave()
+	return c.mv.heardAt <= r.lastSent && now-r.lastSent >= c.period(r) && c.canLeave()
 }
 
 // period is how long one attempt of r waits before its next copy.

@@ -63,7 +63,7 @@ type cleanup struct {
 // it left moves the socket to another server of the cluster (retarget.go).
 func (c *serverConn) scan(now int64, session uint64) {
 	c.lastScan = now
-	c.sample(now)
+	c.sampleServed()
 	hold := c.holding(now)
 	silent := false
 	floor := c.nextID
@@ -110,6 +110,11 @@ func (c *serverConn) scan(now int64, session uint64) {
 				// The copy of this attempt leaves when the pause ends.
 				r.sent++
 				r.attemptEnd = now + c.period(r)
+			} else if r.id != 0 && session != 0 && r.lastSent > r.attemptEnd-c.period(r) {
+				// A copy went to a server the socket moved to during this attempt: it
+				// counts as this attempt's, and gets a whole attempt to be answered.
+				r.sent++
+				r.attemptEnd = r.lastSent + c.period(r)
 			} else if r.id != 0 && session != 0 {
 				silent = silent || c.silent(r, now)
 				c.send(r, now, session)
