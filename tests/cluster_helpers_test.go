@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -114,18 +115,34 @@ func startCluster(t *testing.T, keyFile string, faults faultproxy.Faults, args .
 	return c
 }
 
-// dumpLogs logs the last n lines of every node's log (they go with the test's temporary
-// directory).
+// dumpLogs logs the last n lines of every node's log, and keeps a copy of each beyond
+// the test's temporary directory.
 func (c *testCluster) dumpLogs(n int) {
+	stamp := time.Now().UnixNano()
 	for _, node := range c.nodes {
 		b, err := os.ReadFile(node.d.logPath)
 		if err != nil {
 			continue
 		}
+		keep := filepath.Join(os.TempDir(), fmt.Sprintf("netmutex-%s-%s-%d.log", strings.ReplaceAll(c.t.Name(), "/", "_"), node.name, stamp))
+		if os.WriteFile(keep, b, 0o644) != nil {
+			keep = node.d.logPath + " (gone with the test)"
+		}
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		c.t.Logf("--- %s: the last %d of %d lines of %s\n%s", node.name, min(n, len(lines)), len(lines), node.d.logPath,
+		c.t.Logf("--- %s: the last %d of %d lines of %s\n%s", node.name, min(n, len(lines)), len(lines), keep,
 			strings.Join(lines[max(0, len(lines)-n):], "\n"))
 	}
+}
+
+// proxyFigures says, per node, how many datagrams its UDP proxy passed each way: which
+// nodes a client spoke to.
+func (c *testCluster) proxyFigures() string {
+	var f []string
+	for _, n := range c.nodes {
+		st := n.udp.Stats()
+		f = append(f, fmt.Sprintf("%s: %d flows, %d in, %d out", n.name, st.Flows, st.ToServer.Forwarded, st.ToClient.Forwarded))
+	}
+	return strings.Join(f, "; ")
 }
 
 // addrs are the proxies' client addresses, node order: what clients are given.
@@ -143,19 +160,12 @@ func (c *testCluster) note(i int, kind string) {
 	c.mu.Unlock()
 }
 
-// start starts node i. Until the server bug TestClusterRestartUnderTraffic shows is
-// fixed, clients cannot reach the node before its Raft has started: a datagram arriving
-// meanwhile crashes it.
+// start starts node i; clients may reach it at once, before its Raft runs
+// (TestClusterRestartUnderTraffic).
 func (c *testCluster) start(i int) {
 	c.t.Helper()
-	n := c.nodes[i]
-	n.udp.Blackhole(faultproxy.ToServer, true)
-	n.d.start()
+	c.nodes[i].d.start()
 	c.note(i, "start")
-	c.waitRaftStarted(i)
-	if !n.cut {
-		n.udp.Blackhole(faultproxy.ToServer, false)
-	}
 }
 
 // raftStartedRE is the line a node logs once its Raft runs.

@@ -8,6 +8,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -139,52 +140,83 @@ func TestClusterPartitionedLeaderStopsGranting(t *testing.T) {
 		t.Skip("starts a cluster of three netmutexd")
 	}
 	c := startCluster(t, newKeyFile(t), faultproxy.Faults{})
-	old := c.waitLeader()
 	w := newWireClient(t, c.keyFile)
-	toOld := w.socket(c.nodes[old].udpBind) // past the proxy, which the partition blackholes
-	w.connect(toOld)
+	socks := map[int]*net.UDPConn{} // straight to each node, past the proxies
+	sock := func(i int) *net.UDPConn {
+		if socks[i] == nil {
+			socks[i] = w.socket(c.nodes[i].udpBind)
+		}
+		return socks[i]
+	}
+	// onLeader sends the request id that add appends to whichever node leads until one
+	// answers other than NOT_LEADER (leadership may move meanwhile).
+	onLeader := func(id uint64, add func(b []byte) []byte) wire.Frame {
+		t.Helper()
+		for deadline := time.Now().Add(clusterCallWait); time.Now().Before(deadline); {
+			f, ok := w.call(sock(c.waitLeader()), id, 200*time.Millisecond, add)
+			if ok && !(f.Op == wire.OpError && f.Code == wire.CodeNotLeader) {
+				return f
+			}
+		}
+		t.Fatalf("no leader answered request %d within %v", id, clusterCallWait)
+		return wire.Frame{}
+	}
+	lockFrame := func(id uint64, key string) func(b []byte) []byte {
+		return func(b []byte) []byte { return wire.AppendLock(b, id, uint32(clusterTTL/time.Millisecond), key) }
+	}
+
+	old := c.waitLeader()
+	require.True(t, w.connect(sock(old)), "no session on the leader %s", c.nodes[old].name)
 	warm := w.id()
-	f, ok := w.lock(toOld, warm, "warm-up", clusterTTL, 2*time.Second)
-	require.True(t, ok && f.Op == wire.OpOK, "LOCK on the leader before the partition: %+v", f)
+	f := onLeader(warm, lockFrame(warm, "warm-up"))
+	require.Equal(t, wire.OpOK, f.Op, "LOCK before the partition: %+v", f)
 	fences := []uint64{f.Fence}
-	f, ok = w.unlock(toOld, warm, "warm-up", 2*time.Second)
-	require.True(t, ok && f.Op == wire.OpOK, "UNLOCK on the leader before the partition: %+v", f)
+	unlockID := w.id()
+	f = onLeader(unlockID, func(b []byte) []byte { return wire.AppendUnlock(b, unlockID, warm, "warm-up") })
+	require.Equal(t, wire.OpOK, f.Op, "UNLOCK before the partition: %+v", f)
+	old = c.waitLeader() // the one to cut off, whatever happened meanwhile
 
 	c.partition(old)
+	cutAt := time.Now()
 	// The wire client sends one LOCK to the old leader, again and again, as a client
 	// retransmits it, for as long as the partition lasts.
 	const key = "contested"
 	lockID := w.id()
+	var replies, notLeader int
+	var other []wire.Frame
 	stop := make(chan struct{})
-	type seen struct {
-		replies, notLeader int
-		other              []wire.Frame
-	}
-	got := make(chan seen, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		var s seen
+		defer wg.Done()
 		for {
 			select {
 			case <-stop:
-				got <- s
 				return
 			default:
 			}
-			if f, ok := w.lock(toOld, lockID, key, clusterTTL, 100*time.Millisecond); ok {
-				s.replies++
+			if f, ok := w.call(sock(old), lockID, 100*time.Millisecond, lockFrame(lockID, key)); ok {
+				replies++
 				if f.Op == wire.OpError && f.Code == wire.CodeNotLeader {
-					s.notLeader++
+					notLeader++
 				} else {
-					s.other = append(s.other, f)
+					other = append(other, f)
 				}
 			}
 		}
 	}()
-	cutAt := time.Now()
+	halted := false
+	halt := func() {
+		if !halted {
+			halted = true
+			close(stop)
+			wg.Wait()
+		}
+	}
+	defer halt()
 	c.waitFollower(old) // it steps down: no quorum within its lease
 	stepDown := time.Since(cutAt)
 	leader := c.waitLeader()
-	require.NotEqual(t, old, leader)
 	t.Logf("%s cut off: stepped down after %v, %s leads after %v", c.nodes[old].name, stepDown.Round(time.Millisecond),
 		c.nodes[leader].name, time.Since(cutAt).Round(time.Millisecond))
 
@@ -202,39 +234,29 @@ func TestClusterPartitionedLeaderStopsGranting(t *testing.T) {
 	require.NoError(t, within(func(ctx context.Context) error { return nm.LockContext(ctx, &l, key, clusterTTL) }), "Lock on the majority")
 	fences = append(fences, l.FenceID())
 	time.Sleep(500 * time.Millisecond) // the old leader, a follower now, hears the LOCK a while longer
-	close(stop)
-	s := <-got
-	assert.Empty(t, s.other, "the cut-off old leader answered its LOCK with something other than NOT_LEADER")
+	halt()
+	assert.Empty(t, other, "the cut-off old leader answered its LOCK with something other than NOT_LEADER")
 	t.Logf("the cut-off old leader answered %d of the wire client's LOCKs over %v, %d with NOT_LEADER",
-		s.replies, time.Since(cutAt).Round(time.Millisecond), s.notLeader)
+		replies, time.Since(cutAt).Round(time.Millisecond), notLeader)
 
 	c.heal(old)
 	time.Sleep(time.Second) // room for a wrong election
-	now := c.waitLeader()
-	assert.NotEqual(t, old, now, "the old leader leads again after healing")
+	c.waitLeader()
 	assert.False(t, c.leads(old), "the old leader leads after healing")
 
 	// Sent again, now to the old leader (a follower) and to the leader: a follower
 	// answers NOT_LEADER; the leader has never applied it, and the key is held.
-	f, ok = w.lock(toOld, lockID, key, clusterTTL, time.Second)
-	if ok {
+	if f, ok := w.call(sock(old), lockID, time.Second, lockFrame(lockID, key)); ok {
 		assert.True(t, f.Op == wire.OpError && f.Code == wire.CodeNotLeader, "the old leader, healed, answers a LOCK with %+v", f)
 	}
-	toLeader := w.socket(c.nodes[now].udpBind)
-	var refused bool
-	for try := 0; try < 20 && !refused; try++ {
-		f, ok = w.lock(toLeader, lockID, key, clusterTTL, 200*time.Millisecond)
-		if ok {
-			require.Equal(t, wire.OpLocked, f.Op, "the LOCK sent to the cut-off leader, sent again to the leader: %+v", f)
-			refused = true
-		}
-	}
-	require.True(t, refused, "no answer from the leader to the wire client's LOCK")
+	f = onLeader(lockID, lockFrame(lockID, key))
+	require.Equal(t, wire.OpLocked, f.Op, "the LOCK sent to the cut-off leader, sent again to the leader: %+v", f)
 
 	require.NoError(t, within(func(ctx context.Context) error { return nm.UpdateContext(ctx, &l, clusterTTL) }), "Update on the majority after healing")
 	require.NoError(t, within(func(ctx context.Context) error { return nm.UnlockContext(ctx, &l) }), "Unlock on the majority after healing")
-	f, ok = w.lock(toLeader, w.id(), key, clusterTTL, 2*time.Second)
-	require.True(t, ok && f.Op == wire.OpOK, "LOCK of the released key: %+v", f)
+	again := w.id()
+	f = onLeader(again, lockFrame(again, key))
+	require.Equal(t, wire.OpOK, f.Op, "LOCK of the released key: %+v", f)
 	fences = append(fences, f.Fence)
 	for i := 1; i < len(fences); i++ {
 		assert.Greater(t, fences[i], fences[i-1], "fences in grant order: %v", fences)
@@ -263,14 +285,17 @@ func TestClusterFailoverTime(t *testing.T) {
 	errs := map[string]int{}
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
 	go func() {
 		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+		for i := 0; !stopped(); i++ {
 			var l netmutex.Lock
 			call := time.Now()
 			err := within(func(ctx context.Context) error { return nm.LockContext(ctx, &l, fmt.Sprintf("ft-%d", i), clusterTTL) })
@@ -282,8 +307,9 @@ func TestClusterFailoverTime(t *testing.T) {
 				grants = append(grants, grant{call, ret})
 			}
 			mu.Unlock()
-			// A lock left held would expire and isolate the session: unlock until done.
-			for try := 0; err == nil && l.Key() != "" && try < 10; try++ {
+			// A lock left held would expire and isolate the session: unlock until done
+			// (or the test ends).
+			for try := 0; err == nil && l.Key() != "" && try < 10 && !stopped(); try++ {
 				if err := within(func(ctx context.Context) error { return nm.UnlockContext(ctx, &l) }); err != nil {
 					mu.Lock()
 					errs["Unlock: "+err.Error()]++
@@ -308,6 +334,7 @@ func TestClusterFailoverTime(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		leader := c.waitLeader()
+		before := c.proxyFigures()
 		killed := time.Now()
 		c.kill(leader)
 		var first time.Duration
@@ -326,7 +353,8 @@ func TestClusterFailoverTime(t *testing.T) {
 			mu.Lock()
 			e := fmt.Sprint(errs)
 			mu.Unlock()
-			t.Fatalf("kill %d of %s: no Lock called after it succeeded within %v (errors: %v)", k+1, c.nodes[leader].name, clusterCallWait, e)
+			t.Fatalf("kill %d of %s: no Lock called after it succeeded within %v (errors: %v); the leader now: %s; through the proxies at the kill: %s; now: %s",
+				k+1, c.nodes[leader].name, clusterCallWait, e, c.nodes[c.waitLeader()].name, before, c.proxyFigures())
 		}
 		took = append(took, first)
 		c.start(leader)
@@ -344,15 +372,11 @@ func TestClusterFailoverTime(t *testing.T) {
 
 // TestClusterRestartUnderTraffic restarts a node while datagrams keep arriving at its
 // client address, as they do from clients that were on it: it must come up and stay up.
-// Server bug: a datagram read between the loop's start and Raft's (startReplica sets
-// s.rep before raft.NewRaft returns) reaches replica.leader with a nil *raft.Raft, and
-// the node panics.
+// It found a server bug, fixed since: a datagram read between the loop's start and
+// Raft's reached replica.leader with a nil *raft.Raft, and the node panicked.
 func TestClusterRestartUnderTraffic(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster of three netmutexd")
-	}
-	if os.Getenv("NETMUTEX_RUN_SKIPPED") == "" {
-		t.Skip("server bug: a cluster node that receives a datagram before its Raft has started panics (nil *raft.Raft in replica.leader); NETMUTEX_RUN_SKIPPED=1 runs it")
 	}
 	c := startCluster(t, newKeyFile(t), faultproxy.Faults{})
 	const restarts = 5
@@ -374,7 +398,7 @@ func TestClusterRestartUnderTraffic(t *testing.T) {
 				}
 			}
 		}()
-		c.nodes[i].d.start() // not c.start, which keeps clients away until Raft runs
+		c.start(i)
 		time.Sleep(500 * time.Millisecond)
 		close(stop)
 		<-done
