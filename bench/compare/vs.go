@@ -235,8 +235,8 @@ func printComparison(w io.Writer, rs []*load.Result, skipped []load.Skip) {
 	} else {
 		fmt.Fprintln(w, "netmutex ÷: netmutex's pairs/s divided by the system's. Latency is of one lock+unlock pair.")
 	}
-	fmt.Fprintln(w, "allocs/op and CPU cover this process (client; netmutex's and etcd's servers are embedded in it);")
-	fmt.Fprintln(w, "CPU also counts the redis-server process. Errors:")
+	fmt.Fprintln(w, "allocs/op and CPU cover this process (client, and the servers embedded in it: netmutex's, etcd's);")
+	fmt.Fprintln(w, "CPU also counts the server processes (redis-server; netmutexd with -cluster). Errors:")
 	for _, r := range rs {
 		e := "0"
 		if r.Errors > 0 {
