@@ -253,7 +253,7 @@ func (c *serverConn) resendDue(now int64, session uint64) {
 	sent := false
 	for _, r := range c.list {
 		switch {
-		case r.id == 0:
+		case r.id == 0 && r.state.Load() == stateQueued:
 			c.send(r, now, session)
 			sent = true
 		case r.gen != m.gen && r.session == session && r.state.Load() == r.id:
@@ -328,9 +328,12 @@ func (c *serverConn) refreshCluster() {
 		return
 	}
 	for _, s := range si.servers {
-		a, _ := netip.ParseAddrPort(s.Addr)
+		a, ok := literal(s.Addr)
+		if !ok {
+			a = netip.AddrPort{}
+		}
 		m.names = append(m.names, s.Addr)
-		m.addrs = append(m.addrs, unmapped(a))
+		m.addrs = append(m.addrs, a)
 	}
 }
 
@@ -353,16 +356,33 @@ func (c *serverConn) canLeave() bool {
 	return here && other
 }
 
-// resolve turns a server's address into the socket's terms.
+// resolve turns a server's address into the socket's terms, looking a name up if it
+// must; false for an address nothing can be sent to.
 func resolve(name string) (netip.AddrPort, bool) {
 	if a, err := netip.ParseAddrPort(name); err == nil {
-		return unmapped(a), true
+		return usable(a)
 	}
 	ua, err := net.ResolveUDPAddr("udp", name)
 	if err != nil {
 		return netip.AddrPort{}, false
 	}
-	return unmapped(ua.AddrPort()), true
+	return usable(ua.AddrPort())
+}
+
+// literal is resolve without the lookup: false for a name.
+func literal(name string) (netip.AddrPort, bool) {
+	a, err := netip.ParseAddrPort(name)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return usable(a)
+}
+
+// usable writes an IPv4 address as such, however it was parsed, so that addresses
+// compare equal, and reports whether datagrams can be sent to it.
+func usable(a netip.AddrPort) (netip.AddrPort, bool) {
+	a = unmapped(a)
+	return a, a.Port() != 0 && !a.Addr().IsUnspecified()
 }
 
 // unmapped writes an IPv4 address as such, however it was parsed, so that addresses
