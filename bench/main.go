@@ -1,7 +1,8 @@
 // Command bench is netmutex's load generator: `go run ./bench` starts an embedded
 // server on loopback (or loads an external one, -addr), runs lock+unlock pairs from many
 // goroutines for a fixed time and prints throughput, latency, allocations, CPU and
-// batching figures.
+// batching figures. With -cluster N it loads N netmutexd processes replicated with Raft,
+// then one netmutexd process and the embedded server, and prints them side by side.
 //
 // It is a module of its own (github.com/netmutex/netmutex/bench) whose only dependency
 // is netmutex itself, so that its first build takes seconds. The comparison with Redis

@@ -206,3 +206,54 @@ func stretchCancelled(ops, failovers []porcupine.Operation) {
 		}
 	}
 }
+
+// reign is a time some node led.
+type reign struct {
+	node       int
+	start, end time.Time // end zero: leads still
+}
+
+// reigns are the times each node led, from the logs and the test's own acts: a reign
+// ends at the node's "no longer leading", or when the test killed, stopped or cut it
+// off, whichever came first (a cut-off leader says so only at its lease's end).
+func (c *testCluster) reigns() []reign {
+	c.mu.Lock()
+	events := append([]clusterEvent(nil), c.events...)
+	c.mu.Unlock()
+	var out []reign
+	for i := range c.nodes {
+		var cur *reign
+		closeAt := func(at time.Time) {
+			if cur != nil {
+				cur.end = at
+				out = append(out, *cur)
+				cur = nil
+			}
+		}
+		ev := 0
+		for _, r := range c.roles(i) {
+			for ; ev < len(events) && !events[ev].at.After(r.at); ev++ {
+				if e := events[ev]; e.node == i && e.kind != "start" && e.kind != "heal" {
+					closeAt(e.at)
+				}
+			}
+			switch r.what {
+			case "leading":
+				if cur == nil {
+					cur = &reign{node: i, start: r.at}
+				}
+			default:
+				closeAt(r.at)
+			}
+		}
+		for ; ev < len(events); ev++ {
+			if e := events[ev]; e.node == i && e.kind != "start" && e.kind != "heal" {
+				closeAt(e.at)
+			}
+		}
+		if cur != nil {
+			out = append(out, *cur)
+		}
+	}
+	return out
+}
