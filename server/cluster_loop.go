@@ -118,9 +118,7 @@ func (s *Server) processCluster() {
 		s.results = s.results[:0]
 		return
 	}
-	if s.redirectTo != nil {
-		s.redirect()
-	}
+	s.redirect()
 }
 
 // propose offers the gathered entry unless maxInflight of this leader's entries are on

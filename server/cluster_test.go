@@ -128,6 +128,8 @@ func TestClusterFailoverKeepsSessionAndLocks(t *testing.T) {
 	f = fc.lockFrame("other", time.Second)
 	requireOp(t, f, wire.OpError, "LOCK on a follower")
 	require.Equal(t, wire.CodeNotLeader, f.Code)
+	fc.send(fc.datagram(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpTouch, fc.id()) }))
+	fc.requireQuiet(200*time.Millisecond, "a follower answers TOUCH with nothing: an ERROR would be larger")
 
 	// The leader dies; a new one is elected and knows the session and the lock.
 	started := time.Now()

@@ -171,7 +171,7 @@ func (s *Server) bind(session uint64, from netip.AddrPort, key *seal.Key, nonce 
 // with a fresh session id and the Peer the session will be bound to. A follower keeps no
 // state and answers a CONNECT with a REDIRECT smaller than it: it skips both checks.
 func (s *Server) connect(from netip.AddrPort, key *seal.Key, nonce seal.Nonce, h *wire.Header, f *wire.Frame, connectPlain []byte) {
-	if s.redirectTo == nil {
+	if !s.following() {
 		if !s.cookies.valid(f.Cookie, from, f.ID, s.clock) {
 			c := s.cookies.make(from, f.ID, s.clock/cookieSlot)
 			s.early(from, key, h.Session, wire.OpCookie, f.ID, 0, c[:])

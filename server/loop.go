@@ -123,7 +123,7 @@ func (s *Server) process(n int, now int64) {
 	switch {
 	case s.rep != nil:
 		s.processCluster()
-	case s.redirectTo != nil:
+	case s.cfg.Redirect != nil:
 		s.redirect()
 	default:
 		s.collectIsolations()
