@@ -16,6 +16,12 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
+// BUG(failover): A connection keeps its session across servers only where its UDP socket
+// can be connected again (unix, windows) and to servers of its address family; its
+// source address stays the one chosen for the first server, so servers must be reachable
+// from it. Otherwise it fails over on a new session, and the old session's locks are
+// lost.
+
 // errOtherFamily refuses to move a socket to an address of the other family: the
 // source address would change, and the session is bound to it.
 var errOtherFamily = errors.New("netmutex: server address of another family than the socket's")
