@@ -202,6 +202,7 @@ func TestClusterPartitionedLeaderStopsGranting(t *testing.T) {
 				} else {
 					other = append(other, f)
 				}
+				time.Sleep(20 * time.Millisecond) // a client's pace, not a flood
 			}
 		}
 	}()
