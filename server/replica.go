@@ -40,9 +40,9 @@ const barrierTimeout = 5 * time.Second
 
 // replica is the node's Raft and its two goroutines.
 type replica struct {
-	cfg       ClusterConfig
-	self      Member // as clients know this node
-	origin    uint64 // this process's mark on the entries it proposes: random per start
+	cfg    ClusterConfig
+	self   Member // as clients know this node
+	origin uint64 // this process's mark on the entries it proposes: random per start
 	// raft is set once Raft runs. The loop runs before it (restoring a snapshot goes
 	// through the loop) and, until then, serves as a follower that knows no leader.
 	raft      atomic.Pointer[raft.Raft]
