@@ -1,9 +1,12 @@
-// Cluster flags: -name, -initial-cluster and -listen-raft into server.ClusterConfig.
+// Cluster flags: -name, -initial-cluster and -listen-raft into server.ClusterConfig; and
+// -cpuprofile.
 
 package main
 
 import (
 	"flag"
+	"os"
+	"runtime/pprof"
 
 	"github.com/netmutex/netmutex/server"
 )
@@ -40,4 +43,20 @@ func clusterFlags(fs *flag.FlagSet, f *flags, cfg *server.Config) error {
 	}
 	cfg.Cluster = cc
 	return nil
+}
+
+// startCPUProfile profiles the process into path until the returned stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

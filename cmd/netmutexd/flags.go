@@ -77,6 +77,7 @@ type flags struct {
 	name           string
 	initialCluster string
 	listenRaft     addrValue
+	cpuProfile     string
 
 	maxSessions, maxSessionsPerAddr, maxLocksPerSession, maxLocks capValue
 	connectRate, maxIsolations, maxWaitersPerKey, maxWaitersSess  capValue
@@ -127,6 +128,7 @@ func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 	fs.Var(&f.version, "version", "print the version and the Go version, and exit")
 	fs.StringVar(&f.name, "name", "", "this node's `name` in -initial-cluster")
 	fs.StringVar(&f.initialCluster, "initial-cluster", "", "run as a node of a Raft cluster of these `members`: NAME=CLIENT_UDP_ADDRESS/RAFT_TCP_ADDRESS,... (the same list on every node; see CLUSTER above); empty: a single server")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the run, until the server stops, to `file` (go tool pprof), for performance work")
 	fs.Var(&f.listenRaft, "listen-raft", "TCP `host:port` to bind Raft to, when it differs from this node's RAFT_TCP_ADDRESS in -initial-cluster (a proxy in front); empty: that address")
 
 	fs.Var(&f.maxSessions, "max-sessions", "at most `n` sessions in all; more CONNECTs are refused TOO_MANY_SESSIONS; 0: the default")

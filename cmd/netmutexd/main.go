@@ -298,6 +298,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 		log.Info("keys loaded", "file", f.keyFile, "ids", keyIDs(keys), "sealing", keys.Sealing().ID)
 	}
 
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer stop()
+	}
+
 	// From here a signal stops the server cleanly; before New returns it is noted and
 	// acted on once the server serves.
 	sigs := make(chan os.Signal, 1)
