@@ -170,7 +170,7 @@ func dialServer(addr string, cfg connConfig) (*serverConn, error) {
 		return nil, err
 	}
 	c := newServerConn(addr, udpConn{bc, sock}, cfg)
-	c.mv.cur = unmapped(ua.AddrPort())
+	c.mv.cur, _ = usable(ua.AddrPort())
 	c.start()
 	return c, nil
 }

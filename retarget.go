@@ -387,15 +387,6 @@ func literal(name string) (netip.AddrPort, bool) {
 // usable writes an IPv4 address as such, however it was parsed, so that addresses
 // compare equal, and reports whether datagrams can be sent to it.
 func usable(a netip.AddrPort) (netip.AddrPort, bool) {
-	a = unmapped(a)
-	return a, a.Port() != 0 && !a.Addr().IsUnspecified()
-}
-
-// unmapped writes an IPv4 address as such, however it was parsed, so that addresses
-// compare equal.
-func unmapped(a netip.AddrPort) netip.AddrPort {
-	if !a.IsValid() {
-		return a
-	}
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	return a, a.IsValid() && a.Port() != 0 && !a.Addr().IsUnspecified()
 }
