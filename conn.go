@@ -120,6 +120,7 @@ type serverConn struct {
 	// heard from, whose datagrams still queued are late; and whether the server now
 	// talked to has been heard from.
 	seenGen     uint32
+	prefixAt    string // the address the socket pointed at when serverPrefix was learnt
 	stalePrefix [seal.PrefixSize]byte
 	hasStale    bool
 	heard       bool
@@ -378,6 +379,7 @@ func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]b
 			servers:          con.Servers,
 		})
 		c.serverPrefix, c.window, c.heard = prefix, seal.Window{}, true
+		c.prefixAt = c.currentAddr()
 		c.session.Store(con.Session)
 	}
 	select {

@@ -60,9 +60,15 @@ func (c *serverConn) handleBatch(n int) uint64 {
 	c.stats.datagramsIn.Add(uint64(n))
 	if c.keys != nil {
 		if g := c.sig.gen.Load(); g != c.seenGen {
-			// The socket moved to another server.
+			// The socket moved to another server, or back: moves with no reply read
+			// between them (A, B, C, then A again) must not leave A's prefix taken
+			// for a late one while A answers.
 			c.seenGen = g
-			c.stalePrefix, c.hasStale, c.heard = c.serverPrefix, c.heard, false
+			if c.heard && c.prefixAt == c.currentAddr() {
+				c.hasStale = false
+			} else {
+				c.stalePrefix, c.hasStale, c.heard = c.serverPrefix, c.heard, false
+			}
 		}
 	}
 	frames := uint64(0)
@@ -126,6 +132,7 @@ func (c *serverConn) open(b []byte) (wire.Datagram, [seal.PrefixSize]byte, error
 			c.serverPrefix, c.window = nonce.Prefix, seal.Window{}
 		}
 		c.heard = true
+		c.prefixAt = c.currentAddr()
 	}
 	if nonce.Prefix == c.serverPrefix && !c.window.Accept(nonce.Counter) {
 		return wire.Datagram{}, prefix, errReplay

@@ -309,3 +309,27 @@ func TestMoveLearnsTheServersPrefix(t *testing.T) {
 	require.Equal(t, wire.OpOK, res.op)
 	assert.Equal(t, uint64(43), res.fence)
 }
+
+// TestMoveBackToTheServerLeft: the socket goes round the cluster on silence (A, B, C,
+// then A again) with no reply read in between; then A follows and C leads: the call
+// still ends at C. (demux.go keeps A's prefix as A's own when the socket comes back to
+// A; this test passes without that too, the round's probes finding the way, so it guards
+// the path, not that one line.)
+func TestMoveBackToTheServerLeft(t *testing.T) {
+	keys := keyring(t, "3 "+testKeyHex+"\n")
+	m := newMemConn()
+	u := newUnitCluster(m, keys, map[netip.AddrPort]role{addrA: silent, addrB: silent, addrC: silent})
+	c := clusterConn(t, m, keys, time.Minute, addrA, addrB, addrC)
+	c.serverPrefix, c.heard, c.prefixAt = u.sealer[addrA].Prefix(), true, addrA.String() // as CONNECTED from A left them
+	done := make(chan result, 1)
+	go func() { done <- lockTrip(c, "k", 40, 50*time.Millisecond) }()
+	require.Eventually(t, func() bool {
+		mv := m.moved()
+		return len(mv) >= 3 && mv[len(mv)-1] == addrA
+	}, 5*time.Second, time.Millisecond, "round the cluster and back to A")
+	u.mu.Lock()
+	u.roles[addrA], u.roles[addrC] = follows, leads
+	u.mu.Unlock()
+	res := <-done
+	require.Equal(t, wire.OpOK, res.op, "A's NOT_LEADER was taken, not dropped as a late one")
+}

@@ -234,7 +234,8 @@ func (c *serverConn) pointAt(now int64, a netip.AddrPort, name string, resendAt 
 			return false
 		}
 		c.stats.moves.Add(1)
-		c.sig.gen.Add(1) // another server: the receive loop learns its prefix
+		c.target.Store(&name) // before gen: the receive loop reads it when gen moves
+		c.sig.gen.Add(1)      // another server: the receive loop learns its prefix
 	}
 	m.cur = a
 	c.target.Store(&name)
