@@ -32,9 +32,9 @@ const (
 // entryHeaderSize: kind, origin, now, and for a batch the two counts.
 const entryHeaderSize = 1 + 8 + 8
 
-// ErrBadEntry: a log entry this version cannot read. Entries come from the log, written
+// errBadEntry: a log entry this version cannot read. Entries come from the log, written
 // by a leader of the cluster: one that does not parse is a bug or a newer version.
-var ErrBadEntry = errors.New("server: bad log entry")
+var errBadEntry = errors.New("server: bad log entry")
 
 // maxEntryBytes bounds one entry's datagrams: while the log is behind, the leader's
 // batches gather into the next entry up to this, and later datagrams are dropped (their
@@ -156,7 +156,7 @@ type entryDatagram struct {
 
 func (r *entryReader) read(b []byte) error {
 	if len(b) < entryHeaderSize {
-		return ErrBadEntry
+		return errBadEntry
 	}
 	r.kind = b[0]
 	r.origin = binary.BigEndian.Uint64(b[1:])
@@ -166,22 +166,22 @@ func (r *entryReader) read(b []byte) error {
 	switch r.kind {
 	case entryLeader:
 		if len(b) != 8 {
-			return ErrBadEntry
+			return errBadEntry
 		}
 		r.floor = binary.BigEndian.Uint64(b)
 		r.rest, r.n = nil, 0
 		return nil
 	case entryBatch:
 	default:
-		return ErrBadEntry
+		return errBadEntry
 	}
 	if len(b) < 2 {
-		return ErrBadEntry
+		return errBadEntry
 	}
 	nIso := int(binary.BigEndian.Uint16(b))
 	b = b[2:]
 	if len(b) < nIso*8+2 {
-		return ErrBadEntry
+		return errBadEntry
 	}
 	for i := 0; i < nIso; i++ {
 		r.isos = append(r.isos, binary.BigEndian.Uint64(b[i*8:]))
@@ -196,13 +196,13 @@ func (r *entryReader) read(b []byte) error {
 func (r *entryReader) next(d *entryDatagram) (bool, error) {
 	if r.n == 0 {
 		if len(r.rest) != 0 {
-			return false, ErrBadEntry
+			return false, errBadEntry
 		}
 		return false, nil
 	}
 	b := r.rest
 	if len(b) < 1+4+2 {
-		return false, ErrBadEntry
+		return false, errBadEntry
 	}
 	d.flags = b[0]
 	b = b[1:]
@@ -212,7 +212,7 @@ func (r *entryReader) next(d *entryDatagram) (bool, error) {
 		b = b[4:]
 	} else {
 		if len(b) < 16+2 {
-			return false, ErrBadEntry
+			return false, errBadEntry
 		}
 		ip = netip.AddrFrom16([16]byte(b[:16]))
 		b = b[16:]
@@ -222,7 +222,7 @@ func (r *entryReader) next(d *entryDatagram) (bool, error) {
 	d.keyID, d.nonce = 0, seal.Nonce{}
 	if d.flags&dgSealed != 0 {
 		if len(b) < 1+seal.PrefixSize+8 {
-			return false, ErrBadEntry
+			return false, errBadEntry
 		}
 		d.keyID = b[0]
 		copy(d.nonce.Prefix[:], b[1:])
@@ -232,17 +232,17 @@ func (r *entryReader) next(d *entryDatagram) (bool, error) {
 	d.newSession = 0
 	if d.flags&dgConnect != 0 {
 		if len(b) < 8 {
-			return false, ErrBadEntry
+			return false, errBadEntry
 		}
 		d.newSession = binary.BigEndian.Uint64(b)
 		b = b[8:]
 	}
 	if len(b) < 2 {
-		return false, ErrBadEntry
+		return false, errBadEntry
 	}
 	n := int(binary.BigEndian.Uint16(b))
 	if len(b) < 2+n {
-		return false, ErrBadEntry
+		return false, errBadEntry
 	}
 	d.plain = b[2 : 2+n]
 	r.rest = b[2+n:]
