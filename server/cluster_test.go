@@ -331,6 +331,8 @@ func TestClusterFailoverExtendsLeases(t *testing.T) {
 	}
 	freed := time.Now()
 	t.Logf("TTL %v, no leader for %v, freed %v after the LOCK was sent", ttl, elected.Sub(killed), freed.Sub(sent))
-	require.GreaterOrEqual(t, freed.Sub(sent), ttl+elected.Sub(killed)-20*time.Millisecond,
+	// elected is seen by polling, up to a scheduling delay after the log's time resumed:
+	// 50ms of slack, far below the elections' 300ms and more that the check is about.
+	require.GreaterOrEqual(t, freed.Sub(sent), ttl+elected.Sub(killed)-50*time.Millisecond,
 		"freed before its TTL plus the election")
 }
