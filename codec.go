@@ -4,6 +4,7 @@
 package netmutex
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/wire"
@@ -107,5 +108,15 @@ func resultErr(res result) error {
 			return ErrTooMuchRetries
 		}
 	}
-	return ErrRefused
+	return refusedErr(res)
+}
+
+// refusedErr is ErrRefused naming the reply that drew it: a code no error of the API
+// stands for, or a reply of a kind the request never draws. Off the hot path: only a
+// refusal allocates.
+func refusedErr(res result) error {
+	if res.op == wire.OpError {
+		return fmt.Errorf("%w (ERROR code %d)", ErrRefused, res.code)
+	}
+	return fmt.Errorf("%w (reply opcode %#x)", ErrRefused, uint8(res.op))
 }
