@@ -336,3 +336,26 @@ func TestClusterFailoverExtendsLeases(t *testing.T) {
 	require.GreaterOrEqual(t, freed.Sub(sent), ttl+elected.Sub(killed)-50*time.Millisecond,
 		"freed before its TTL plus the election")
 }
+
+// TestClusterUnknownSessionNotLogged: requests naming no live session (anyone can send
+// them) are answered by the leader as the machine would, DISCONNECTED, without a log
+// entry: a flood of them costs no fsync on any node.
+func TestClusterUnknownSessionNotLogged(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	li := tc.leader()
+	r := tc.nodes[li].rep.raft.Load()
+	require.Eventually(t, func() bool { return r.AppliedIndex() == r.LastIndex() }, 2*time.Second, 5*time.Millisecond)
+	before := r.LastIndex()
+	c := newSealedClient(t, tc.nodes[li].Addr(), ring, 1)
+	c.session = 0xdead
+	for i := 0; i < 20; i++ {
+		requireOp(t, c.lockFrame("k", time.Second), wire.OpDisconnected, "LOCK of no session")
+	}
+	require.Equal(t, wire.OpPong, c.call(func(b []byte) []byte { return wire.AppendEmpty(b, wire.OpPing, c.id()) }).Op)
+	time.Sleep(50 * time.Millisecond)
+	require.Equal(t, before, r.LastIndex(), "nothing was logged")
+	c.connect("real")
+	requireOp(t, c.lockFrame("k", time.Second), wire.OpOK, "a live session's LOCK goes through the log")
+	require.Greater(t, r.LastIndex(), before)
+}

@@ -72,7 +72,7 @@ func (s *Server) parse(i int) {
 			}
 			tag = int32(len(s.routes))
 			s.routes = append(s.routes, route{msg.Addr, key})
-			s.noteDatagram(msg.Addr, key, nonce, admin, 0, false, plain)
+			s.noteRequests(msg.Addr, key, nonce, admin, d.Session, tag, plain)
 		}
 		c := command{Tag: tag, Session: d.Session, Floor: d.Floor, ID: f.ID}
 		if !requestCommand(&c, &f, admin) {
