@@ -156,7 +156,9 @@ func (s *Server) bind(session uint64, from netip.AddrPort, key *seal.Key, nonce 
 		// A fresh sealed datagram of the session from a new address: the client moved
 		// (a new leader reached through another path, a NAT rebinding). Grants pushed to
 		// its waiters go where it is now.
-		p.Addr = from
+		if p.Addr != from {
+			p.Addr = from
+		}
 	} else if from != p.Addr {
 		s.stats.dropBad(badPeer)
 		s.stats.badPeer.Add(1)
