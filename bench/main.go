@@ -161,6 +161,7 @@ func printResult(w io.Writer, r *load.Result) {
 	}
 	row("allocations/operation", fmt.Sprintf("%.2f", r.AllocsPerOp), allocs)
 	row("CPU s/million operations", fmt.Sprintf("%.2f", r.CPUPerMop), "user+sys of "+r.CPUWhat)
+	row("cores busy", fmt.Sprintf("%.2f", r.CPUPerMop*r.OpsPerSec/1e6), "the same CPU time over the measured seconds")
 	if t := r.Transport; t != nil {
 		row("client frames/datagram", fmt.Sprintf("%.1f out, %.1f in", t.ClientFramesPerDatagramOut, t.ClientFramesPerDatagramIn), "")
 		row("client datagrams/syscall", fmt.Sprintf("%.2f send, %.2f recv", t.ClientDatagramsPerSendCall, t.ClientDatagramsPerRecvCall), "")

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type Options struct {
 	TTL        time.Duration
 	JSON       bool
 	CPUProfile string
+	Trace      string // an execution trace of the measured run (go tool trace)
 	KeyFile    string // seal every datagram with these keys (client and embedded server)
 	Sealed     bool   // with a fresh random key
 }
@@ -40,6 +42,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "load before measuring, not counted")
 	fs.DurationVar(&o.TTL, "ttl", 10*time.Second, "lock TTL (longer than any pair takes)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the run (client and embedded server) to this file")
+	fs.StringVar(&o.Trace, "trace", "", "write an execution trace of the run (client and embedded server) to this file (go tool trace): where goroutines wait")
 	fs.StringVar(&o.KeyFile, "key-file", "", "seal every datagram with the keys of this file (client, and the embedded server)")
 	fs.BoolVar(&o.Sealed, "sealed", false, "seal every datagram with a fresh random key (client and embedded server)")
 	fs.BoolVar(&o.JSON, "json", false, "print the result as JSON on stdout (progress stays on stderr)")
@@ -111,20 +114,35 @@ func (o *Options) DescribeWorkload() string {
 		o.Goroutines, o.Conns, keys, o.TTL, o.Warmup, o.Duration)
 }
 
-// StartCPUProfile starts the -cpuprofile profile, if any; stop ends it.
+// StartCPUProfile starts the -cpuprofile profile and the -trace trace, if any; stop
+// ends them.
 func (o *Options) StartCPUProfile() (stop func(), err error) {
-	if o.CPUProfile == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(o.CPUProfile)
+	stopProfile, err := startTo(o.CPUProfile, pprof.StartCPUProfile, pprof.StopCPUProfile)
 	if err != nil {
 		return nil, err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	stopTrace, err := startTo(o.Trace, trace.Start, trace.Stop)
+	if err != nil {
+		stopProfile()
+		return nil, err
+	}
+	return func() { stopTrace(); stopProfile() }, nil
+}
+
+// startTo starts a recording into the file named path, unless path is empty.
+func startTo(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return func() { stop(); f.Close() }, nil
 }
 
 // RunID tells this run's keys from those of any other run on an external server.
