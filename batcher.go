@@ -74,15 +74,18 @@ func (c *serverConn) sendLoop() {
 			time.Sleep(busyPause)
 			c.busy.Store(false)
 		}
-		if took || sent || c.ring.pending() {
+		if took || sent || c.ring.ready() {
 			// Let the batch form: callers woken by the last replies are runnable now
 			// and about to push. Yielding lets them run first; with nothing else to
 			// run it returns at once, so a lone request still leaves without delay.
 			c.gather()
 			continue
 		}
+		// Not pending: a producer stopped between claiming its slot and filling it (its
+		// thread descheduled) wakes us once it has filled it; spinning on it would keep
+		// this processor from stealing the callers queued behind that thread.
 		c.sleeping.Store(true)
-		if c.ring.pending() || c.closing.Load() {
+		if c.ring.ready() || c.closing.Load() {
 			c.sleeping.Store(false)
 			continue
 		}

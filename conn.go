@@ -42,9 +42,12 @@ func (u udpConn) retarget(to netip.AddrPort) error { return reconnect(u.sock, to
 var _ batchConn = udpConn{}
 
 const (
-	// ringSize equals the in-flight table, so a push fails only when that many callers
-	// are already waiting on one connection.
-	ringSize = inflightSize
+	// ringSize bounds the requests pushed and not yet taken by the sender, which drains
+	// the ring whole every round: thousands per millisecond. A slot fills a cache line,
+	// so 1024 slots cost 64 KB a connection; the in-flight table's 16384 would cost 1 MB,
+	// which a fleet of small clients pays per NetMutex. A full ring only makes its caller
+	// wait for room (push).
+	ringSize = 1024
 	// connRetryMin is the first wait before a CONNECT is sent again: a server that is
 	// just starting is found within it, and a lost CONNECT costs no more.
 	connRetryMin = int64(50 * time.Millisecond)

@@ -75,3 +75,9 @@ func (q *ring) pop() *request {
 // pending reports whether a producer has claimed a position not yet popped, even if it
 // has not finished writing it. Only the send loop calls it.
 func (q *ring) pending() bool { return q.head.Load() != q.tail }
+
+// ready reports whether the oldest request can be popped. A producer between claiming
+// its slot and filling it makes pending true but not ready: it checks whether the send
+// loop sleeps after it fills the slot, so the loop need not wait for it. Only the send
+// loop calls it.
+func (q *ring) ready() bool { return q.slots[q.tail&q.mask].seq.Load() == q.tail+1 }
