@@ -72,7 +72,7 @@ func (nm *NetMutex) connect(pc *pacing, addrs []string) (*serverConn, error) {
 			return
 		}
 		dialed[a] = true
-		cfg := connConfig{info: nm.info, keys: nm.keys, connectWait: time.Duration(pc.timeout), timeout: nm.timeout, notify: notify, unbatched: nm.unbatched}
+		cfg := connConfig{info: nm.info, keys: nm.keys, connectWait: time.Duration(pc.timeout), timeout: nm.timeout, notify: notify, unbatched: nm.unbatched, spinWait: nm.spinWait}
 		c, err := dialServer(a, cfg)
 		if err != nil {
 			dialErrs = append(dialErrs, err)

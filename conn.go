@@ -115,6 +115,7 @@ type serverConn struct {
 	mv          mover // where the socket points (retarget.go)
 
 	// Owned by the receive loop.
+	spinWait     int64 // Options.SpinWait, ns
 	in           []batchio.Message
 	opened       []byte                // a sealed datagram's plain content
 	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that answers
@@ -138,6 +139,7 @@ type connConfig struct {
 	timeout     time.Duration // the wait for an answer to a TOUCH (0: DefaultTimeout)
 	notify      chan struct{} // signalled when a CONNECT is answered
 	unbatched   bool          // one frame per datagram per call: the benchmarks' baseline
+	spinWait    time.Duration // Options.SpinWait
 }
 
 // firstIDRange bounds a connection's first request id, drawn at random so that lock
@@ -209,6 +211,7 @@ func newServerConn(addr string, bc batchConn, cfg connConfig) *serverConn {
 		c.in[i].Buf = make([]byte, 2*wire.MaxDatagram)
 	}
 	c.connWait.Store(int64(cfg.connectWait))
+	c.spinWait = int64(cfg.spinWait)
 	return c
 }
 

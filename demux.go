@@ -21,35 +21,61 @@ func (c *serverConn) recvLoop() {
 	for {
 		n, err := c.bc.ReadBatch(c.in)
 		if err != nil {
-			if c.closing.Load() || errors.Is(err, net.ErrClosed) {
+			if c.readFailed(err) {
 				return
 			}
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				// Nothing listens there: the send loop moves to another server of the
-				// cluster if there is one; otherwise time-outs decide.
-				c.sig.unreachable.Store(true)
-				c.wakeIfSleeping()
-				continue
-			}
-			time.Sleep(time.Millisecond) // an unexpected error: do not spin on it
 			continue
 		}
-		frames := c.handleBatch(n)
-		// Under load (more than one reply at a time), take the next replies without
-		// parking in the netpoller: a scheduler busy with callers polls the network
-		// late. Yielding between tries lets the callers just woken run first. A lone
-		// reply parks at once: spinning would only delay a single caller.
-		for idle := 0; frames > 1 && idle < batchio.RecvSpins; {
-			runtime.Gosched()
-			n, err := c.bc.TryReadBatch(c.in)
-			if err != nil || n == 0 {
-				idle++
-				continue
-			}
-			c.handleBatch(n)
-			idle = 0
+		if !c.poll(c.handleBatch(n)) {
+			return
 		}
 	}
+}
+
+// poll takes the next replies without parking in the netpoller, yielding between tries
+// so that the callers just woken run first. Under load (more than one reply at a time)
+// it tries batchio.RecvSpins times in a row, since a scheduler busy with callers polls
+// the network late; a lone reply parks at once. With Options.SpinWait it keeps trying
+// until that long has passed since the last reply. It reports false once the socket is
+// closed.
+func (c *serverConn) poll(frames uint64) bool {
+	var spinEnd int64
+	if c.spinWait > 0 {
+		spinEnd = nanotime() + c.spinWait
+	}
+	for idle := 0; (frames > 1 && idle < batchio.RecvSpins) || (spinEnd != 0 && nanotime() < spinEnd); {
+		runtime.Gosched()
+		n, err := c.bc.TryReadBatch(c.in)
+		if err != nil && c.readFailed(err) {
+			return false
+		}
+		if err != nil || n == 0 {
+			idle++
+			continue
+		}
+		c.handleBatch(n)
+		idle = 0
+		if spinEnd != 0 {
+			spinEnd = nanotime() + c.spinWait
+		}
+	}
+	return true
+}
+
+// readFailed takes a read's error and reports whether the socket is closed.
+func (c *serverConn) readFailed(err error) bool {
+	switch {
+	case c.closing.Load() || errors.Is(err, net.ErrClosed):
+		return true
+	case errors.Is(err, syscall.ECONNREFUSED):
+		// Nothing listens there: the send loop moves to another server of the cluster
+		// if there is one; otherwise time-outs decide.
+		c.sig.unreachable.Store(true)
+		c.wakeIfSleeping()
+	default:
+		time.Sleep(time.Millisecond) // an unexpected error: do not spin on it
+	}
+	return false
 }
 
 // handleBatch decodes n received datagrams, completes their requests and returns how

@@ -37,6 +37,9 @@ var (
 	ErrTTLTooLong = errors.New("netmutex: TTL over the server's maximum")
 	// ErrLongIsolationInfo is returned by Open for IsolationInfo over MaxIsolationInfo.
 	ErrLongIsolationInfo = errors.New("netmutex: isolation info too long")
+	// ErrWrongSpinWait is returned by Open for an Options.SpinWait below 0 or over
+	// MaxSpinWait.
+	ErrWrongSpinWait = errors.New("netmutex: SpinWait out of range")
 	// ErrNilLock is returned when a nil *Lock is passed.
 	ErrNilLock = errors.New("netmutex: nil Lock")
 	// ErrNotLocked is returned by Update and Unlock for a Lock that holds nothing: never

@@ -2,6 +2,7 @@ package netmutex
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -87,6 +88,12 @@ func TestOpenErrors(t *testing.T) {
 	long := &Options{IsolationInfo: strings.Repeat("i", MaxIsolationInfo+1)}
 	_, err = Open(1, testTimeout, []string{"127.0.0.1:1"}, long)
 	require.ErrorIs(t, err, ErrLongIsolationInfo, "long isolation info")
+	srv := startServer(t, nil)
+	for _, spin := range []time.Duration{-time.Nanosecond, MaxSpinWait + time.Nanosecond} {
+		_, err = Open(1, testTimeout, []string{srv.Addr().String()}, &Options{SpinWait: spin})
+		require.ErrorIs(t, err, ErrWrongSpinWait, "SpinWait %v", spin)
+	}
+	require.Zero(t, srv.Stats().Datagrams, "a refused Open sent nothing")
 	dead := deadAddr(t)
 	start := time.Now()
 	_, err = Open(2, 50*time.Millisecond, []string{dead}, nil)
@@ -102,6 +109,38 @@ func deadAddr(t *testing.T) string {
 	addr := c.LocalAddr().String()
 	c.Close()
 	return addr
+}
+
+// TestSpinWait: a client that polls its socket between replies (Options.SpinWait) gets
+// every answer right, sequentially and with company, and Close stops its spinning
+// receive loop at once (TestMain checks that no goroutine outlives the test).
+func TestSpinWait(t *testing.T) {
+	srv := startServer(t, nil)
+	nm, err := Open(testRetries, testTimeout, []string{srv.Addr().String()}, &Options{SpinWait: MaxSpinWait})
+	require.NoError(t, err)
+	var l Lock
+	for i := range 200 {
+		require.NoError(t, nm.Lock(testRetries, testTimeout, &l, "k", time.Second), "pair %d", i)
+		require.NoError(t, nm.Unlock(testRetries, testTimeout, &l), "pair %d", i)
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var l Lock
+			key := fmt.Sprint("g", g)
+			for range 50 {
+				assert.NoError(t, nm.Lock(testRetries, testTimeout, &l, key, time.Second))
+				assert.NoError(t, nm.Unlock(testRetries, testTimeout, &l))
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, uint64(600), srv.Stats().Grants)
+	start := time.Now()
+	require.NoError(t, nm.Close(testRetries, testTimeout))
+	require.Less(t, time.Since(start), time.Second, "Close waits for a spinning receive loop")
 }
 
 func TestOpenDeadThenLive(t *testing.T) {

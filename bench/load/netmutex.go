@@ -18,13 +18,14 @@ import (
 // Netmutex is the system under test: an embedded server on loopback (or an external
 // one at -addr) and -conns NetMutex instances.
 type Netmutex struct {
-	srv     *server.Server // nil with an external server
-	dataDir string
-	addr    string
-	nms     []*netmutex.NetMutex
-	ttl     time.Duration
-	keyFile string
-	tempKey bool // keyFile is ours to remove
+	srv      *server.Server // nil with an external server
+	dataDir  string
+	addr     string
+	nms      []*netmutex.NetMutex
+	ttl      time.Duration
+	keyFile  string
+	tempKey  bool // keyFile is ours to remove
+	spinWait time.Duration
 }
 
 // openTimeout bounds Open: generous, the server is on this machine.
@@ -37,7 +38,7 @@ const (
 // NetMutex instances to it, sealing with o's keys if any.
 func StartNetmutex(o *Options) (*Netmutex, error) {
 	addr, conns, ttl := o.Addr, o.Conns, o.TTL
-	s := &Netmutex{addr: addr, ttl: ttl, keyFile: o.KeyFile}
+	s := &Netmutex{addr: addr, ttl: ttl, keyFile: o.KeyFile, spinWait: o.SpinWait}
 	if o.Sealed {
 		f, err := os.CreateTemp("", "netmutex-bench-key-")
 		if err != nil {
@@ -78,7 +79,7 @@ func StartNetmutex(o *Options) (*Netmutex, error) {
 		s.addr = srv.Addr().String()
 	}
 	for range max(conns, 1) {
-		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, &netmutex.Options{KeyFile: s.keyFile})
+		nm, err := netmutex.Open(openRetries, openTimeout, []string{s.addr}, &netmutex.Options{KeyFile: s.keyFile, SpinWait: s.spinWait})
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("netmutex: open %s: %w", s.addr, err)
@@ -96,6 +97,9 @@ func (s *Netmutex) Note() string {
 	sealed := ""
 	if s.keyFile != "" {
 		sealed = ", sealed datagrams"
+	}
+	if s.spinWait > 0 {
+		sealed += fmt.Sprintf(", SpinWait %v", s.spinWait)
 	}
 	if s.srv == nil {
 		return fmt.Sprintf("external server %s, %d NetMutex%s", s.addr, len(s.nms), sealed)

@@ -11,6 +11,8 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"time"
+
+	"github.com/netmutex/netmutex"
 )
 
 // Options are the flags every command of the bench shares: the workload, and how
@@ -26,9 +28,10 @@ type Options struct {
 	TTL        time.Duration
 	JSON       bool
 	CPUProfile string
-	Trace      string // an execution trace of the measured run (go tool trace)
-	KeyFile    string // seal every datagram with these keys (client and embedded server)
-	Sealed     bool   // with a fresh random key
+	Trace      string        // an execution trace of the measured run (go tool trace)
+	SpinWait   time.Duration // netmutex.Options.SpinWait, and the embedded server's
+	KeyFile    string        // seal every datagram with these keys (client and embedded server)
+	Sealed     bool          // with a fresh random key
 }
 
 // Register adds the shared flags to fs.
@@ -43,6 +46,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.TTL, "ttl", 10*time.Second, "lock TTL (longer than any pair takes)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the run (client and embedded server) to this file")
 	fs.StringVar(&o.Trace, "trace", "", "write an execution trace of the run (client and embedded server) to this file (go tool trace): where goroutines wait")
+	fs.DurationVar(&o.SpinWait, "spin-wait", 0, "netmutex clients (and the embedded server) poll the socket this long after each reply before sleeping (netmutex.Options.SpinWait): lower latency for few callers, more CPU; 0: off")
 	fs.StringVar(&o.KeyFile, "key-file", "", "seal every datagram with the keys of this file (client, and the embedded server)")
 	fs.BoolVar(&o.Sealed, "sealed", false, "seal every datagram with a fresh random key (client and embedded server)")
 	fs.BoolVar(&o.JSON, "json", false, "print the result as JSON on stdout (progress stays on stderr)")
@@ -59,6 +63,8 @@ func (o *Options) Check() error {
 		return errors.New("-keys must not be negative")
 	case o.Duration <= 0:
 		return errors.New("-d must be positive")
+	case o.SpinWait < 0 || o.SpinWait > netmutex.MaxSpinWait:
+		return fmt.Errorf("-spin-wait must be between 0 and %v", netmutex.MaxSpinWait)
 	case o.Warmup < 0:
 		return errors.New("-warmup must not be negative")
 	case o.TTL < time.Millisecond:
