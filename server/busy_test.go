@@ -105,6 +105,12 @@ type fakeServer struct {
 }
 
 func startFakeServer(t *testing.T, slots int) *fakeServer {
+	return startFakeServerWith(t, slots, nil)
+}
+
+// startFakeServerWith is startFakeServer with tweak, if not nil, applied to the server
+// (its bc already the fakeConn) before the loop starts.
+func startFakeServerWith(t *testing.T, slots int, tweak func(*Server)) *fakeServer {
 	s, err := newServer(testConfig(t, t.TempDir()))
 	require.NoError(t, err)
 	c := newFakeConn()
@@ -112,6 +118,9 @@ func startFakeServer(t *testing.T, slots int) *fakeServer {
 	s.in = make([]batchio.Message, slots)
 	for i := range s.in {
 		s.in[i].Buf = make([]byte, wire.MaxDatagram+1)
+	}
+	if tweak != nil {
+		tweak(s)
 	}
 	go s.loop()
 	t.Cleanup(func() {

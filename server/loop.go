@@ -52,15 +52,26 @@ func (s *Server) loop() {
 		s.process(n, s.now())
 		busy := len(s.cmds) > 1
 		s.send()
+		var spinEnd int64 // with SpinWait: poll until then (s.now()); 0: no spin
+		if s.cfg.SpinWait > 0 && n > 0 {
+			spinEnd = s.now() + int64(s.cfg.SpinWait)
+		}
 		// Under load (more than one request at a time), take the next requests without
 		// parking in the netpoller, which a scheduler busy with other goroutines polls
-		// late; yield between tries. A lone request parks at once.
-		for idle := 0; busy && idle < batchio.RecvSpins; {
+		// late; yield between tries. A lone request parks at once, unless SpinWait: then
+		// poll until SpinWait after the last datagram, since waking a parked thread can
+		// take longer than a light client's next request.
+		for idle := 0; (busy && idle < batchio.RecvSpins) || (spinEnd != 0 && s.now() < spinEnd); {
 			runtime.Gosched()
 			n, err := s.bc.TryReadBatch(s.in)
 			if err != nil || n == 0 {
 				s.lastFull = false // caught up: nothing was waiting
 				idle++
+				if err != nil {
+					// Closed, or the read deadline passed (a tick, or ask): leave it
+					// to the loop above, which re-arms the deadline or exits.
+					spinEnd = 0
+				}
 				continue
 			}
 			s.stats.syscallsIn.Add(1)
@@ -71,6 +82,9 @@ func (s *Server) loop() {
 			s.send()
 			s.serveRequests()
 			idle = 0
+			if spinEnd != 0 {
+				spinEnd = s.now() + int64(s.cfg.SpinWait)
+			}
 		}
 	}
 }

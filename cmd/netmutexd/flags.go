@@ -19,6 +19,9 @@ import (
 // at least 1ms and less than 2^32 ms.
 type durationValue time.Duration
 
+// spinValue is -spin-wait: 0 (off) to server.MaxSpinWait.
+type spinValue time.Duration
+
 // capValue is a cap: a count that must not be negative; 0 means the default.
 type capValue int
 
@@ -67,6 +70,7 @@ type flags struct {
 	sessionTimeout durationValue
 	retransmit     durationValue
 	isolateTimeout durationValue
+	spinWait       spinValue
 	isolateCmd     string
 	id             idValue
 	logLevel       choiceValue
@@ -95,6 +99,7 @@ func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 		sessionTimeout: durationValue(def.SessionTimeout),
 		retransmit:     durationValue(def.RetransmitWindow),
 		isolateTimeout: durationValue(def.IsolateTimeout),
+		spinWait:       spinValue(def.SpinWait),
 		id:             idValue(def.ServerID),
 		logLevel:       choiceValue{v: "info", ok: []string{"debug", "info", "warn", "error"}, choice: "debug, info, warn or error"},
 		logFormat:      choiceValue{v: "text", ok: []string{"text", "json"}, choice: "text or json"},
@@ -128,6 +133,7 @@ func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 	fs.Var(&f.version, "version", "print the version and the Go version, and exit")
 	fs.StringVar(&f.name, "name", "", "this node's `name` in -initial-cluster")
 	fs.StringVar(&f.initialCluster, "initial-cluster", "", "run as a node of a Raft cluster of these `members`: NAME=CLIENT_UDP_ADDRESS/RAFT_TCP_ADDRESS,... (the same list on every node; see CLUSTER above); empty: a single server")
+	fs.Var(&f.spinWait, "spin-wait", "keep polling the socket this long after each batch before sleeping: lower latency for lightly loaded clients on machines where waking a thread is slow, at the cost of up to a core of CPU (a `duration`; 0: off; at most 10ms)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the run, until the server stops, to `file` (go tool pprof), for performance work")
 	fs.Var(&f.listenRaft, "listen-raft", "TCP `host:port` to bind Raft to, when it differs from this node's RAFT_TCP_ADDRESS in -initial-cluster (a proxy in front); empty: that address")
 

@@ -125,6 +125,17 @@ func (d *durationValue) Set(s string) error {
 	return nil
 }
 
+func (d *spinValue) String() string { return time.Duration(*d).String() }
+
+func (d *spinValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 || v > server.MaxSpinWait {
+		return fmt.Errorf("must be a duration (such as 50us or 1ms) from 0 (off) to %v", server.MaxSpinWait)
+	}
+	*d = spinValue(v)
+	return nil
+}
+
 func (c *capValue) String() string { return strconv.Itoa(int(*c)) }
 
 func (c *capValue) Set(s string) error {
@@ -286,6 +297,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cfg.MaxWaitersPerKey = int(f.maxWaitersPerKey)
 	cfg.MaxWaitersPerSession = int(f.maxWaitersSess)
 	cfg.HTTPAddr = f.http.v
+	cfg.SpinWait = time.Duration(f.spinWait)
 	if err := clusterFlags(fs, f, &cfg); err != nil {
 		return err
 	}

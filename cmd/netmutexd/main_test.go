@@ -22,6 +22,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/netmutex/netmutex/internal/wire"
 )
 
 // bin is netmutexd built from this tree, once for the package's tests.
@@ -160,6 +162,7 @@ func (d *daemon) stop(sig os.Signal) int {
 func TestBadFlags(t *testing.T) {
 	const durRule = "from 1ms to less than 1193h2m47.296s (2^32 ms)"
 	const capRule = "0 or more"
+	const spinRule = "from 0 (off) to 10ms"
 	for _, c := range []struct {
 		args []string
 		want []string // substrings of the one line
@@ -170,6 +173,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-max-ttl", "soon"}, []string{"-max-ttl", durRule}},
 		{[]string{"-retransmit-window", "4294967296ms"}, []string{"-retransmit-window", durRule}},
 		{[]string{"-isolate-timeout", "999us"}, []string{"-isolate-timeout", durRule}},
+		{[]string{"-spin-wait", "-1ns"}, []string{"-spin-wait", spinRule}},
+		{[]string{"-spin-wait", "11ms"}, []string{"-spin-wait", spinRule}},
+		{[]string{"-spin-wait", "fast"}, []string{"-spin-wait", spinRule}},
 		{[]string{"-id", "0"}, []string{"-id", "from 1 to 65535"}},
 		{[]string{"-id", "65536"}, []string{"-id", "from 1 to 65535"}},
 		{[]string{"-id", "one"}, []string{"-id", "from 1 to 65535"}},
@@ -222,12 +228,40 @@ func TestHelp(t *testing.T) {
 	for _, f := range []string{"-listen", "-http", "-data", "-max-ttl", "-session-timeout", "-retransmit-window",
 		"-isolate-cmd", "-isolate-timeout", "-id", "-log-level", "-log-format", "-key-file", "-insecure", "-version",
 		"-max-sessions", "-max-sessions-per-addr", "-max-locks-per-session", "-max-locks", "-connect-rate",
-		"-max-isolations", "-max-waiters-per-key", "-max-waiters-per-session"} {
+		"-max-isolations", "-max-waiters-per-key", "-max-waiters-per-session", "-spin-wait"} {
 		assert.Regexp(t, `\n  `+f+`[ \n]`, stdout, "flag %s", f)
 	}
 	assert.Contains(t, stdout, "SIGHUP")
 	assert.Contains(t, stdout, "(default 127.0.0.1:15664)")
 	assert.Contains(t, stdout, "(default 100000)") // -max-sessions, from server.DefaultConfig
+}
+
+// TestSpinWait: -spin-wait at its longest is accepted, the server answers as usual, and
+// it still stops cleanly.
+func TestSpinWait(t *testing.T) {
+	d := startDaemon(t, "-data", t.TempDir(), "-spin-wait", "10ms")
+	m := regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(d.serving)
+	require.NotNil(t, m, d.serving)
+	conn, err := net.Dial("udp", m[1])
+	require.NoError(t, err)
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	for id := uint64(1); id <= 20; id++ {
+		b := wire.BeginDatagram(nil, wire.Header{})
+		b = wire.FinishDatagram(wire.AppendEmpty(b, wire.OpPing, id))
+		_, err := conn.Write(b)
+		require.NoError(t, err)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(buf)
+		require.NoError(t, err, "PING %d: no reply", id)
+		r, err := wire.Parse(buf[:n], true)
+		require.NoError(t, err)
+		var f wire.Frame
+		require.True(t, r.Next(&f))
+		require.Equal(t, wire.OpPong, f.Op, "PING %d: %+v", id, f)
+		require.Equal(t, id, f.ID)
+	}
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM), "exit status\n%s", d.logText())
 }
 
 // TestVersion: -version prints one line with the version and the Go version, exit 0.
