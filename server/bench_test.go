@@ -18,7 +18,7 @@ type benchHarness struct {
 	tb       testing.TB
 	s        *Server
 	sink     *net.UDPConn
-	sessions []uint64
+	sessions []uint64 // datagram i of a batch is of sessions[i%len(sessions)]
 	keys     [][]string
 	nextID   []uint64
 	now      int64
@@ -38,6 +38,12 @@ func newBenchHarness(tb testing.TB) *benchHarness { return newBenchHarnessKeys(t
 // newBenchHarnessKeys is newBenchHarness with every datagram sealed under the first key
 // of ring, nil: plain.
 func newBenchHarnessKeys(tb testing.TB, ring *seal.Keyring) *benchHarness {
+	return newBenchHarnessSessions(tb, ring, benchSessions)
+}
+
+// newBenchHarnessSessions is newBenchHarnessKeys with the batch's datagrams spread over
+// n sessions.
+func newBenchHarnessSessions(tb testing.TB, ring *seal.Keyring, n int) *benchHarness {
 	cfg := DefaultConfig()
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.DataDir = tb.TempDir()
@@ -61,7 +67,7 @@ func newBenchHarnessKeys(tb testing.TB, ring *seal.Keyring) *benchHarness {
 	}
 	// Connect the sessions through the same path, one datagram each: a batch may have
 	// one slot only (batchio.MaxBatch is 1 but on Linux).
-	for i := 0; i < benchSessions; i++ {
+	for i := 0; i < n; i++ {
 		c := s.cookies.make(sinkAddr, uint64(i+1), 0)
 		h.sealers = append(h.sealers, seal.NewSealer())
 		h.put(0, i, connectDatagram(0, uint64(i+1), "bench", c[:]))
@@ -72,9 +78,9 @@ func newBenchHarnessKeys(tb testing.TB, ring *seal.Keyring) *benchHarness {
 		h.sessions = append(h.sessions, s.results[0].Session)
 		h.nextID = append(h.nextID, 1)
 	}
-	// Datagram i of a batch is of session i%benchSessions and locks its own keys.
-	perSession := (len(s.in) + benchSessions - 1) / benchSessions
-	for i := 0; i < benchSessions; i++ {
+	// Datagram i of a batch is of session i%n and locks its own keys.
+	perSession := (len(s.in) + n - 1) / n
+	for i := 0; i < n; i++ {
 		var ks []string
 		for j := 0; j < perSession*benchLocks; j++ {
 			ks = append(ks, "key-"+strconv.Itoa(i)+"-"+strconv.Itoa(j))
@@ -100,10 +106,10 @@ func (h *benchHarness) requests() int { return len(h.s.in) * 2 * benchLocks }
 func (h *benchHarness) round() {
 	s := h.s
 	for i := range s.in {
-		sess := i % benchSessions
+		sess := i % len(h.sessions)
 		id := h.nextID[sess]
 		b := wire.BeginDatagram(h.scratch[:0], wire.Header{Session: h.sessions[sess], Floor: id})
-		keys := h.keys[sess][(i/benchSessions)*benchLocks:]
+		keys := h.keys[sess][(i/len(h.sessions))*benchLocks:]
 		for j := 0; j < benchLocks; j++ {
 			b = wire.AppendLock(b, id+uint64(j), 10000, keys[j])
 		}
@@ -141,8 +147,19 @@ func BenchmarkServerApplySealed(b *testing.B) {
 	benchServerApply(b, testRing(b))
 }
 
-func benchServerApply(b *testing.B, ring *seal.Keyring) {
-	h := newBenchHarnessKeys(b, ring)
+// BenchmarkServerApplySessions is BenchmarkServerApply with the batch's datagrams from
+// 1 session to one session each: a server's cost per request must not grow with the
+// number of distinct sessions (clients) in a batch.
+func BenchmarkServerApplySessions(b *testing.B) {
+	for _, n := range []int{1, 8, batchio.MaxBatch} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) { benchServerApplyN(b, nil, n) })
+	}
+}
+
+func benchServerApply(b *testing.B, ring *seal.Keyring) { benchServerApplyN(b, ring, benchSessions) }
+
+func benchServerApplyN(b *testing.B, ring *seal.Keyring, sessions int) {
+	h := newBenchHarnessSessions(b, ring, sessions)
 	defer h.close()
 	h.round()
 	b.ReportAllocs()
@@ -152,6 +169,7 @@ func benchServerApply(b *testing.B, ring *seal.Keyring) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*h.requests()), "ns/request")
 	b.ReportMetric(float64(h.requests())/float64(batchio.MaxBatch), "frames/datagram")
+	b.ReportMetric(float64(h.s.stats.datagramsOut.Load())/float64(b.N+1), "replies/batch")
 }
 
 // BenchmarkServerRoundTrip measures one LOCK+UNLOCK round trip over real UDP through

@@ -70,6 +70,7 @@ func StartNetmutex(o *Options) (*Netmutex, error) {
 		cfg.MaxTTL = max(cfg.MaxTTL, ttl)
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		cfg.Keys = keys
+		cfg.SpinWait = o.SpinWait
 		srv, err := server.New(cfg)
 		if err != nil {
 			os.RemoveAll(dir)
