@@ -209,6 +209,9 @@ func connectedConn(t *testing.T, m *memConn) *serverConn {
 	c := newServerConn("mem", m, connConfig{connectWait: time.Second, notify: make(chan struct{}, 1)})
 	c.server.Store(&serverInfo{sessionTimeout: time.Minute, retransmitWindow: time.Minute})
 	c.session.Store(7)
+	// As if its CONNECT had just left: a lastSend of 0 would make a TOUCH due at once in a
+	// test process older than a third of the session timeout, ahead of what the test sends.
+	c.lastSend = nanotime()
 	c.start()
 	t.Cleanup(c.close)
 	return c
