@@ -40,7 +40,7 @@ func (c *serverConn) recvLoop() {
 // closed.
 func (c *serverConn) poll(frames uint64) bool {
 	var spinEnd int64
-	if c.spinWait > 0 {
+	if c.spinWait > 0 && batchio.CanPoll {
 		spinEnd = nanotime() + c.spinWait
 	}
 	for idle := 0; (frames > 1 && idle < batchio.RecvSpins) || (spinEnd != 0 && nanotime() < spinEnd); {

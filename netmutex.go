@@ -83,6 +83,8 @@ type Options struct {
 	// microseconds on virtual machines. Worth it for a few latency-bound callers against
 	// a server of its own; it burns up to a core while they are active, and competes with
 	// a server in the same process. 0 (the default): sleep at once. At most MaxSpinWait.
+	// Linux only: without recvmmsg (and with the netmutex_portable tag) the socket cannot
+	// be polled, and SpinWait has no effect.
 	SpinWait time.Duration
 
 	unbatched bool // one frame per datagram per system call: the benchmarks' baseline

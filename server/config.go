@@ -82,7 +82,8 @@ type Config struct {
 	// for up to that long after the last datagram it got before it sleeps in the
 	// netpoller: lower latency for a lightly loaded client where waking a thread is
 	// slow, at the cost of up to a core of CPU while such a client is active. 0: off.
-	// At most MaxSpinWait.
+	// At most MaxSpinWait. Linux only: without recvmmsg (and with the netmutex_portable
+	// tag) the socket cannot be polled, and it has no effect.
 	SpinWait time.Duration
 }
 

@@ -53,7 +53,7 @@ func (s *Server) loop() {
 		busy := len(s.cmds) > 1
 		s.send()
 		var spinEnd int64 // with SpinWait: poll until then (s.now()); 0: no spin
-		if s.cfg.SpinWait > 0 && n > 0 {
+		if s.cfg.SpinWait > 0 && n > 0 && batchio.CanPoll {
 			spinEnd = s.now() + int64(s.cfg.SpinWait)
 		}
 		// Under load (more than one request at a time), take the next requests without

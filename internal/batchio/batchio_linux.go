@@ -19,6 +19,10 @@ import (
 // syscall's fixed cost is shared out to near nothing.
 const MaxBatch = 64
 
+// CanPoll reports that TryReadBatch reads what is queued without blocking, so a loop may
+// poll the socket instead of parking (SpinWait).
+const CanPoll = true
+
 // mmsgConn drives recvmmsg and sendmmsg on the socket's RawConn, so the goroutine still
 // parks in the netpoller on EAGAIN.
 type mmsgConn struct {

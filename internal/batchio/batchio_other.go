@@ -33,6 +33,10 @@ func (l *loopConn) ReadBatch(ms []Message) (int, error) {
 	return 1, nil
 }
 
+// CanPoll is false: TryReadBatch reads nothing on this path, so polling the socket
+// instead of parking (SpinWait) would only burn the core.
+const CanPoll = false
+
 // TryReadBatch has no cheap non-blocking form here: it reports nothing, and the caller
 // falls back to ReadBatch.
 func (l *loopConn) TryReadBatch(ms []Message) (int, error) { return 0, nil }
