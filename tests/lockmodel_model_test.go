@@ -101,6 +101,16 @@ func TestLockModel(t *testing.T) {
 			hop(9, opRestart, "", 0, 0, 10, 20, resOK, 0),
 			hop(1, opLock, "k", 0, 100, 30, 31, resLocked, 0),
 		}},
+		{"a LOCK refused after a crash during it may have held the key before", porcupine.Ok, []porcupine.Operation{
+			crashDuring(hop(0, opLock, "k", 0, 300, 0, 300, resLocked, 0)),
+			hop(1, opLock, "k", 0, 100, 20, 21, resLocked, 0),
+			hop(9, opRestart, "", 0, 300, 100, 200, resOK, 0),
+		}},
+		{"a LOCK refused with no crash during it held nothing", porcupine.Illegal, []porcupine.Operation{
+			hop(0, opLock, "k", 0, 300, 0, 300, resLocked, 0),
+			hop(1, opLock, "k", 0, 100, 20, 21, resLocked, 0),
+			hop(9, opRestart, "", 0, 300, 100, 200, resOK, 0),
+		}},
 		{"an unlock lost in a crash may have released the key first", porcupine.Ok, []porcupine.Operation{
 			hop(0, opLock, "k", 0, 500, 0, 1, resOK, 1),
 			crashDuring(hop(0, opUnlock, "k", 1, 0, 10, 300, resLockLost, 0)),
