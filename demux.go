@@ -269,9 +269,8 @@ func (c *serverConn) deliver(r *request, session uint64, f *wire.Frame) bool {
 	}
 	res := replyResult(f, session)
 	res.sent = r.firstSent // written before the send loop published the id
-	if r.complete(f.ID, res) {
-		c.table.release(f.ID, r)
-		return true
-	}
-	return false
+	// The slot first: once complete signals, the record may be recycled and claim a
+	// slot for another id. Freeing it for a request that is done anyway is harmless.
+	c.table.release(f.ID, r)
+	return r.complete(f.ID, res)
 }

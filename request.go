@@ -47,6 +47,12 @@ type request struct {
 	// server answers QUEUED (queued, set by the receive loop), the send loop parks it.
 	wait   bool
 	queued atomic.Bool
+	// orphan marks a request no caller waits for (a clean-up UNLOCK, one reference):
+	// the send loop takes its completion signal before it drops it. Dropping it as soon
+	// as the state word says done would recycle the record while its completer (the
+	// receive loop) still writes the result and signals done: the record's next caller
+	// would get that result, or an empty one, as its own.
+	orphan bool
 
 	// Pacing, set by the caller before push.
 	attempts int
@@ -100,7 +106,7 @@ func (p *requestPool) acquire(op wire.Op, attempts int, timeout, deadline int64)
 	r.op = op
 	r.attempts, r.timeout, r.deadline = max(attempts, 1), timeout, deadline
 	r.id, r.session, r.sent, r.firstSent, r.lastSent, r.attemptEnd = 0, 0, 0, 0, 0, 0
-	r.wait, r.parked = false, false
+	r.wait, r.parked, r.orphan = false, false, false
 	r.queued.Store(false)
 	r.res = result{}
 	r.refs.Store(2)
@@ -132,6 +138,17 @@ func (r *request) complete(from uint64, res result) bool {
 	r.res = res
 	r.done <- struct{}{}
 	return true
+}
+
+// takeCompletion takes the completion signal of an orphan the state word says is done,
+// and reports false while its completer has yet to send it.
+func (r *request) takeCompletion() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // cancel withdraws the request on the caller's behalf and reports whether it did; if

@@ -72,6 +72,10 @@ func (c *serverConn) scan(now int64, session uint64) {
 		st := r.state.Load()
 		switch {
 		case st == stateDone || st == stateCancelled:
+			if r.orphan && !r.takeCompletion() {
+				kept = append(kept, r) // its completer is still at work: next scan
+				continue
+			}
 			if st == stateCancelled {
 				c.owe(r)
 			}
@@ -211,6 +215,7 @@ func (c *serverConn) sendCleanups(session uint64) {
 		timeout, attempts := cleanupPacing(u.ttl)
 		r := c.requests.acquire(wire.OpUnlock, attempts, timeout, 0)
 		r.refs.Store(1) // the send loop's alone
+		r.orphan = true
 		(&params{op: wire.OpUnlock, lockID: u.lockID, key: u.key}).encode(r)
 		c.list = append(c.list, r)
 		c.send(r, nanotime(), session)
@@ -254,6 +259,9 @@ func (c *serverConn) shutdown() {
 	c.stopped.Store(true)
 	for _, r := range c.list {
 		r.failLocal(ErrDisconnected)
+		if r.orphan && r.state.Load() == stateDone {
+			<-r.done // its completer, us or the receive loop, sends it at once
+		}
 		c.drop(r)
 	}
 	c.list = c.list[:0]

@@ -360,3 +360,38 @@ func TestCacheLineLayout(t *testing.T) {
 	assert.GreaterOrEqual(t, unsafe.Offsetof(q.tail)-unsafe.Offsetof(q.head), line)
 	assert.Equal(t, line, unsafe.Sizeof(ringSlot{}), "a ring slot is one cache line")
 }
+
+// TestOrphanKeptUntilSignalled: a clean-up UNLOCK has no caller, so the send loop alone
+// drops it. It must not while its completer has won the state word but not yet written
+// the result and signalled done: recycled then, the record's next caller got that
+// signal, and an empty or foreign result, as its own (the ErrRefused "reply opcode 0x0"
+// of a cluster linearizability run in CI).
+func TestOrphanKeptUntilSignalled(t *testing.T) {
+	c := newServerConn("orphan", newMemConn(), connConfig{connectWait: time.Second}) // no loops
+	r := c.requests.acquire(wire.OpUnlock, 1, int64(time.Minute), 0)
+	r.refs.Store(1)
+	r.orphan = true
+	(&params{op: wire.OpUnlock, lockID: 5, key: "k"}).encode(r)
+	c.list = append(c.list, r)
+	c.send(r, nanotime(), 7)
+	id := r.id
+	require.NotZero(t, id)
+
+	// The receive loop has won the state word; its result and signal are still to come.
+	require.True(t, r.state.CompareAndSwap(id, stateDone))
+	c.scan(nanotime(), 7)
+	require.Len(t, c.list, 1, "dropped while its completer was at work")
+	require.Equal(t, int32(1), r.refs.Load(), "recycled while its completer was at work")
+
+	r.res = result{op: wire.OpOK, id: id}
+	r.done <- struct{}{}
+	c.scan(nanotime(), 7)
+	require.Empty(t, c.list, "dropped once signalled")
+	require.Equal(t, int32(0), r.refs.Load())
+	require.Nil(t, c.table.lookup(id), "its slot is free")
+	select {
+	case <-r.done:
+		t.Fatal("a signal left for the record's next use")
+	default:
+	}
+}
