@@ -269,8 +269,12 @@ func (c *serverConn) deliver(r *request, session uint64, f *wire.Frame) bool {
 	}
 	res := replyResult(f, session)
 	res.sent = r.firstSent // written before the send loop published the id
-	// The slot first: once complete signals, the record may be recycled and claim a
-	// slot for another id. Freeing it for a request that is done anyway is harmless.
+	if !r.win(f.ID) {
+		return false
+	}
+	// The slot before the signal: once signalled, the record may be recycled and claim
+	// a slot for another id.
 	c.table.release(f.ID, r)
-	return r.complete(f.ID, res)
+	r.signal(res)
+	return true
 }

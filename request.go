@@ -132,12 +132,22 @@ func (r *request) release() {
 // complete hands res to the caller if the request is still waiting as from. It reports
 // whether this completer won.
 func (r *request) complete(from uint64, res result) bool {
-	if !r.state.CompareAndSwap(from, stateDone) {
+	if !r.win(from) {
 		return false
 	}
+	r.signal(res)
+	return true
+}
+
+// win takes the state word if the request still waits as from. The winner owns the
+// record until it signals: neither its caller nor, for an orphan, the send loop lets go
+// of it before, so it is not recycled meanwhile.
+func (r *request) win(from uint64) bool { return r.state.CompareAndSwap(from, stateDone) }
+
+// signal hands res to whoever waits for the request; only the winner calls it, once.
+func (r *request) signal(res result) {
 	r.res = res
 	r.done <- struct{}{}
-	return true
 }
 
 // takeCompletion takes the completion signal of an orphan the state word says is done,
