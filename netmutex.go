@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/netmutex/netmutex/internal/batchio"
 	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
@@ -48,9 +49,8 @@ const (
 	MaxIsolationInfo = wire.MaxIsolationInfo
 	// MaxManyKeys is the most keys one AcquireMany may lock.
 	MaxManyKeys = wire.MaxManyKeys
-	// MaxSpinWait is the longest Options.SpinWait: past a few round trips, polling only
-	// burns the core.
-	MaxSpinWait = 10 * time.Millisecond
+	// MaxSpinWait is the longest Options.SpinWait (the server's bound too).
+	MaxSpinWait = batchio.MaxSpinWait
 )
 
 // Defaults that pace the context forms when Options leaves them zero.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/netmutex/netmutex/internal/batchio"
 	"github.com/netmutex/netmutex/internal/seal"
 	"github.com/netmutex/netmutex/internal/wire"
 )
@@ -140,10 +141,8 @@ const (
 	// out of every queue in one step) stays short.
 	DefaultMaxWaitersPerSession = 4096
 
-	// MaxSpinWait is the longest SpinWait: it saves a thread's wake-up, tens of
-	// microseconds, which hardly matters to a client whose requests are further apart;
-	// longer would only burn a core.
-	MaxSpinWait = 10 * time.Millisecond
+	// MaxSpinWait is the longest SpinWait (batchio.MaxSpinWait, the client's bound too).
+	MaxSpinWait = batchio.MaxSpinWait
 )
 
 // Configuration errors, returned by Validate and New.

@@ -9,6 +9,7 @@ package batchio
 import (
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Message is one datagram of a batch.
@@ -45,6 +46,11 @@ type Conn interface {
 // just woken polls the network late, and replies that were on their way arrive within a
 // yield or two; more only burns a core that the callers need.
 const RecvSpins = 2
+
+// MaxSpinWait bounds how long a loop may poll the socket instead of parking (the client's
+// Options.SpinWait, the server's Config.SpinWait): it saves a thread's wake-up, tens of
+// microseconds, and past a few round trips polling only burns the core.
+const MaxSpinWait = 10 * time.Millisecond
 
 // New wraps a UDP socket, connected (net.DialUDP) or not (net.ListenUDP).
 func New(c *net.UDPConn) (Conn, error) { return newConn(c) }
