@@ -81,9 +81,9 @@ func (c *serverConn) sendLoop() {
 			c.gather()
 			continue
 		}
-		// Not pending: a producer stopped between claiming its slot and filling it (its
-		// thread descheduled) wakes us once it has filled it; spinning on it would keep
-		// this processor from stealing the callers queued behind that thread.
+		// Ready, not pending: a producer stopped between claiming its slot and filling it
+		// (its thread descheduled) wakes us once it has filled it; spinning on it would
+		// keep this processor from stealing the callers queued behind that thread.
 		c.sleeping.Store(true)
 		if c.ring.ready() || c.closing.Load() {
 			c.sleeping.Store(false)
