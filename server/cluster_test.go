@@ -380,3 +380,35 @@ func loggedDatagrams(t *testing.T, s *Server, from, to uint64) int {
 	}
 	return n
 }
+
+// TestClusterTicksAtTickRate: while time alone can change the machine (a session that
+// may time out, a lock that may expire) the leader logs an empty entry a tick, so that
+// expiries happen with no traffic at all; not more often (each costs every node an
+// fsync), and none once nothing is left that time could change.
+func TestClusterTicksAtTickRate(t *testing.T) {
+	ring := testRing(t)
+	tc := newTestCluster(t, 3, ring)
+	li := tc.leader()
+	leader := tc.nodes[li]
+	r := leader.rep.raft.Load()
+	entriesIn := func(d time.Duration) uint64 {
+		before := r.LastIndex()
+		time.Sleep(d)
+		return r.LastIndex() - before
+	}
+	// The new leader's own first entries may still be on their way: then none.
+	require.Eventually(t, func() bool { return entriesIn(300*time.Millisecond) == 0 }, 5*time.Second, time.Millisecond,
+		"no session, no lock: no entry")
+
+	c := newSealedClient(t, leader.Addr(), ring, 1)
+	c.connect("ticks")
+	n := entriesIn(time.Second)
+	t.Logf("one session, no traffic: %d entries in 1s", n)
+	require.GreaterOrEqual(t, n, uint64(5), "a session may time out: the ticks go on without traffic")
+	require.LessOrEqual(t, n, uint64(time.Second/tick)+10, "at most an empty entry a tick")
+
+	_, f := c.lock("k", 300*time.Millisecond)
+	requireOp(t, f, wire.OpOK, "LOCK")
+	require.Eventually(t, func() bool { return leader.Stats().Isolations == 1 }, 3*time.Second, 5*time.Millisecond,
+		"the lock expired with no traffic")
+}

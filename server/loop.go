@@ -25,10 +25,7 @@ func (s *Server) loop() {
 	defer s.dropQueuedIsolations()
 	defer s.endScan(nil)
 	for {
-		s.armDeadline()
-		// After the deadline is armed: a request queued from now on comes with a read
-		// deadline in the past (ask), which ends the read below.
-		s.serveRequests()
+		s.serveQueued()
 		n, err := s.bc.ReadBatch(s.in)
 		s.stats.syscallsIn.Add(1)
 		if err != nil {
@@ -85,6 +82,20 @@ func (s *Server) loop() {
 			if spinEnd != 0 {
 				spinEnd = s.now() + int64(s.cfg.SpinWait)
 			}
+		}
+	}
+}
+
+// serveQueued serves the requests of other goroutines and arms the read deadline for
+// the state they leave: an entry Raft committed can make an idle machine need ticks. A
+// request queued after the last check comes with a read deadline in the past (ask,
+// toLoop), set after the deadline armed here, which ends the next read at once.
+func (s *Server) serveQueued() {
+	for {
+		s.serveRequests()
+		s.armDeadline()
+		if len(s.reqs) == 0 && len(s.clusterReqs) == 0 {
+			return
 		}
 	}
 }
