@@ -115,7 +115,9 @@ type serverConn struct {
 	mv          mover // where the socket points (retarget.go)
 
 	// Owned by the receive loop.
-	spinWait     int64 // Options.SpinWait, ns
+	spinWait     int64                          // Options.SpinWait, ns
+	onBatchFn    func(n int) batchio.ReadAction // c.onBatch, bound once: ReadLoop's handler
+	rs           recvSpin
 	in           []batchio.Message
 	opened       []byte                // a sealed datagram's plain content
 	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that answers
@@ -212,6 +214,7 @@ func newServerConn(addr string, bc batchConn, cfg connConfig) *serverConn {
 	}
 	c.connWait.Store(int64(cfg.connectWait))
 	c.spinWait = int64(cfg.spinWait)
+	c.onBatchFn = c.onBatch
 	return c
 }
 

@@ -6,7 +6,6 @@ package netmutex
 import (
 	"errors"
 	"net"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -15,51 +14,56 @@ import (
 	"github.com/netmutex/netmutex/internal/wire"
 )
 
-// recvLoop reads batches of reply datagrams and completes their requests.
+// recvLoop reads batches of reply datagrams and completes their requests, inside one
+// ReadLoop for as long as reads succeed.
 func (c *serverConn) recvLoop() {
 	defer c.wg.Done()
 	for {
-		n, err := c.bc.ReadBatch(c.in)
-		if err != nil {
-			if c.readFailed(err) {
-				return
-			}
-			continue
-		}
-		if !c.poll(c.handleBatch(n)) {
-			return
+		err := c.bc.ReadLoop(c.in, c.onBatchFn)
+		c.rs = recvSpin{}
+		if err == nil || c.readFailed(err) {
+			return // Stop: closing
 		}
 	}
 }
 
-// poll takes the next replies without parking in the netpoller, yielding between tries
-// so that the callers just woken run first. Under load (more than one reply at a time)
-// it tries batchio.RecvSpins times in a row, since a scheduler busy with callers polls
-// the network late; a lone reply parks at once. With Options.SpinWait it keeps trying
-// until that long has passed since the last reply. It reports false once the socket is
-// closed.
-func (c *serverConn) poll(frames uint64) bool {
-	var spinEnd int64
-	if c.spinWait > 0 && batchio.CanPoll {
-		spinEnd = nanotime() + c.spinWait
+// recvSpin is the receive loop's polling state, between ReadLoop's calls of onBatch.
+type recvSpin struct {
+	polling bool  // the last answer was Poll
+	busy    bool  // the batch that began this poll had more than one reply
+	idle    int   // empty tries in a row
+	spinEnd int64 // with Options.SpinWait: poll until then (nanotime); 0: no spin
+}
+
+// onBatch completes the requests of n received datagrams (0: a poll found nothing) and
+// decides the next read: poll without parking in the netpoller, yielding between tries
+// so that the callers just woken run first, or park. Under load (more than one reply at
+// a time) it tries batchio.RecvSpins times in a row, since a scheduler busy with callers
+// polls the network late; a lone reply parks at once. With Options.SpinWait it keeps
+// trying until that long has passed since the last reply.
+func (c *serverConn) onBatch(n int) batchio.ReadAction {
+	if c.closing.Load() {
+		return batchio.Stop
 	}
-	for idle := 0; (frames > 1 && idle < batchio.RecvSpins) || (spinEnd != 0 && nanotime() < spinEnd); {
-		runtime.Gosched()
-		n, err := c.bc.TryReadBatch(c.in)
-		if err != nil && c.readFailed(err) {
-			return false
+	rs := &c.rs
+	if n > 0 {
+		frames := c.handleBatch(n)
+		if !rs.polling {
+			rs.busy = frames > 1
 		}
-		if err != nil || n == 0 {
-			idle++
-			continue
+		rs.idle = 0
+		if c.spinWait > 0 && batchio.CanPoll {
+			rs.spinEnd = nanotime() + c.spinWait
 		}
-		c.handleBatch(n)
-		idle = 0
-		if spinEnd != 0 {
-			spinEnd = nanotime() + c.spinWait
-		}
+	} else {
+		rs.idle++
 	}
-	return true
+	if (rs.busy && rs.idle < batchio.RecvSpins) || (rs.spinEnd != 0 && nanotime() < rs.spinEnd) {
+		rs.polling = true
+		return batchio.Poll
+	}
+	*rs = recvSpin{}
+	return batchio.Wait
 }
 
 // readFailed takes a read's error and reports whether the socket is closed.

@@ -76,6 +76,10 @@ func (m *memConn) ReadBatch(ms []batchio.Message) (int, error) {
 	return n + 1, nil
 }
 
+func (m *memConn) ReadLoop(ms []batchio.Message, handle func(n int) batchio.ReadAction) error {
+	return batchio.LoopOver(m, ms, handle)
+}
+
 func (m *memConn) TryReadBatch(ms []batchio.Message) (int, error) {
 	n := 0
 	for n < len(ms) {

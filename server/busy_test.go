@@ -82,6 +82,10 @@ func (f *fakeConn) ReadBatch(ms []batchio.Message) (int, error) {
 
 func (f *fakeConn) TryReadBatch(ms []batchio.Message) (int, error) { return f.take(ms) }
 
+func (f *fakeConn) ReadLoop(ms []batchio.Message, handle func(n int) batchio.ReadAction) error {
+	return batchio.LoopOver(f, ms, handle)
+}
+
 func (f *fakeConn) WriteBatch(ms []batchio.Message) (int, error) {
 	for _, m := range ms {
 		d, err := wire.Parse(slices.Clone(m.Buf), true)

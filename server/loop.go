@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/netmutex/netmutex/internal/batchio"
@@ -19,6 +18,8 @@ import (
 func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 
 // loop is the server: read a batch, apply it, send the replies, until the socket closes.
+// The batches are handled inside ReadLoop (onBatch); it returns on a read deadline (a
+// tick, or another goroutine's request: ask, toLoop) and when the socket closes.
 func (s *Server) loop() {
 	defer close(s.loopDone)
 	defer s.collectReservation(true) // the store is the stopper's once the loop is done
@@ -26,64 +27,79 @@ func (s *Server) loop() {
 	defer s.endScan(nil)
 	for {
 		s.serveQueued()
-		n, err := s.bc.ReadBatch(s.in)
-		s.stats.syscallsIn.Add(1)
-		if err != nil {
-			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				s.stats.ticks.Add(1)
-				// The deadline may be ask's, in the past: armDeadline sets it anew.
-				s.deadline = time.Unix(0, 1)
-				n = 0
-			case errors.Is(err, net.ErrClosed):
-				return
-			default:
-				s.log.Warn("receive failed", "err", err)
-				continue
-			}
-		} else {
-			s.stats.batches.Add(1)
-			s.metrics.dgmsPerRecv.observe(n)
-		}
-		s.took(n)
-		s.process(n, s.now())
-		busy := len(s.cmds) > 1
-		s.send()
-		var spinEnd int64 // with SpinWait: poll until then (s.now()); 0: no spin
-		if s.cfg.SpinWait > 0 && n > 0 && batchio.CanPoll {
-			spinEnd = s.now() + int64(s.cfg.SpinWait)
-		}
-		// Under load (more than one request at a time), take the next requests without
-		// parking in the netpoller, which a scheduler busy with other goroutines polls
-		// late; yield between tries. A lone request parks at once, unless SpinWait: then
-		// poll until SpinWait after the last datagram, since waking a parked thread can
-		// take longer than a light client's next request.
-		for idle := 0; (busy && idle < batchio.RecvSpins) || (spinEnd != 0 && s.now() < spinEnd); {
-			runtime.Gosched()
-			n, err := s.bc.TryReadBatch(s.in)
-			if err != nil || n == 0 {
-				s.lastFull = false // caught up: nothing was waiting
-				idle++
-				if err != nil {
-					// Closed, or the read deadline passed (a tick, or ask): leave it
-					// to the loop above, which re-arms the deadline or exits.
-					spinEnd = 0
-				}
-				continue
-			}
-			s.stats.syscallsIn.Add(1)
-			s.stats.batches.Add(1)
-			s.metrics.dgmsPerRecv.observe(n)
-			s.took(n)
-			s.process(n, s.now())
+		err := s.bc.ReadLoop(s.in, s.onBatchFn)
+		s.sp = loopSpin{}
+		switch {
+		case err == nil: // stopping: the next read finds the socket closed
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.stats.ticks.Add(1)
+			// The deadline may be ask's, in the past: armDeadline sets it anew.
+			s.deadline = time.Unix(0, 1)
+			s.took(0)
+			s.process(0, s.now())
 			s.send()
-			s.serveRequests()
-			idle = 0
-			if spinEnd != 0 {
-				spinEnd = s.now() + int64(s.cfg.SpinWait)
-			}
+		case errors.Is(err, net.ErrClosed):
+			return
+		default:
+			s.log.Warn("receive failed", "err", err)
 		}
 	}
+}
+
+// loopSpin is the loop's polling state between ReadLoop's calls of onBatch.
+type loopSpin struct {
+	polling bool  // the last answer was Poll
+	busy    bool  // the batch that began this poll had more than one request
+	idle    int   // empty tries in a row
+	spinEnd int64 // with SpinWait: poll until then (s.now()); 0: no spin
+}
+
+// onBatch handles the n datagrams ReadLoop read (0: a poll found nothing): apply them,
+// send the replies, serve what other goroutines asked meanwhile. Then it decides the
+// next read. Under load (more than one request at a time) it takes the next requests
+// without parking in the netpoller, which a scheduler busy with other goroutines polls
+// late, yielding between tries. A lone request parks at once, unless SpinWait: then it
+// polls until SpinWait after the last datagram, since waking a parked thread can take
+// longer than a light client's next request.
+func (s *Server) onBatch(n int) batchio.ReadAction {
+	if s.stopping.Load() {
+		return batchio.Stop
+	}
+	sp := &s.sp
+	s.stats.syscallsIn.Add(1)
+	if n == 0 {
+		s.lastFull = false // caught up: nothing was waiting
+		sp.idle++
+		if len(s.reqs) > 0 || len(s.clusterReqs) > 0 {
+			s.serveQueued()
+		}
+	} else {
+		s.stats.batches.Add(1)
+		s.metrics.dgmsPerRecv.observe(n)
+		s.took(n)
+		s.process(n, s.now())
+		if !sp.polling {
+			sp.busy = len(s.cmds) > 1
+		}
+		s.send()
+		s.serveQueued()
+		sp.idle = 0
+		if s.cfg.SpinWait > 0 && batchio.CanPoll {
+			sp.spinEnd = s.now() + int64(s.cfg.SpinWait)
+		}
+	}
+	if (sp.busy && sp.idle < batchio.RecvSpins) || (sp.spinEnd != 0 && s.now() < sp.spinEnd && !s.tickDue()) {
+		sp.polling = true
+		return batchio.Poll
+	}
+	*sp = loopSpin{}
+	return batchio.Wait
+}
+
+// tickDue tells that the read deadline armed for a tick has passed: a poll stops, so
+// that the read reports it and the tick's work is done.
+func (s *Server) tickDue() bool {
+	return s.deadline.After(time.Unix(0, 1)) && time.Now().After(s.deadline)
 }
 
 // serveQueued serves the requests of other goroutines and arms the read deadline for

@@ -64,11 +64,14 @@ type Server struct {
 	memoryReturned int64 // loop time of the last return, 0 = never
 	loopDone       chan struct{}
 
-	closeMu sync.Mutex
-	closed  bool
+	closeMu  sync.Mutex
+	closed   bool
+	stopping atomic.Bool // set before the socket closes: a polling loop stops polling
 
 	// Owned by the loop goroutine.
 	in        []batchio.Message
+	onBatchFn func(n int) batchio.ReadAction // s.onBatch, bound once: ReadLoop's handler
+	sp        loopSpin
 	guard     // the receive stage's defences and routes: see auth.go
 	cmds      []command
 	results   []result
@@ -249,6 +252,7 @@ func newServer(cfg Config) (*Server, error) {
 		s.connected.Servers = []wire.Server{{ID: cfg.ServerID, Addr: s.addr.String()}}
 	}
 	s.in = make([]batchio.Message, batchio.MaxBatch)
+	s.onBatchFn = s.onBatch
 	for i := range s.in {
 		// One byte over the limit, so an oversized datagram is seen as such.
 		s.in[i].Buf = make([]byte, wire.MaxDatagram+1)
@@ -314,6 +318,7 @@ func (s *Server) stop(clean bool) error {
 		s.isoCancel()
 	}
 	// Closing the socket is what ends the loop's blocking read.
+	s.stopping.Store(true)
 	err := s.conn.Close()
 	<-s.loopDone
 	s.isoWG.Wait()

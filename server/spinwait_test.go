@@ -114,6 +114,10 @@ func (c *tryCounter) TryReadBatch(ms []batchio.Message) (int, error) {
 	return n, err
 }
 
+func (c *tryCounter) ReadLoop(ms []batchio.Message, handle func(n int) batchio.ReadAction) error {
+	return batchio.LoopOver(c, ms, handle)
+}
+
 // TestServerSpinWaitPolls: without SpinWait a lone request is read by a blocking read
 // (the loop parks after each); with it, the next request is taken by polling. A SpinWait
 // past MaxSpinWait, set behind Validate's back, makes the outcome certain; the loop must

@@ -9,6 +9,7 @@ package batchio
 import (
 	"net"
 	"net/netip"
+	"runtime"
 	"time"
 )
 
@@ -39,6 +40,44 @@ type Conn interface {
 	TryReadBatch(ms []Message) (int, error)
 	// WriteBatch sends ms, as few system calls as it can, and returns how many were sent.
 	WriteBatch(ms []Message) (int, error)
+	// ReadLoop reads batches into ms and hands each to handle, which says what to do
+	// next, until handle says Stop (nil) or a read fails (closed, a deadline). It saves
+	// ReadBatch's empty try per wake-up: after a batch that did not fill ms the socket
+	// was empty, so it parks at once and the next datagram wakes it.
+	ReadLoop(ms []Message, handle func(n int) ReadAction) error
+}
+
+// ReadAction is what a ReadLoop handler asks for after a batch.
+type ReadAction uint8
+
+const (
+	// Wait parks in the netpoller until the next datagram (or the deadline).
+	Wait ReadAction = iota
+	// Poll yields, then tries a read at once; if it finds nothing, handle is called
+	// with 0, so a handler that polls sees every empty try.
+	Poll
+	// Stop ends ReadLoop with a nil error.
+	Stop
+)
+
+// LoopOver is ReadLoop built on c's ReadBatch and TryReadBatch: for a Conn with no
+// faster way (the portable path, in-memory sockets in tests).
+func LoopOver(c Conn, ms []Message, handle func(n int) ReadAction) error {
+	n, err := c.ReadBatch(ms)
+	for {
+		if err != nil {
+			return err
+		}
+		switch handle(n) {
+		case Stop:
+			return nil
+		case Poll:
+			runtime.Gosched()
+			n, err = c.TryReadBatch(ms)
+		default:
+			n, err = c.ReadBatch(ms)
+		}
+	}
 }
 
 // RecvSpins is how many empty TryReadBatch calls a receive loop makes, yielding between

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"syscall"
 	"unsafe"
 
@@ -39,6 +40,11 @@ type mmsgConn struct {
 	rerr   error
 	rwait  bool
 	readFn func(fd uintptr) bool // bound once: a method value per call would allocate
+	loopFn func(fd uintptr) bool
+	// ReadLoop's state, read by loopFn.
+	lms      []Message
+	lhandle  func(n int) ReadAction
+	lpolling bool // the last handle said Poll: an empty try is reported, not waited on
 
 	// Write side: owned by the one writing goroutine.
 	whdrs   [MaxBatch]unix.Mmsghdr
@@ -70,6 +76,7 @@ func newConn(c *net.UDPConn) (Conn, error) {
 	}
 	m.inet6 = domain == unix.AF_INET6
 	m.readFn = m.doRead
+	m.loopFn = m.doLoop
 	m.writeFn = m.doWrite
 	return m, nil
 }
@@ -98,6 +105,64 @@ func (m *mmsgConn) readBatch(ms []Message, wait bool) (int, error) {
 		}
 	}
 	return m.rgot, nil
+}
+
+func (m *mmsgConn) ReadLoop(ms []Message, handle func(n int) ReadAction) error {
+	n := min(len(ms), MaxBatch)
+	for i := 0; i < n; i++ {
+		m.setHeader(&m.rhdrs[i].Hdr, &m.riovs[i], ms[i].Buf, &m.rnames[i], unix.SizeofSockaddrInet6)
+	}
+	m.lms, m.lhandle, m.lpolling, m.rerr = ms[:n], handle, false, nil
+	err := m.raw.Read(m.loopFn)
+	m.lms, m.lhandle = nil, nil
+	if err != nil {
+		return err
+	}
+	return m.rerr
+}
+
+// doLoop runs inside one RawConn.Read: the netpoller's readiness is reset once, on
+// entry, and every datagram that arrives after a read sets it again, so after a read
+// that left the socket empty (fewer than asked for) returning false parks until the
+// next datagram without losing one, and with no empty recvmmsg first.
+func (m *mmsgConn) doLoop(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdrs[0])),
+			uintptr(len(m.lms)), unix.MSG_DONTWAIT, 0, 0)
+		got := 0
+		switch e {
+		case 0:
+			got = int(r)
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if !m.lpolling {
+				return false // a wake-up with nothing (a datagram read before it): park again
+			}
+		default:
+			m.rerr = os.NewSyscallError("recvmmsg", e)
+			return true
+		}
+		for i := 0; i < got; i++ {
+			m.lms[i].N = int(m.rhdrs[i].Len)
+			if !m.connected {
+				m.lms[i].Addr = addrPort(&m.rnames[i])
+				m.rhdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6 // the kernel wrote the name's length
+			}
+		}
+		switch m.lhandle(got) {
+		case Stop:
+			return true
+		case Poll:
+			m.lpolling = true
+			runtime.Gosched()
+		default:
+			m.lpolling = false
+			if got < len(m.lms) {
+				return false
+			}
+		}
+	}
 }
 
 func (m *mmsgConn) doRead(fd uintptr) bool {

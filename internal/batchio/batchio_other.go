@@ -41,6 +41,10 @@ const CanPoll = false
 // falls back to ReadBatch.
 func (l *loopConn) TryReadBatch(ms []Message) (int, error) { return 0, nil }
 
+func (l *loopConn) ReadLoop(ms []Message, handle func(n int) ReadAction) error {
+	return LoopOver(l, ms, handle)
+}
+
 func (l *loopConn) WriteBatch(ms []Message) (int, error) {
 	for i := range ms {
 		var err error
