@@ -66,7 +66,6 @@ func (s *Server) onBatch(n int) batchio.ReadAction {
 		return batchio.Stop
 	}
 	sp := &s.sp
-	s.stats.syscallsIn.Add(1)
 	if n == 0 {
 		s.lastFull = false // caught up: nothing was waiting
 		sp.idle++
@@ -74,6 +73,7 @@ func (s *Server) onBatch(n int) batchio.ReadAction {
 			s.serveQueued()
 		}
 	} else {
+		s.stats.syscallsIn.Add(1)
 		s.stats.batches.Add(1)
 		s.metrics.dgmsPerRecv.observe(n)
 		s.took(n)

@@ -24,7 +24,7 @@ type Stats struct {
 	IsolationsRun     uint64 // isolation command runs finished (any exit status)
 	IsolationsFailed  uint64 // runs that failed, timed out or could not start
 	DatagramsOut      uint64 // reply datagrams sent
-	SyscallsIn        uint64 // reads that returned datagrams, and empty tries while polling (a recvmmsg each on Linux)
+	SyscallsIn        uint64 // reads that returned datagrams (a recvmmsg each on Linux)
 	SyscallsOut       uint64 // WriteBatch calls (one sendmmsg each on Linux, if it takes all)
 	SendErrors        uint64 // reply datagrams that could not be sent
 	Pushed            uint64 // grants sent to waiters unasked (included in Replies)
