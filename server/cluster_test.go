@@ -3,7 +3,6 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -220,22 +219,17 @@ func TestClusterExpiryInLogTime(t *testing.T) {
 
 // readyz is the body of GET /readyz.
 func readyz(t *testing.T, s *Server) string {
-	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/readyz")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-	return string(b)
+	code, body := httpGet(t, s, "/readyz")
+	require.Equal(t, http.StatusOK, code, body)
+	return body
 }
 
 // heldOn is the fence of key as node s's /locks shows it (0: not held there).
 func heldOn(t *testing.T, s *Server, key string) uint64 {
-	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/locks")
-	require.NoError(t, err)
-	defer resp.Body.Close()
+	code, body := httpGet(t, s, "/locks")
+	require.Equal(t, http.StatusOK, code, body)
 	var v lockView
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
+	require.NoError(t, json.Unmarshal([]byte(body), &v))
 	for _, r := range v.Locks {
 		if r.Key == key {
 			return r.Fence

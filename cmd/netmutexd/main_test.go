@@ -407,8 +407,9 @@ func TestHTTP(t *testing.T) {
 		}
 		return m != nil
 	}, 5*time.Second, 10*time.Millisecond, "no 'http serving' line:\n%s", d.logText())
+	hc := &http.Client{Timeout: 10 * time.Second} // a hung handler fails the test, not CI's clock
 	for _, path := range []string{"/healthz", "/metrics"} {
-		resp, err := http.Get("http://" + addr + path)
+		resp, err := hc.Get("http://" + addr + path)
 		require.NoError(t, err)
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
