@@ -378,7 +378,7 @@ func loggedDatagrams(t *testing.T, s *Server, from, to uint64) int {
 // TestClusterTicksAtTickRate: while time alone can change the machine (a session that
 // may time out, a lock that may expire) the leader logs an empty entry a tick, so that
 // expiries happen with no traffic at all; not more often (each costs every node an
-// fsync), and none once nothing is left that time could change.
+// fsync), and none while nothing exists that time could change.
 func TestClusterTicksAtTickRate(t *testing.T) {
 	ring := testRing(t)
 	tc := newTestCluster(t, 3, ring)
