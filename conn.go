@@ -115,9 +115,9 @@ type serverConn struct {
 	mv          mover // where the socket points (retarget.go)
 
 	// Owned by the receive loop.
-	spinWait     int64                          // Options.SpinWait, ns
+	spinWait     time.Duration                  // Options.SpinWait
 	onBatchFn    func(n int) batchio.ReadAction // c.onBatch, bound once: ReadLoop's handler
-	rs           recvSpin
+	poller       batchio.Poller
 	in           []batchio.Message
 	opened       []byte                // a sealed datagram's plain content
 	serverPrefix [seal.PrefixSize]byte // whose counters window tracks: the server that answers
@@ -213,7 +213,7 @@ func newServerConn(addr string, bc batchConn, cfg connConfig) *serverConn {
 		c.in[i].Buf = make([]byte, 2*wire.MaxDatagram)
 	}
 	c.connWait.Store(int64(cfg.connectWait))
-	c.spinWait = int64(cfg.spinWait)
+	c.spinWait = cfg.spinWait
 	c.onBatchFn = c.onBatch
 	return c
 }

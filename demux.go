@@ -20,50 +20,25 @@ func (c *serverConn) recvLoop() {
 	defer c.wg.Done()
 	for {
 		err := c.bc.ReadLoop(c.in, c.onBatchFn)
-		c.rs = recvSpin{}
+		c.poller = batchio.Poller{}
 		if err == nil || c.readFailed(err) {
 			return // Stop: closing
 		}
 	}
 }
 
-// recvSpin is the receive loop's polling state, between ReadLoop's calls of onBatch.
-type recvSpin struct {
-	polling bool  // the last answer was Poll
-	busy    bool  // the batch that began this poll had more than one reply
-	idle    int   // empty tries in a row
-	spinEnd int64 // with Options.SpinWait: poll until then (nanotime); 0: no spin
-}
-
 // onBatch completes the requests of n received datagrams (0: a poll found nothing) and
-// decides the next read: poll without parking in the netpoller, yielding between tries
-// so that the callers just woken run first, or park. Under load (more than one reply at
-// a time) it tries batchio.RecvSpins times in a row, since a scheduler busy with callers
-// polls the network late; a lone reply parks at once. With Options.SpinWait it keeps
-// trying until that long has passed since the last reply.
+// decides the next read (batchio.Poller): poll, yielding between tries so that the
+// callers just woken run first, or park.
 func (c *serverConn) onBatch(n int) batchio.ReadAction {
 	if c.closing.Load() {
 		return batchio.Stop
 	}
-	rs := &c.rs
+	var frames uint64
 	if n > 0 {
-		frames := c.handleBatch(n)
-		if !rs.polling {
-			rs.busy = frames > 1
-		}
-		rs.idle = 0
-		if c.spinWait > 0 && batchio.CanPoll {
-			rs.spinEnd = nanotime() + c.spinWait
-		}
-	} else {
-		rs.idle++
+		frames = c.handleBatch(n)
 	}
-	if (rs.busy && rs.idle < batchio.RecvSpins) || (rs.spinEnd != 0 && nanotime() < rs.spinEnd) {
-		rs.polling = true
-		return batchio.Poll
-	}
-	*rs = recvSpin{}
-	return batchio.Wait
+	return c.poller.Next(n, frames > 1, nanotime(), c.spinWait, true)
 }
 
 // readFailed takes a read's error and reports whether the socket is closed.

@@ -28,7 +28,7 @@ func (s *Server) loop() {
 	for {
 		s.serveQueued()
 		err := s.bc.ReadLoop(s.in, s.onBatchFn)
-		s.sp = loopSpin{}
+		s.poller = batchio.Poller{}
 		switch {
 		case err == nil: // stopping: the next read finds the socket closed
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -46,29 +46,18 @@ func (s *Server) loop() {
 	}
 }
 
-// loopSpin is the loop's polling state between ReadLoop's calls of onBatch.
-type loopSpin struct {
-	polling bool  // the last answer was Poll
-	busy    bool  // the batch that began this poll had more than one request
-	idle    int   // empty tries in a row
-	spinEnd int64 // with SpinWait: poll until then (s.now()); 0: no spin
-}
-
 // onBatch handles the n datagrams ReadLoop read (0: a poll found nothing): apply them,
 // send the replies, serve what other goroutines asked meanwhile. Then it decides the
-// next read. Under load (more than one request at a time) it takes the next requests
-// without parking in the netpoller, which a scheduler busy with other goroutines polls
-// late, yielding between tries. A lone request parks at once, unless SpinWait: then it
-// polls until SpinWait after the last datagram, since waking a parked thread can take
-// longer than a light client's next request.
+// next read (batchio.Poller): under load, or with SpinWait, it takes the next requests
+// without parking in the netpoller, yielding between tries; a spin stops when a tick is
+// due, so that the read reports it.
 func (s *Server) onBatch(n int) batchio.ReadAction {
 	if s.stopping.Load() {
 		return batchio.Stop
 	}
-	sp := &s.sp
+	busy := false
 	if n == 0 {
 		s.lastFull = false // caught up: nothing was waiting
-		sp.idle++
 		if len(s.reqs) > 0 || len(s.clusterReqs) > 0 {
 			s.serveQueued()
 		}
@@ -78,22 +67,11 @@ func (s *Server) onBatch(n int) batchio.ReadAction {
 		s.metrics.dgmsPerRecv.observe(n)
 		s.took(n)
 		s.process(n, s.now())
-		if !sp.polling {
-			sp.busy = len(s.cmds) > 1
-		}
+		busy = len(s.cmds) > 1
 		s.send()
 		s.serveQueued()
-		sp.idle = 0
-		if s.cfg.SpinWait > 0 && batchio.CanPoll {
-			sp.spinEnd = s.now() + int64(s.cfg.SpinWait)
-		}
 	}
-	if (sp.busy && sp.idle < batchio.RecvSpins) || (sp.spinEnd != 0 && s.now() < sp.spinEnd && !s.tickDue()) {
-		sp.polling = true
-		return batchio.Poll
-	}
-	*sp = loopSpin{}
-	return batchio.Wait
+	return s.poller.Next(n, busy, s.now(), s.cfg.SpinWait, s.cfg.SpinWait == 0 || !s.tickDue())
 }
 
 // tickDue tells that the read deadline armed for a tick has passed: a poll stops, so

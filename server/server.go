@@ -71,7 +71,7 @@ type Server struct {
 	// Owned by the loop goroutine.
 	in        []batchio.Message
 	onBatchFn func(n int) batchio.ReadAction // s.onBatch, bound once: ReadLoop's handler
-	sp        loopSpin
+	poller    batchio.Poller
 	guard     // the receive stage's defences and routes: see auth.go
 	cmds      []command
 	results   []result

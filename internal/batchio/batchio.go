@@ -86,6 +86,43 @@ func LoopOver(c Conn, ms []Message, handle func(n int) ReadAction) error {
 // yield or two; more only burns a core that the callers need.
 const RecvSpins = 2
 
+// Poller decides, after each read of a ReadLoop, whether the loop polls or parks: the
+// client's receive loop and the server's loop share it. Under load (a read that began a
+// poll carried more than one request or reply) it polls RecvSpins times in a row, since
+// a scheduler busy with the goroutines just woken polls the network late; a lone one
+// parks at once. With a spin (SpinWait) it keeps polling until that long after the last
+// datagram. Owned by the reading goroutine; the zero value is ready.
+type Poller struct {
+	polling bool  // the last answer was Poll
+	busy    bool  // the read that began this poll carried more than one request
+	idle    int   // empty tries in a row
+	spinEnd int64 // with a spin: poll until then (now's clock); 0: no spin
+}
+
+// Next takes a read of n datagrams (0: an empty poll) that carried more than one
+// request if busy, at now (monotonic nanoseconds), and answers Poll or Wait. spin is
+// the SpinWait (0: none; ignored where !CanPoll); spinOK false ends a spin early (the
+// server's tick is due).
+func (p *Poller) Next(n int, busy bool, now int64, spin time.Duration, spinOK bool) ReadAction {
+	if n > 0 {
+		if !p.polling {
+			p.busy = busy
+		}
+		p.idle = 0
+		if spin > 0 && CanPoll {
+			p.spinEnd = now + int64(spin)
+		}
+	} else {
+		p.idle++
+	}
+	if (p.busy && p.idle < RecvSpins) || (p.spinEnd != 0 && now < p.spinEnd && spinOK) {
+		p.polling = true
+		return Poll
+	}
+	*p = Poller{}
+	return Wait
+}
+
 // MaxSpinWait bounds how long a loop may poll the socket instead of parking (the client's
 // Options.SpinWait, the server's Config.SpinWait): it saves a thread's wake-up, tens of
 // microseconds, and past a few round trips polling only burns the core.

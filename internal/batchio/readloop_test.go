@@ -162,3 +162,35 @@ func TestReadLoopAllocs(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// TestPoller: a lone datagram parks at once; a busy read polls RecvSpins empty tries,
+// starting again after each read with datagrams; a spin polls until its end after the
+// last datagram (where the socket can be polled), and spinOK false ends it.
+func TestPoller(t *testing.T) {
+	var p Poller
+	assert.Equal(t, Wait, p.Next(1, false, 0, 0, true), "a lone datagram")
+
+	assert.Equal(t, Poll, p.Next(3, true, 0, 0, true), "a busy read")
+	for i := 1; i < RecvSpins; i++ {
+		assert.Equal(t, Poll, p.Next(0, false, 0, 0, true), "empty try %d", i)
+	}
+	assert.Equal(t, Poll, p.Next(1, false, 0, 0, true), "a lone datagram while polling: the poll goes on")
+	for i := 1; i < RecvSpins; i++ {
+		assert.Equal(t, Poll, p.Next(0, false, 0, 0, true), "empty try %d", i)
+	}
+	assert.Equal(t, Wait, p.Next(0, false, 0, 0, true), "RecvSpins empty tries in a row")
+	assert.Equal(t, Poller{}, p, "parked: the state starts again")
+
+	spin := time.Duration(100)
+	want := Wait
+	if CanPoll {
+		want = Poll
+	}
+	assert.Equal(t, want, p.Next(1, false, 1000, spin, true), "a spin after a lone datagram")
+	assert.Equal(t, want, p.Next(0, false, 1099, spin, true), "within the spin")
+	assert.Equal(t, want, p.Next(1, false, 1099, spin, true), "a datagram extends it")
+	assert.Equal(t, want, p.Next(0, false, 1198, spin, true))
+	assert.Equal(t, Wait, p.Next(0, false, 1199, spin, false), "spinOK false ends it")
+	assert.Equal(t, want, p.Next(1, false, 2000, spin, true))
+	assert.Equal(t, Wait, p.Next(0, false, 2100, spin, true), "the spin has ended")
+}
