@@ -192,6 +192,9 @@ func TestDuplicateAndCorrupt(t *testing.T) {
 			require.NotEqual(t, zero, b[4:], "datagram %x not corrupted", b)
 		}
 	}
+	// The proxy counts a datagram forwarded after its send returns, which may be after
+	// the sink has read it.
+	waitFor(t, "80 forwarded", func() bool { return p.Stats().ToServer.Forwarded >= 80 })
 	st := p.Stats()
 	assert.Equal(t, uint64(40), st.ToServer.Duplicated, "stats %v", st)
 	assert.Equal(t, uint64(40), st.ToServer.Corrupted, "stats %v", st)
