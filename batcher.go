@@ -48,6 +48,7 @@ func (c *serverConn) sendLoop() {
 			if session != 0 && !hold {
 				c.send(r, now, session)
 			}
+			c.expect(r, now)
 		}
 		if now-c.lastScan >= scanInterval {
 			c.scan(now, session)
@@ -95,6 +96,7 @@ func (c *serverConn) sendLoop() {
 		case <-timer.C:
 		}
 		c.sleeping.Store(false)
+		c.stats.senderWakes.Add(1)
 		c.gather() // as above: whoever woke us may have company
 	}
 	c.shutdown()

@@ -108,6 +108,7 @@ type serverConn struct {
 	nextID      uint64
 	floor       uint64
 	lastScan    int64
+	nextDue     int64 // when the scan next has work: the earliest attempt's or deadline's end
 	lastSend    int64
 	connSent    int64 // when the last CONNECT left, 0 = none in flight
 	connBackoff int64 // wait before the next CONNECT
@@ -155,6 +156,7 @@ const firstIDRange = 1 << 61
 type connStats struct {
 	_                                                      cpu.CacheLinePad
 	framesOut, datagramsOut, sendCalls, retransmits, moves atomic.Uint64
+	senderWakes                                            atomic.Uint64 // the send loop's returns from sleep
 	_                                                      cpu.CacheLinePad
 	framesIn, datagramsIn, recvCalls, badIn, busy          atomic.Uint64
 	notLeader                                              atomic.Uint64
@@ -274,6 +276,9 @@ func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
 	case <-r.done:
 	case <-ctx.Done():
 		if id, ok := r.cancel(); ok {
+			if id != 0 {
+				c.wakeIfSleeping() // its clean-up UNLOCK is the scan's to send, now
+			}
 			r.res = result{err: ctx.Err(), id: id}
 			return r.finish()
 		}

@@ -5,6 +5,7 @@
 package netmutex
 
 import (
+	"math"
 	"runtime"
 	"time"
 
@@ -63,6 +64,7 @@ type cleanup struct {
 // it left moves the socket to another server of the cluster (retarget.go).
 func (c *serverConn) scan(now int64, session uint64) {
 	c.lastScan = now
+	c.nextDue = math.MaxInt64
 	c.sampleServed()
 	hold := c.holding(now)
 	silent := false
@@ -137,6 +139,7 @@ func (c *serverConn) scan(now int64, session uint64) {
 		if r.id != 0 && r.id < floor {
 			floor = r.id
 		}
+		c.expect(r, now)
 		kept = append(kept, r)
 	}
 	clear(c.list[len(kept):])
@@ -218,7 +221,9 @@ func (c *serverConn) sendCleanups(session uint64) {
 		r.orphan = true
 		(&params{op: wire.OpUnlock, lockID: u.lockID, key: u.key}).encode(r)
 		c.list = append(c.list, r)
-		c.send(r, nanotime(), session)
+		now := nanotime()
+		c.send(r, now, session)
+		c.expect(r, now)
 		sent++
 	}
 	n := copy(c.cleanups, c.cleanups[sent:])
@@ -226,18 +231,38 @@ func (c *serverConn) sendCleanups(session uint64) {
 	c.cleanups = c.cleanups[:n]
 }
 
-// idleWait is how long the sender may sleep with nothing to send.
+// expect notes when the scan must next look at r: when its attempt or its deadline
+// ends, or at the next scan while it waits to be sent. Sleeping until then, instead of
+// scanning every millisecond, is what spares a connection with a request outstanding a
+// wake-up per millisecond (see idleWait).
+func (c *serverConn) expect(r *request, now int64) {
+	due := r.attemptEnd
+	if r.id == 0 || r.state.Load() != r.id {
+		due = now + scanInterval // unsent, or done and to be dropped
+	}
+	if r.deadline != 0 {
+		due = min(due, r.deadline)
+	}
+	c.nextDue = min(c.nextDue, due)
+}
+
+// idleWait is how long the sender may sleep with nothing to send: until the scan has
+// work (a finished request is dropped by the next scan that runs anyway), a TOUCH is
+// due, or a move needs attention. Whatever else needs the sender wakes it: a caller's
+// push, a QUEUED, a cancel, the receive loop's news.
 func (c *serverConn) idleWait(now int64) time.Duration {
+	scanWait := time.Duration(math.MaxInt64)
 	if len(c.list) > 0 {
-		return time.Duration(scanInterval)
+		scanWait = time.Duration(max(c.nextDue, c.lastScan+scanInterval) - now)
 	}
 	if c.session.Load() == 0 {
-		return time.Duration(max(c.connBackoff, connRetryMin))
+		return max(min(scanWait, time.Duration(max(c.connBackoff, connRetryMin))), time.Millisecond)
 	}
 	wait := time.Second
 	if si := c.server.Load(); si != nil {
 		wait = time.Duration(c.lastSend + int64(si.sessionTimeout/3) - now)
 	}
+	wait = min(wait, scanWait)
 	if m := &c.mv; m.touchAt != 0 {
 		wait = min(wait, time.Duration(m.touchAt+m.timeout-now)) // to notice it unanswered
 	}

@@ -280,3 +280,37 @@ func TestHoldRunsAndUnlocks(t *testing.T) {
 	boom := errors.New("boom")
 	assert.Equal(t, boom, nm.Hold(context.Background(), "job2", time.Second, func(context.Context, *Lock) error { return boom }))
 }
+
+// TestSenderSleepsWhileParked: a connection whose only request waits in a key's queue
+// lets its send loop sleep until that request's next copy is due, instead of waking to
+// scan every millisecond (a wake-up a millisecond per idle connection is what a fleet of
+// connections with a request outstanding paid).
+func TestSenderSleepsWhileParked(t *testing.T) {
+	srv := startServer(t, nil)
+	holder := openClient(t, srv, nil)
+	var held Lock
+	require.NoError(t, holder.Lock(testRetries, testTimeout, &held, "sleepy", time.Minute))
+
+	waiter := openClient(t, srv, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var l Lock
+	done := queued(waiter, ctx, &l, "sleepy")
+	time.Sleep(100 * time.Millisecond) // queued, and the QUEUED seen by the scan
+	c := waiter.conn.Load()
+	before := c.stats.senderWakes.Load()
+	time.Sleep(500 * time.Millisecond)
+	wakes := c.stats.senderWakes.Load() - before
+	// Two or three parked copies (every 250 ms) and their replies; a scan every
+	// millisecond would be about 500.
+	assert.LessOrEqual(t, wakes, uint64(25), "send loop wake-ups in 500 ms with one parked request")
+
+	require.NoError(t, holder.Unlock(testRetries, testTimeout, &held))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was not granted the key")
+	}
+	require.NoError(t, waiter.Unlock(testRetries, testTimeout, &l))
+}
