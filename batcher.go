@@ -30,6 +30,7 @@ func (c *serverConn) sendLoop() {
 	defer c.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	armedAt := nanotime() + int64(time.Hour) // when timer rings
 	for !c.closing.Load() {
 		now := nanotime()
 		session := c.session.Load()
@@ -90,10 +91,17 @@ func (c *serverConn) sendLoop() {
 			c.sleeping.Store(false)
 			continue
 		}
-		timer.Reset(c.idleWait(now))
+		// A timer already set to ring no later than needed is kept: waking early only
+		// costs a round, while resetting it costs every sleep its trip through the
+		// runtime's timer heap (a connection with a request out sleeps once a request).
+		if until := now + int64(c.idleWait(now)); armedAt <= now || armedAt > until {
+			timer.Reset(time.Duration(until - now))
+			armedAt = until
+		}
 		select {
 		case <-c.wake:
 		case <-timer.C:
+			armedAt = 0
 		}
 		c.sleeping.Store(false)
 		c.stats.senderWakes.Add(1)
