@@ -56,6 +56,7 @@ func (s *Server) onBatch(n int) batchio.ReadAction {
 		return batchio.Stop
 	}
 	busy := false
+	spin := time.Duration(0) // a spin starts only after a batch that carried requests
 	if n == 0 {
 		s.lastFull = false // caught up: nothing was waiting
 		if len(s.reqs) > 0 || len(s.clusterReqs) > 0 {
@@ -68,10 +69,15 @@ func (s *Server) onBatch(n int) batchio.ReadAction {
 		s.took(n)
 		s.process(n, s.now())
 		busy = len(s.cmds) > 1
+		if len(s.cmds) > 0 {
+			// Garbage, refused or forged datagrams never start a spin: they cost the
+			// server what they always did, not SpinWait of CPU each.
+			spin = s.cfg.SpinWait
+		}
 		s.send()
 		s.serveQueued()
 	}
-	return s.poller.Next(n, busy, s.now(), s.cfg.SpinWait, s.cfg.SpinWait == 0 || !s.tickDue())
+	return s.poller.Next(n, busy, s.now(), spin, s.cfg.SpinWait == 0 || !s.tickDue())
 }
 
 // tickDue tells that the read deadline armed for a tick has passed: a poll stops, so

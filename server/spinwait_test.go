@@ -157,6 +157,46 @@ func TestServerSpinWaitPolls(t *testing.T) {
 	}
 }
 
+// TestServerSpinWaitNotForGarbage: a datagram that carries no request (garbage here;
+// refused and forged ones alike) does not start a spin, so a flood of them costs the
+// server no SpinWait of polling each; a request does.
+func TestServerSpinWaitNotForGarbage(t *testing.T) {
+	if !batchio.CanPoll {
+		t.Skip("without recvmmsg TryReadBatch reads nothing: SpinWait does not poll")
+	}
+	var tc *tryCounter
+	fs := startFakeServerWith(t, 64, func(s *Server) {
+		s.cfg.SpinWait = time.Hour // behind Validate's back: a spin, once begun, never runs out
+		tc = &tryCounter{fakeConn: s.bc.(*fakeConn)}
+		s.bc = tc
+	})
+	touch := func() {
+		t.Helper()
+		fs.c.push(fs.from, fs.touch())
+		var f wire.Frame
+		r := fs.reply()
+		require.True(t, r.Next(&f))
+		require.Equal(t, wire.OpPong, f.Op, "TOUCH: %+v", f)
+	}
+	// The CONNECT that made the session began a spin, which the loop's tick ends.
+	time.Sleep(100 * time.Millisecond)
+	before := fs.s.stats.badReason[badMalformed].Load()
+	for range 5 {
+		fs.c.push(fs.from, []byte("not a datagram of ours"))
+	}
+	require.Eventually(t, func() bool { return fs.s.stats.badReason[badMalformed].Load() == before+5 },
+		5*time.Second, time.Millisecond, "the garbage was not read")
+	took := tc.took.Load() // a spin begun by the garbage polls now, until the next tick
+
+	touch()
+	assert.Equal(t, took, tc.took.Load(), "a request after garbage was taken by polling: the garbage began a spin")
+	took = tc.took.Load()
+	touch()
+	assert.Equal(t, took+1, tc.took.Load(), "the request after a request is taken by the spin it began")
+	fs.c.close()
+	<-fs.s.loopDone
+}
+
 // TestServerSpinWaitEndsOnDeadline: over a real socket, a poll that would never run out
 // (SpinWait past MaxSpinWait, set behind Validate's back; no session, so no tick) ends
 // when a read deadline passes, so that the HTTP server's questions are answered, and when
