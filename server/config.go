@@ -80,9 +80,10 @@ type Config struct {
 	MaxWaitersPerSession int // waiting LOCKs and LOCKMANYs of one session
 
 	// SpinWait, if set, makes the loop keep polling the socket (yielding between tries)
-	// for up to that long after the last datagram it got before it sleeps in the
-	// netpoller: lower latency for a lightly loaded client where waking a thread is
-	// slow, at the cost of up to a core of CPU while such a client is active. 0: off.
+	// for up to that long after the last batch that carried requests before it sleeps
+	// in the netpoller: lower latency for a lightly loaded client where waking a thread
+	// is slow, at the cost of up to a core of CPU while such a client is active.
+	// Datagrams that carry no request (garbage, refused, forged) never start it. 0: off.
 	// At most MaxSpinWait. Linux only: without recvmmsg (and with the netmutex_portable
 	// tag) the socket cannot be polled, and it has no effect.
 	SpinWait time.Duration

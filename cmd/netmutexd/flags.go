@@ -133,7 +133,7 @@ func newFlagSet(def server.Config) (*flag.FlagSet, *flags) {
 	fs.Var(&f.version, "version", "print the version and the Go version, and exit")
 	fs.StringVar(&f.name, "name", "", "this node's `name` in -initial-cluster")
 	fs.StringVar(&f.initialCluster, "initial-cluster", "", "run as a node of a Raft cluster of these `members`: NAME=CLIENT_UDP_ADDRESS/RAFT_TCP_ADDRESS,... (the same list on every node; see CLUSTER above); empty: a single server")
-	fs.Var(&f.spinWait, "spin-wait", "keep polling the socket this long after each batch before sleeping: lower latency for lightly loaded clients on machines where waking a thread is slow, at the cost of up to a core of CPU (a `duration`; 0: off; at most 10ms)")
+	fs.Var(&f.spinWait, "spin-wait", "keep polling the socket this long after each batch of requests before sleeping: lower latency for lightly loaded clients on machines where waking a thread is slow, at the cost of up to a core of CPU while clients send (a `duration`; 0: off; at most 10ms)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the run, until the server stops, to `file` (go tool pprof), for performance work")
 	fs.Var(&f.listenRaft, "listen-raft", "TCP `host:port` to bind Raft to, when it differs from this node's RAFT_TCP_ADDRESS in -initial-cluster (a proxy in front); empty: that address")
 
