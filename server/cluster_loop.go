@@ -126,10 +126,12 @@ func (s *Server) processCluster() {
 }
 
 // propose offers the gathered entry unless maxInflight of this leader's entries are on
-// their way. With nothing gathered and nothing in flight it offers an empty entry when
-// time alone changes the machine, at most once a tick, so that expiries happen in the
-// log's time: every entry costs an fsync on every node, and an empty one offered as
-// soon as the last was applied made a cluster with one session write hundreds a second.
+// their way. With nothing gathered and nothing in flight it offers an empty entry once
+// time alone changes the machine (a lease, a wait bound, a session's time-out ran out:
+// machine.NextDue), at most once a tick, so that expiries happen in the log's time.
+// Every entry costs an fsync on every node: an empty one offered as soon as the last
+// was applied made a cluster with one session write hundreds a second, and one a tick
+// while any session existed, fifty.
 func (s *Server) propose() {
 	if s.cl.inflight >= maxInflight && time.Since(s.cl.offered) > inflightLost {
 		s.log.Warn("cluster: entries proposed a second ago were not applied: counted lost", "entries", s.cl.inflight)
@@ -138,7 +140,7 @@ func (s *Server) propose() {
 	if s.cl.inflight >= maxInflight {
 		return
 	}
-	if s.cl.w.empty() && (s.cl.inflight > 0 || s.m.Idle() || time.Since(s.cl.offered) < tick) {
+	if s.cl.w.empty() && (s.cl.inflight > 0 || s.m.Idle() || time.Since(s.cl.offered) < tick || s.logNow() < s.m.NextDue()) {
 		return
 	}
 	if s.offer(s.cl.w.take(s.cl.origin, s.logNow())) {

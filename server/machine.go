@@ -6,6 +6,7 @@
 package server
 
 import (
+	"math"
 	"net/netip"
 
 	"github.com/netmutex/netmutex/internal/wire"
@@ -263,4 +264,26 @@ func (m *machine) Isolations() uint64 { return m.isolations }
 // no lock. The loop then needs no tick.
 func (m *machine) Idle() bool {
 	return len(m.sessions) == 0 && m.held == 0 && m.drainHead == nil && len(m.expiry) == 0
+}
+
+// NextDue is the earliest time at which time alone changes the machine: a lease, a
+// wait bound or the oldest session's time-out running out; math.MinInt64 when work is
+// waiting now (a drain or hand-on the budget left over, a stalled grant), and
+// math.MaxInt64 when nothing waits on time. An Apply of only the time, before then,
+// changes nothing.
+func (m *machine) NextDue() int64 {
+	if m.drainHead != nil || len(m.handQ) > 0 || m.stallHead != nil {
+		return math.MinInt64
+	}
+	due := int64(math.MaxInt64)
+	if len(m.expiry) > 0 {
+		due = min(due, m.expiry[0].deadline)
+	}
+	if len(m.bounds) > 0 {
+		due = min(due, m.bounds[0].bound)
+	}
+	if m.lruHead != nil && m.cfg.SessionTimeout > 0 {
+		due = min(due, m.lruHead.lastSeen+m.cfg.SessionTimeout)
+	}
+	return due
 }

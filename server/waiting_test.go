@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -344,4 +345,45 @@ func TestWaitUnlockAll(t *testing.T) {
 	f := wantPush(t, pushed, c, 1)
 	wantHolder(t, s.m, "k", c, 1, f)
 	wantFree(t, s.m, "j", "released")
+}
+
+// TestMachineNextDue: NextDue names the first time at which time alone changes the
+// machine (a wait bound, a lease, a session's time-out), and an Apply of only the time
+// just before it changes nothing: a cluster leader logs no empty entry until then.
+func TestMachineNextDue(t *testing.T) {
+	s := newSim(t, nil)
+	require.Equal(t, int64(math.MaxInt64), s.m.NextDue(), "no session, no lock")
+	a := s.connect(1)
+	require.Equal(t, s.now+15000*ms, s.m.NextDue(), "a's time-out")
+	wantOp(t, s.one(lockCmd(a, 1, 500, "k")), wire.OpOK)
+	leaseEnd := s.now + 500*ms
+	b := s.connect(2)
+	wantOp(t, s.one(waitCmd(b, 1, 10000, 200, "k")), wire.OpQueued)
+	boundEnd := s.now + 200*ms
+	require.Equal(t, boundEnd, s.m.NextDue(), "b's wait bound first")
+
+	s.now = boundEnd - 1
+	require.Empty(t, s.step())
+	require.Equal(t, [][2]uint64{{b, 1}}, s.m.Queue("k"), "the bound has not passed")
+	s.now = boundEnd
+	s.step()
+	require.Empty(t, s.m.Queue("k"), "the bound passed")
+	require.Equal(t, leaseEnd, s.m.NextDue(), "then a's lease")
+
+	s.now = leaseEnd - 1
+	s.step()
+	require.False(t, s.m.Isolated(a), "the lease has not ended")
+	s.now = leaseEnd
+	s.step()
+	require.True(t, s.m.Isolated(a), "the lease ended with a still holding k")
+	require.Len(t, s.iso, 1, "a's isolation asked")
+
+	// Only the time-outs remain: b's (its last command) is the first.
+	require.Equal(t, boundEnd-200*ms+15000*ms, s.m.NextDue(), "b's time-out")
+	s.now = s.m.NextDue() - 1
+	s.step()
+	require.Equal(t, 2, s.m.Sessions())
+	s.now++
+	s.step()
+	require.Equal(t, 1, s.m.Sessions(), "b timed out")
 }
