@@ -5,6 +5,7 @@ package netmutex
 
 import (
 	"errors"
+	"math"
 	"runtime"
 	"syscall"
 	"time"
@@ -33,6 +34,9 @@ func (c *serverConn) sendLoop() {
 	armedAt := nanotime() + int64(time.Hour) // when timer rings
 	for !c.closing.Load() {
 		now := nanotime()
+		if c.rescan.Load() && c.rescan.Swap(false) {
+			c.nextDue = math.MinInt64 // scan as soon as scanInterval allows
+		}
 		session := c.session.Load()
 		c.noteHeard(now)
 		c.steer(now, session)

@@ -95,6 +95,7 @@ type serverConn struct {
 
 	sleeping atomic.Bool
 	wake     chan struct{}
+	rescan   atomic.Bool // a request changed in a way only the scan acts on (askScan)
 	closing  atomic.Bool
 	stopped  atomic.Bool
 	busy     atomic.Bool
@@ -244,6 +245,14 @@ func (c *serverConn) wakeIfSleeping() {
 	}
 }
 
+// askScan makes the send loop scan at its next chance, within scanInterval: a request
+// changed in a way only the scan acts on (QUEUED, a cancel after it left), and the
+// loop may be asleep until an attempt's end.
+func (c *serverConn) askScan() {
+	c.rescan.Store(true)
+	c.wakeIfSleeping()
+}
+
 func (c *serverConn) wakeSender() {
 	select {
 	case c.wake <- struct{}{}:
@@ -277,7 +286,7 @@ func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
 	case <-ctx.Done():
 		if id, ok := r.cancel(); ok {
 			if id != 0 {
-				c.wakeIfSleeping() // its clean-up UNLOCK is the scan's to send, now
+				c.askScan() // its clean-up UNLOCK is the scan's to send, now
 			}
 			r.res = result{err: ctx.Err(), id: id}
 			return r.finish()

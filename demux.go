@@ -194,7 +194,7 @@ func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.Pre
 	}
 	if f.Op == wire.OpQueued {
 		r.queued.Store(true) // not an answer: the grant will follow
-		c.wakeIfSleeping()   // the scan parks it and paces its copies from now
+		c.askScan()          // the scan parks it and paces its copies from now
 		return
 	}
 	c.deliver(r, session, f)

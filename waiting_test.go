@@ -314,3 +314,45 @@ func TestSenderSleepsWhileParked(t *testing.T) {
 	}
 	require.NoError(t, waiter.Unlock(testRetries, testTimeout, &l))
 }
+
+// TestQueuedNoticedAtOnce: a waiting LOCK answered QUEUED is parked and paced by its
+// TTL from then on, not from when its attempt would have ended: a lost pushed grant is
+// recovered within a copy's period (an eighth of the TTL here), long before the lease
+// could run out unseen. The QUEUED must wake the send loop, which no longer scans every
+// millisecond on its own.
+func TestQueuedNoticedAtOnce(t *testing.T) {
+	srv := startServer(t, nil)
+	p, err := faultproxy.New(faultproxy.Config{Upstream: srv.Addr().String(), Logf: t.Logf})
+	require.NoError(t, err)
+	defer p.Close()
+	const attempt = 2 * time.Second // far longer than a parked copy's period (100ms)
+	waiter, err := Open(testRetries, attempt, []string{p.Addr().String()}, &Options{Timeout: attempt})
+	require.NoError(t, err)
+	defer waiter.Close(1, testTimeout)
+	holder := openClient(t, srv, nil)
+	var held Lock
+	require.NoError(t, holder.Lock(testRetries, testTimeout, &held, "queued", time.Minute))
+	time.Sleep(300 * time.Millisecond) // the waiter's send loop asleep: what it armed while connecting has rung
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var l Lock
+	done := queuedTTL(waiter, ctx, &l, "queued", 800*time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // QUEUED came back
+	p.Blackhole(faultproxy.ToClient, true)
+	require.NoError(t, holder.Unlock(testRetries, testTimeout, &held))
+	waitFor(t, 5*time.Second, func() bool { return srv.Stats().Grants == 2 }) // pushed, and lost
+	p.Blackhole(faultproxy.ToClient, false)
+	lost := time.Now()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter never learnt of its grant")
+	}
+	took := time.Since(lost)
+	t.Logf("the lost grant was recovered %v after the reply path healed", took)
+	require.Less(t, took, attempt/2, "the parked copies waited for the attempt's end")
+	require.NoError(t, waiter.Unlock(testRetries, testTimeout, &l))
+	require.Zero(t, srv.Stats().Isolations)
+}
