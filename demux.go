@@ -187,7 +187,9 @@ func (c *serverConn) handleReply(session uint64, f *wire.Frame, prefix [seal.Pre
 	// caller wakes: a stray DISCONNECTED or ISOLATED changes nothing.
 	if f.Op == wire.OpDisconnected && !c.leaving.Load() {
 		// The server forgot this session (restart, time-out): connect anew.
-		c.session.CompareAndSwap(session, 0)
+		if c.session.CompareAndSwap(session, 0) {
+			c.askScan()
+		}
 	}
 	if f.Op == wire.OpIsolated && session == c.session.Load() {
 		c.isolated.Store(true)

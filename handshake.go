@@ -90,5 +90,5 @@ func (c *serverConn) handleConnectReply(f *wire.Frame, prefix [seal.PrefixSize]b
 	case c.connected <- struct{}{}:
 	default:
 	}
-	c.wakeIfSleeping()
+	c.askScan() // the scan sends what waited for a session and fails what the old one left
 }
