@@ -337,8 +337,10 @@ func TestQueuedNoticedAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var l Lock
+	c := waiter.conn.Load()
+	heard := c.stats.framesIn.Load()
 	done := queuedTTL(waiter, ctx, &l, "queued", 800*time.Millisecond)
-	time.Sleep(100 * time.Millisecond) // QUEUED came back
+	waitFor(t, 5*time.Second, func() bool { return c.stats.framesIn.Load() > heard }) // QUEUED came back
 	p.Blackhole(faultproxy.ToClient, true)
 	require.NoError(t, holder.Unlock(testRetries, testTimeout, &held))
 	waitFor(t, 5*time.Second, func() bool { return srv.Stats().Grants == 2 }) // pushed, and lost
