@@ -267,9 +267,7 @@ func (c *serverConn) roundTrip(r *request, ctx context.Context) result {
 		r.release() // the send loop's reference: it never saw r
 		return r.finish()
 	}
-	if c.sleeping.Load() && c.sleeping.CompareAndSwap(true, false) {
-		c.wakeSender()
-	}
+	c.wakeIfSleeping()
 	if c.stopped.Load() {
 		if _, ok := r.cancel(); ok {
 			// The sender may have gone before it saw r; nobody else will answer.
