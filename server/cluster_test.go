@@ -105,6 +105,14 @@ func (tc *testCluster) leader() int {
 	return -1
 }
 
+// leaderLog waits for a leader and returns it with its Raft, whose LastIndex counts
+// the entries it logged.
+func (tc *testCluster) leaderLog() (*Server, *raft.Raft) {
+	tc.t.Helper()
+	leader := tc.nodes[tc.leader()]
+	return leader, leader.rep.raft.Load()
+}
+
 func TestClusterFailoverKeepsSessionAndLocks(t *testing.T) {
 	ring := testRing(t)
 	tc := newTestCluster(t, 3, ring)
@@ -338,9 +346,7 @@ func TestClusterFailoverExtendsLeases(t *testing.T) {
 func TestClusterUnknownSessionNotLogged(t *testing.T) {
 	ring := testRing(t)
 	tc := newTestCluster(t, 3, ring)
-	li := tc.leader()
-	leader := tc.nodes[li]
-	r := leader.rep.raft.Load()
+	leader, r := tc.leaderLog()
 	before := r.LastIndex()
 	c := newSealedClient(t, leader.Addr(), ring, 1)
 	c.session = 0xdead
@@ -379,13 +385,11 @@ func loggedDatagrams(t *testing.T, s *Server, from, to uint64) int {
 // changes the machine (a lease, a wait bound or a session's time-out ran out:
 // machine.NextDue), at most one a tick, so that expiries happen with no traffic at all;
 // never merely because something exists that time could change later (each entry costs
-// every node an fsync: an idle session used to cost fifty a second).
+// every node an fsync: an idle session used to cost about forty a second).
 func TestClusterTicksAtTickRate(t *testing.T) {
 	ring := testRing(t)
 	tc := newTestCluster(t, 3, ring)
-	li := tc.leader()
-	leader := tc.nodes[li]
-	r := leader.rep.raft.Load()
+	leader, r := tc.leaderLog()
 	entriesIn := func(d time.Duration) uint64 {
 		before := r.LastIndex()
 		time.Sleep(d)
